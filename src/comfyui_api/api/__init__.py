@@ -1,0 +1,1 @@
+"""HTTP routes: validate with pydantic, hand the work to the pipeline, shape the response."""

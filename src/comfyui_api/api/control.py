@@ -1,0 +1,20 @@
+"""POST /interrupt: stop a running request or take a queued one out of ComfyUI's queue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from .deps import ServicesDep
+from .schemas import InterruptRequest, InterruptResponse
+
+router = APIRouter(tags=["control"])
+
+
+@router.post("/interrupt", response_model=InterruptResponse, responses={404: {"model": InterruptResponse}})
+async def interrupt(body: InterruptRequest, services: ServicesDep) -> JSONResponse:
+    """The interrupted request fails with 500 `Prompt interrupted`."""
+    found = await services.runner.interrupt(body.id)
+    return JSONResponse(
+        {"id": body.id, "interrupted": "success" if found else "failed"}, status_code=200 if found else 404
+    )

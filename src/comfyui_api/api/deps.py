@@ -1,0 +1,30 @@
+"""The objects routes need, built once per app and handed to routes by FastAPI's dependency injection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from ..comfy.events import EventStream
+from ..config import Settings
+from ..pipeline.jobs import JobRegistry
+from ..pipeline.runner import PromptRunner
+from ..state import ServerState
+
+
+@dataclass
+class Services:
+    settings: Settings
+    state: ServerState
+    events: EventStream
+    jobs: JobRegistry
+    runner: PromptRunner
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]

@@ -1,0 +1,87 @@
+"""The app factory: builds the FastAPI app and the services behind it from settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from . import __version__
+from .api import control, probes, prompt
+from .api.deps import Services
+from .api.handlers import install_error_handlers
+from .api.middleware import BodySizeLimit, RequestContext
+from .comfy.client import ComfyClient
+from .comfy.events import EventStream
+from .comfy.process import ComfyProcess, child_environment
+from .config import Settings
+from .lifecycle import Lifecycle
+from .pipeline.inputs import MediaInputs
+from .pipeline.jobs import JobRegistry
+from .pipeline.reconciler import Reconciler
+from .pipeline.runner import PromptRunner
+from .state import ServerState
+
+
+def _exit_without_server(code: int) -> None:
+    raise SystemExit(code)
+
+
+def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exit_without_server) -> FastAPI:
+    """`request_exit(code)` asks the hosting server to stop with that exit code (ComfyUI died for good)."""
+    state = ServerState()
+    client = ComfyClient(settings.comfy_url)
+    events = EventStream(settings.comfy_ws_url)
+    jobs = JobRegistry()
+    events.subscribe(jobs.dispatch)
+    media = MediaInputs(settings.inputs_path, settings.outputs_path)
+    runner = PromptRunner(settings, client, events, jobs, state, media)
+    process = ComfyProcess(
+        settings.comfy_command,
+        child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
+    )
+    lifecycle = Lifecycle(
+        settings, state, process, client, events, jobs, runner, Reconciler(client, events, jobs), request_exit
+    )
+
+    app = FastAPI(
+        title="ComfyUI API",
+        version=__version__,
+        description="A stateless HTTP API in front of ComfyUI.",
+        docs_url=None,
+        openapi_url="/docs/json",
+        servers=[{"url": f"http://localhost:{settings.port}"}],
+    )
+    app.state.services = Services(settings=settings, state=state, events=events, jobs=jobs, runner=runner)
+    app.state.lifecycle = lifecycle
+    install_error_handlers(app)
+    app.include_router(probes.router)
+    app.include_router(prompt.router)
+    app.include_router(control.router)
+    _add_doc_routes(app)
+    # Outermost first: the request id must be set before anything logs.
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext)
+    return app
+
+
+def _add_doc_routes(app: FastAPI) -> None:
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/docs/json", title="ComfyUI API", swagger_ui_parameters={"deepLinking": True}
+        )
+
+    @app.get("/docs/yaml", include_in_schema=False)
+    async def openapi_yaml() -> Response:
+        return Response(yaml.safe_dump(app.openapi(), sort_keys=False), media_type="application/yaml")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json() -> JSONResponse:
+        document: dict[str, Any] = app.openapi()
+        return JSONResponse(document)

@@ -1,0 +1,138 @@
+"""The ComfyUI child process: launch, startup probe, output forwarding, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+logger = logging.getLogger(__name__)
+comfy_logger = logging.getLogger("comfyui")
+
+_PR_SET_PDEATHSIG = 1
+# Looked up in the parent: the child, between fork and exec, should do as little as possible.
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel kills it if this server dies, so no orphan holds the port."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class ComfyProcess:
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self._command = command
+        self._env = env
+        self._process: asyncio.subprocess.Process | None = None
+        self._forwarder: asyncio.Task[None] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def launch(self) -> None:
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                *self._command,
+                env=self._env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for us must not reach ComfyUI before we drained.
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot launch CMD {self._command[0]!r}: {exc}") from exc
+        logger.info("ComfyUI launched", extra={"pid": self._process.pid, "command": self._command})
+        assert self._process.stdout is not None
+        self._forwarder = asyncio.create_task(_forward_output(self._process.stdout), name="comfy-output")
+
+    async def wait_ready(self, probe: Callable[[], Awaitable[bool]], *, interval_s: float, max_tries: int) -> None:
+        """Probe until ComfyUI answers; fail fast if the child exits first."""
+        for _ in range(max_tries):
+            if not self.running:
+                raise StartupError(f"ComfyUI exited with code {self.returncode} before it answered")
+            if await probe():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wait(), interval_s)
+        if not self.running:
+            raise StartupError(f"ComfyUI exited with code {self.returncode} before it answered")
+        raise StartupError(f"ComfyUI did not start after {max_tries * interval_s:g} seconds")
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process else None
+
+    async def wait(self) -> int:
+        assert self._process is not None
+        code = await self._process.wait()
+        if self._forwarder is not None:
+            # Let the last lines (often the crash reason) reach the log.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._forwarder), 2.0)
+        return code
+
+    async def stop(self, timeout_s: float = 15.0) -> None:
+        if not self.running:
+            return
+        assert self._process is not None
+        logger.info("stopping ComfyUI", extra={"pid": self._process.pid})
+        self._process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._process.wait(), timeout_s)
+        except TimeoutError:
+            logger.warning("ComfyUI ignored SIGTERM; killing it", extra={"pid": self._process.pid})
+            self._process.kill()
+            await self._process.wait()
+
+
+async def _forward_output(stream: asyncio.StreamReader) -> None:
+    """ComfyUI's stdout and stderr, one log line per output line (progress bars split on \\r)."""
+    pending = b""
+    while chunk := await stream.read(65536):
+        pending += chunk
+        *lines, pending = pending.replace(b"\r", b"\n").split(b"\n")
+        for line in lines:
+            _log_line(line)
+        if len(pending) > 65536:
+            _log_line(pending)
+            pending = b""
+    if pending:
+        _log_line(pending)
+
+
+def _log_line(line: bytes) -> None:
+    text = line.decode("utf-8", errors="replace").rstrip()
+    if text:
+        comfy_logger.info(text, extra={"source": "comfyui"})
+
+
+def child_environment(base: dict[str, str], *, address: str, port: int) -> dict[str, str]:
+    """The parent's environment plus the variables the reference server passes to ComfyUI."""
+    env = dict(base)
+    env.update(
+        {
+            "DIRECT_ADDRESS": address,
+            "COMFYUI_PORT_HOST": str(port),
+            "WEB_ENABLE_AUTH": "false",
+            "CF_QUICK_TUNNELS": "false",
+        }
+    )
+    return env

@@ -1,0 +1,260 @@
+"""The one place that reads the environment.
+
+Names and defaults follow the reference server, so deployment manifests written for it keep working.
+Everything else receives a `Settings` object, which tests build directly with keyword arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SYSTEM_EVENT_NAMES = (
+    "status",
+    "progress",
+    "progress_state",
+    "executing",
+    "execution_start",
+    "execution_cached",
+    "executed",
+    "execution_success",
+    "execution_interrupted",
+    "execution_error",
+    "file_downloaded",
+    "file_uploaded",
+    "file_deleted",
+)
+
+SALAD_VARIABLES = (
+    "SALAD_CONTAINER_GROUP_ID",
+    "SALAD_MACHINE_ID",
+    "SALAD_ORGANIZATION_NAME",
+    "SALAD_ORGANIZATION_ID",
+    "SALAD_PROJECT_NAME",
+    "SALAD_PROJECT_ID",
+    "SALAD_CONTAINER_GROUP_NAME",
+    "SALAD_INSTANCE_ID",
+)
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}
+
+
+def _default_cache_dir() -> Path:
+    return Path(os.environ.get("HOME", "~")).expanduser() / ".cache" / "comfyui-api"
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the variable at fault."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
+
+    # ComfyUI process and location
+    cmd: str = "init.sh"
+    comfy_home: Path = Path("/opt/ComfyUI")
+    direct_address: str = "127.0.0.1"
+    comfyui_port_host: int = Field(8188, gt=0, lt=65536)
+    always_restart_comfyui: bool = False
+    startup_check_interval_s: float = Field(1.0, gt=0)
+    startup_check_max_tries: int = Field(20, gt=0)
+    model_dir: Path | None = None
+    input_dir: Path | None = None
+    output_dir: Path | None = None
+    base: str = ""
+
+    # This server
+    host: str = "::"
+    port: int = Field(3000, ge=0, lt=65536)
+    log_level: str = "info"
+    max_body_size_mb: int = Field(100, gt=0)
+    max_queue_depth: int = Field(0, ge=0)
+    prepend_filenames: bool = True
+    prompt_timeout_s: float | None = Field(None, gt=0)
+    shutdown_grace_period_s: float = Field(300.0, ge=0)
+    workflow_dir: Path = Path("/workflows")
+    markdown_schema_descriptions: bool = True
+
+    # Warmup and startup installs
+    warmup_prompt_file: Path | None = None
+    warmup_prompt_url: str | None = None
+    manifest: Path | None = None
+    manifest_json: str | None = None
+
+    # Downloads, cache and storage providers
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    lru_cache_size_gb: float = Field(0.0, ge=0)
+    http_auth_header_name: str | None = None
+    http_auth_header_value: str | None = None
+    aws_region: str | None = None
+    aws_default_region: str | None = None
+    azure_storage_connection_string: str | None = None
+    azure_storage_account: str | None = None
+    azure_storage_key: str | None = None
+    azure_storage_sas_token: str | None = None
+
+    # Webhooks
+    webhook_secret: str | None = None
+    prompt_webhook_retries: int = Field(3, ge=0)
+    system_webhook_url: str | None = None
+    system_webhook_events: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("always_restart_comfyui", "prepend_filenames", "markdown_schema_descriptions", mode="before")
+    @classmethod
+    def _parse_bool(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in {"trace", "debug", "info", "warn", "warning", "error", "fatal", "critical"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return lowered
+
+    @field_validator("cmd")
+    @classmethod
+    def _check_cmd(cls, value: str) -> str:
+        try:
+            if not shlex.split(value):
+                raise ValueError("CMD is empty")
+        except ValueError as exc:
+            raise ValueError(f"cannot parse CMD: {exc}") from exc
+        return value
+
+    @field_validator("system_webhook_events", mode="before")
+    @classmethod
+    def _parse_events(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            names = [name.strip() for name in value.split(",")]
+            if any(not name for name in names):
+                raise ValueError("empty event name")
+            if names == ["all"]:
+                return SYSTEM_EVENT_NAMES
+            unknown = sorted(set(names) - set(SYSTEM_EVENT_NAMES))
+            if unknown:
+                raise ValueError(
+                    f"unknown event(s) {', '.join(unknown)}; allowed: all, {', '.join(SYSTEM_EVENT_NAMES)}"
+                )
+            return tuple(dict.fromkeys(names))
+        return value
+
+    @field_validator("system_webhook_url", "warmup_prompt_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("warmup_prompt_file")
+    @classmethod
+    def _check_warmup_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _derive_dirs(self) -> Settings:
+        self.model_dir = self.model_dir or self.comfy_home / "models"
+        self.input_dir = self.input_dir or self.comfy_home / "input"
+        self.output_dir = self.output_dir or self.comfy_home / "output"
+        return self
+
+    # Resolved views, so callers never handle the optional forms above.
+    @property
+    def models_path(self) -> Path:
+        assert self.model_dir is not None
+        return self.model_dir
+
+    @property
+    def inputs_path(self) -> Path:
+        assert self.input_dir is not None
+        return self.input_dir
+
+    @property
+    def outputs_path(self) -> Path:
+        assert self.output_dir is not None
+        return self.output_dir
+
+    @property
+    def comfy_command(self) -> list[str]:
+        return shlex.split(self.cmd)
+
+    @property
+    def comfy_url(self) -> str:
+        host = self.direct_address
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.comfyui_port_host}"
+
+    @property
+    def comfy_ws_url(self) -> str:
+        return "ws" + self.comfy_url.removeprefix("http") + "/ws"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_body_size_mb * 1024 * 1024
+
+    @property
+    def aws_region_name(self) -> str | None:
+        return self.aws_region or self.aws_default_region
+
+    @property
+    def http_auth_header(self) -> tuple[str, str] | None:
+        if self.http_auth_header_name and self.http_auth_header_value:
+            return self.http_auth_header_name, self.http_auth_header_value
+        return None
+
+
+def system_metadata(environ: dict[str, str]) -> dict[str, str]:
+    """`SYSTEM_META_<key>` pairs plus `salad_<name>` for each Salad variable that is set."""
+    meta = {k.removeprefix("SYSTEM_META_"): v for k, v in environ.items() if k.startswith("SYSTEM_META_")}
+    for name in SALAD_VARIABLES:
+        if environ.get(name):
+            meta[name.lower()] = environ[name]
+    return meta
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; raise ConfigError naming the variable at fault."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def dump_for_log(settings: Settings) -> dict[str, Any]:
+    """The settings as loggable JSON, with every secret redacted."""
+    secret_fields = {
+        "http_auth_header_value",
+        "azure_storage_connection_string",
+        "azure_storage_key",
+        "azure_storage_sas_token",
+        "webhook_secret",
+        "manifest_json",
+    }
+    data = json.loads(settings.model_dump_json())
+    for name in secret_fields:
+        if data.get(name):
+            data[name] = "***"
+    return data

@@ -1,0 +1,147 @@
+"""The server's life: launch ComfyUI, warm up, supervise and restart it, drain and stop.
+
+Policy lives here; the mechanics are in comfy/process.py (the child), comfy/events.py (the websocket)
+and pipeline/ (running prompts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from . import __version__
+from .api.schemas import PromptRequest
+from .comfy.client import ComfyClient
+from .comfy.events import EventStream
+from .comfy.process import ComfyProcess, StartupError
+from .config import Settings, dump_for_log
+from .errors import ApiError, ComfyUnavailable
+from .pipeline.jobs import JobRegistry
+from .pipeline.reconciler import Reconciler
+from .pipeline.runner import PromptRunner
+from .state import ServerState
+from .warmup import load_warmup
+
+logger = logging.getLogger(__name__)
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        settings: Settings,
+        state: ServerState,
+        process: ComfyProcess,
+        client: ComfyClient,
+        events: EventStream,
+        jobs: JobRegistry,
+        runner: PromptRunner,
+        reconciler: Reconciler,
+        request_exit: Callable[[int], None],
+    ) -> None:
+        self._settings = settings
+        self._state = state
+        self._process = process
+        self._client = client
+        self._events = events
+        self._jobs = jobs
+        self._runner = runner
+        self._reconciler = reconciler
+        self._request_exit = request_exit
+        self._warmup_prompt: dict[str, Any] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    async def start(self) -> None:
+        """Load the warmup prompt, launch ComfyUI and wait for it; raises ConfigError or StartupError.
+
+        The warmup itself runs in the background, once the port is open (so /health can say 500 meanwhile).
+        """
+        logger.info("starting", extra={"version": __version__, "settings": dump_for_log(self._settings)})
+        if not self._settings.webhook_secret:
+            logger.warning("WEBHOOK_SECRET is not set: webhooks will be sent unsigned")
+        for folder in (self._settings.inputs_path, self._settings.outputs_path, self._settings.cache_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._warmup_prompt = await load_warmup(self._settings)
+        await self._launch()
+        self._events.start()
+        self._spawn(self._reconciler.run(), "reconciler")
+        self._spawn(self._supervise(), "supervisor")
+        self._spawn(self._warm_up(), "warmup")
+
+    async def drain(self) -> None:
+        """Stop taking prompts and let the ones in flight finish, within the grace period."""
+        self._state.draining = True
+        in_flight = len(self._jobs)
+        logger.info("draining", extra={"in_flight": in_flight, "grace_s": self._settings.shutdown_grace_period_s})
+        if not await self._jobs.wait_idle(self._settings.shutdown_grace_period_s):
+            logger.warning(
+                "grace period over; stopping with requests still in flight", extra={"in_flight": len(self._jobs)}
+            )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._events.stop()
+        await self._process.stop()
+        await self._client.aclose()
+        logger.info("stopped")
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _launch(self) -> None:
+        self._state.warm = False
+        await self._process.launch()
+        await self._process.wait_ready(
+            self._client.probe,
+            interval_s=self._settings.startup_check_interval_s,
+            max_tries=self._settings.startup_check_max_tries,
+        )
+        logger.info("ComfyUI is up", extra={"pid": self._process.pid})
+        self._state.comfy_up.set()
+        self._events.reconnect_now()
+
+    async def _warm_up(self) -> None:
+        if self._warmup_prompt is not None:
+            logger.info("running the warmup prompt")
+            try:
+                await self._runner.run(PromptRequest(prompt=self._warmup_prompt))
+            except ApiError as exc:
+                logger.error("the warmup prompt failed; exiting", extra={"error": exc.message, **exc.extra})
+                self._request_exit(1)
+                return
+            logger.info("warmup complete")
+        self._state.warm = True
+        self._state.healthy = True
+
+    async def _supervise(self) -> None:
+        while True:
+            code = await self._process.wait()
+            if self._stopping:
+                return
+            self._state.comfy_up.clear()
+            self._state.warm = False
+            self._jobs.fail_in_comfy(
+                ComfyUnavailable(f"ComfyUI exited with code {code} while the prompt was queued or running")
+            )
+            if not self._settings.always_restart_comfyui:
+                logger.error("ComfyUI exited; ALWAYS_RESTART_COMFYUI is off, so the server exits", extra={"code": code})
+                self._request_exit(1)
+                return
+            logger.warning("ComfyUI exited; restarting it", extra={"code": code})
+            try:
+                await self._launch()
+            except StartupError as exc:
+                logger.error("ComfyUI failed to restart; exiting", extra={"error": str(exc)})
+                self._request_exit(1)
+                return
+            self._spawn(self._warm_up(), "warmup")

@@ -1,0 +1,100 @@
+"""Run the app under uvicorn with this server's startup and shutdown rules.
+
+ComfyUI is launched and answers before the port opens (so orchestrators see "connection refused",
+not errors, while it starts). The first SIGTERM or SIGINT drains: /ready turns 503, new prompts are
+refused, requests in flight finish (within SHUTDOWN_GRACE_PERIOD_S), then uvicorn stops and the
+lifespan stops ComfyUI. A second signal stops at once. Exit code: 0 after a drain, 1 when startup
+failed or ComfyUI died for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from types import FrameType
+
+import uvicorn
+
+from .app import create_app
+from .comfy.process import StartupError
+from .config import ConfigError, Settings
+
+logger = logging.getLogger(__name__)
+
+
+class ApiServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self.exit_code = 0
+        self._drain = drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self._drain_task: asyncio.Task[None] | None = None
+
+    def request_exit(self, code: int) -> None:
+        self.exit_code = max(self.exit_code, code)
+        self.should_exit = True
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Deliberately not uvicorn's: it re-raises the signal after shutdown, which would turn a clean
+        # drain into death by SIGTERM instead of exit code 0.
+        if self._draining or self._loop is None:
+            self.should_exit = True
+            self.force_exit = self._draining
+            return
+        self._draining = True
+        logger.info("signal received; draining", extra={"signal": sig})
+        self._loop.call_soon_threadsafe(self._start_drain)
+
+    def _start_drain(self) -> None:
+        self._drain_task = asyncio.create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self._drain()
+        finally:
+            self.should_exit = True
+
+    async def run_app(self, start: Callable[[], Awaitable[None]]) -> None:
+        self._loop = asyncio.get_running_loop()
+        with self.capture_signals():
+            try:
+                await start()
+            except (ConfigError, StartupError) as exc:
+                logger.critical(str(exc))
+                self.exit_code = 1
+                return
+            if not self.should_exit:
+                await self._serve()
+
+
+def serve(settings: Settings) -> int:
+    server: ApiServer | None = None
+
+    def request_exit(code: int) -> None:
+        assert server is not None
+        server.request_exit(code)
+
+    app = create_app(settings, request_exit=request_exit)
+    lifecycle = app.state.lifecycle
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    server = ApiServer(config, drain=lifecycle.drain)
+
+    async def main() -> None:
+        try:
+            await server.run_app(lifecycle.start)
+        finally:
+            await lifecycle.stop()
+
+    asyncio.run(main())
+    return server.exit_code

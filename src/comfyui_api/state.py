@@ -1,0 +1,17 @@
+"""What the probes report: is ComfyUI up, has the warmup run, are we draining."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ServerState:
+    # Set while the ComfyUI child answers HTTP; cleared the moment it exits.
+    comfy_up: asyncio.Event = field(default_factory=asyncio.Event)
+    # True after the warmup of the current ComfyUI launch finished.
+    warm: bool = False
+    # True once any warmup has finished; liveness never goes back (reference semantics).
+    healthy: bool = False
+    draining: bool = False
