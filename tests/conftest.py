@@ -1,0 +1,63 @@
+"""Session fixtures: the random SD1.5-shaped checkpoint and the shared server most tests use."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.paths import CHECKPOINT_NAME, COMFY_PYTHON, COMFY_TREE, REPO, TEST_CACHE
+from tests.support.server import ApiServer
+
+
+@pytest.fixture(scope="session")
+def checkpoint() -> Path:
+    """Generated once per checkout (about 5 s) and reused: random weights, SD1.5 shape."""
+    path = TEST_CACHE / CHECKPOINT_NAME
+    if not path.exists():
+        if not COMFY_PYTHON.exists():
+            pytest.fail("ComfyUI is not installed: run scripts/setup.sh (scripts/test.sh does)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [
+                str(COMFY_PYTHON),
+                str(REPO / "scripts" / "make_sd15_checkpoint.py"),
+                "--comfyui",
+                str(COMFY_TREE),
+                "--out",
+                str(path),
+            ],
+            check=True,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def make_server(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Iterator[Callable[..., ApiServer]]:
+    """A factory for servers with their own folders; every server it made is stopped at the end."""
+    started: list[ApiServer] = []
+
+    def factory(name: str = "server", **env: str) -> ApiServer:
+        server = ApiServer(tmp_path_factory.mktemp(name), checkpoint, **env)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(make_server: Callable[..., ApiServer]) -> ApiServer:
+    """The shared server: default settings but a small body limit, started once for the session."""
+    return make_server("shared", MAX_BODY_SIZE_MB="2").start()
+
+
+def pytest_report_header() -> list[str]:
+    return [
+        f"ComfyUI install: {COMFY_TREE} ({'present' if COMFY_TREE.exists() else 'missing'})",
+        f"CI: {os.environ.get('CI', 'false')}",
+    ]
