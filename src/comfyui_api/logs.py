@@ -12,7 +12,8 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # LogRecord attributes that are not user-supplied `extra` fields.
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn's `color_message` duplicates `msg` with terminal colour codes.
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 _LEVELS = {
     "trace": logging.DEBUG,
