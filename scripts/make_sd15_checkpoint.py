@@ -7,7 +7,7 @@ Run with the ComfyUI venv's python (see scripts/install-comfyui.sh):
 The modules are ComfyUI's own classes, so the key layout is exactly what its loader expects. The UNet has
 a single resolution level (25.8 M params) instead of four; the CLIP-L text encoder is full size because
 ComfyUI's SD1 text-encoder config is fixed. Images are coloured noise, but every node runs for real.
-Deterministic for a given --seed. See /work/shared/research/comfyui-cpu.md section 7.
+Deterministic for a given --seed.
 """
 
 from __future__ import annotations

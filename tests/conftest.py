@@ -52,8 +52,9 @@ def make_server(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> I
 
 @pytest.fixture(scope="session")
 def server(make_server: Callable[..., ApiServer]) -> ApiServer:
-    """The shared server: default settings but a small body limit, started once for the session."""
-    return make_server("shared", MAX_BODY_SIZE_MB="2").start()
+    """The shared server, started once for the session: default settings but for a small body limit and
+    a queue-depth limit of 2 (so /ready says 503 while a prompt runs and another waits)."""
+    return make_server("shared", MAX_BODY_SIZE_MB="2", MAX_QUEUE_DEPTH="2").start()
 
 
 def pytest_report_header() -> list[str]:

@@ -30,6 +30,8 @@ def test_interrupting_a_queued_prompt_removes_it_from_comfyui_queue(server: ApiS
     running = server.wait_comfy_running()
     queued = run_in_background(lambda: post_prompt(server, solid(8, 8), "queued"))
     pending = server.wait_comfy_pending(1)
+    # Two prompts in ComfyUI reach MAX_QUEUE_DEPTH=2: not ready for more.
+    wait_until(lambda: not server.ready(), 30, "/ready to report the full queue")
 
     response = server.http.post("/interrupt", json={"id": "queued"})
     assert response.status_code == 200
@@ -43,3 +45,4 @@ def test_interrupting_a_queued_prompt_removes_it_from_comfyui_queue(server: ApiS
     server.http.post("/interrupt", json={"id": "blocker"})
     assert blocker(120).status_code == 500
     wait_until(lambda: server.comfy_queue() == ([], []), 60, "ComfyUI's queue to empty")
+    wait_until(server.ready, 30, "/ready once the queue has room again")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.files import FileServer
 from tests.support.graphs import slow, solid, txt2img
 from tests.support.relay import Relay
 from tests.support.server import STARTUP_DEADLINE_S, ApiServer, run_in_background, wait_until
@@ -66,8 +67,26 @@ def test_warmup_runs_before_health_and_after_every_restart(make_server: ServerFa
     assert post_prompt(server, solid(8, 8), "after-restart").status_code == 200
 
 
-def test_without_restart_the_server_exits_non_zero_when_comfyui_dies(make_server: ServerFactory) -> None:
-    server = make_server("no-restart").start()
+def test_warmup_from_url_timeout_and_exit_without_restart(make_server: ServerFactory, tmp_path: Path) -> None:
+    (tmp_path / "warmup.json").write_text(json.dumps(solid(8, 8)))
+    with FileServer(tmp_path, auth_header=("X-Token", "sesame")) as files:
+        server = make_server(
+            "no-restart",
+            WARMUP_PROMPT_URL=f"{files.url}/warmup.json",
+            HTTP_AUTH_HEADER_NAME="X-Token",
+            HTTP_AUTH_HEADER_VALUE="sesame",
+            PROMPT_TIMEOUT_S="2",
+        ).start()
+        assert files.requests == ["/warmup.json"]
+    assert logged(server, "warmup complete")
+
+    # A prompt that outlives PROMPT_TIMEOUT_S gets 504 and is taken out of ComfyUI.
+    response = post_prompt(server, slow(), "too-slow")
+    assert response.status_code == 504
+    assert "PROMPT_TIMEOUT_S" in response.json()["error"]
+    wait_until(lambda: server.comfy_queue() == ([], []), 60, "the timed-out prompt to leave ComfyUI")
+
+    # Without ALWAYS_RESTART_COMFYUI, ComfyUI's death ends the server with a non-zero code.
     server.comfy_process().kill()
     assert server.wait_exit(60) == 1
     assert logged(server, "ComfyUI exited; ALWAYS_RESTART_COMFYUI is off, so the server exits")
