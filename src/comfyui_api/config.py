@@ -106,6 +106,32 @@ class Settings(BaseSettings):
     system_webhook_url: str | None = None
     system_webhook_events: Annotated[tuple[str, ...], NoDecode] = ()
 
+    @field_validator(
+        "model_dir",
+        "input_dir",
+        "output_dir",
+        "prompt_timeout_s",
+        "warmup_prompt_file",
+        "warmup_prompt_url",
+        "manifest",
+        "manifest_json",
+        "http_auth_header_name",
+        "http_auth_header_value",
+        "aws_region",
+        "aws_default_region",
+        "azure_storage_connection_string",
+        "azure_storage_account",
+        "azure_storage_key",
+        "azure_storage_sas_token",
+        "webhook_secret",
+        "system_webhook_url",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Manifests often write `NAME: ""` for "not set"; the reference server reads it that way too.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("always_restart_comfyui", "prepend_filenames", "markdown_schema_descriptions", mode="before")
     @classmethod
     def _parse_bool(cls, value: Any) -> Any:
@@ -257,4 +283,8 @@ def dump_for_log(settings: Settings) -> dict[str, Any]:
     for name in secret_fields:
         if data.get(name):
             data[name] = "***"
+    # Signed URLs carry their credentials in the query string.
+    for name in ("warmup_prompt_url", "system_webhook_url"):
+        if data.get(name) and "?" in data[name]:
+            data[name] = data[name].split("?", 1)[0] + "?***"
     return data

@@ -203,6 +203,13 @@ def test_an_existing_warmup_prompt_file_is_accepted(monkeypatch: pytest.MonkeyPa
     assert load_settings().warmup_prompt_file == warmup
 
 
+@pytest.mark.parametrize("name", ["SYSTEM_WEBHOOK_URL", "WARMUP_PROMPT_URL", "WARMUP_PROMPT_FILE"])
+def test_an_empty_optional_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv(name, "")
+
+    assert getattr(load_settings(), name.lower()) is None
+
+
 def test_a_non_http_system_webhook_url_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SYSTEM_WEBHOOK_URL", "ftp://example.com/hook")
 

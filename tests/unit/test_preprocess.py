@@ -117,7 +117,10 @@ def test_save_output_false_does_not_count_as_an_output() -> None:
 
 
 def test_require_saving_node_accepts_a_prompt_with_an_output() -> None:
-    prompt = {"1": _node("VHS_VideoCombine", filename_prefix="v", save_output=False), "2": _node("SaveImage", filename_prefix="i")}
+    prompt = {
+        "1": _node("VHS_VideoCombine", filename_prefix="v", save_output=False),
+        "2": _node("SaveImage", filename_prefix="i"),
+    }
 
     require_saving_node(prompt)
 
@@ -193,7 +196,10 @@ async def test_an_image_url_without_a_provider_names_the_node(preprocessor: Prep
     error = await _bad_request(preprocessor, prompt, job)
 
     assert error.location == "prompt.12.inputs.image"
-    assert error.message == "Failed to download image for node 12: No storage provider found for URL: https://example.com/cat.png"
+    assert (
+        error.message
+        == "Failed to download image for node 12: No storage provider found for URL: https://example.com/cat.png"
+    )
 
 
 async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: Job, input_dir: Path) -> None:
@@ -204,7 +210,7 @@ async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: J
     written = Path(prompt["4"]["inputs"]["audio"])
     assert written.parent == input_dir
     assert written.suffix == ".wav"
-    assert written.read_bytes() == WAV
+    assert written.read_bytes() == WAV  # noqa: ASYNC240 - a tiny file in a test
     assert job.input_files == [written]
 
 
@@ -240,7 +246,10 @@ async def test_a_bad_video_input_reports_the_video_location(
     error = await _bad_request(preprocessor, prompt, job)
 
     assert error.location == "prompt.5.inputs.video"
-    assert error.message == "Failed to download video for node 5: No storage provider found for URL: http://example.com/clip.mp4"
+    assert (
+        error.message
+        == "Failed to download video for node 5: No storage provider found for URL: http://example.com/clip.mp4"
+    )
 
 
 async def test_media_inputs_of_other_node_classes_are_left_alone(preprocessor: Preprocessor, job: Job) -> None:

@@ -96,7 +96,7 @@ class BodySizeLimit:
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
-            {"error": f"Request body is larger than {self.max_bytes // (1024 * 1024)} MB", "location": "body"}
+            {"error": f"Request body is larger than {self.max_bytes / (1024 * 1024):g} MB", "location": "body"}
         ).encode()
         await send(
             {

@@ -120,6 +120,8 @@ class JobRegistry:
             job.fail(error)
 
     async def wait_idle(self, timeout_s: float) -> bool:
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:

@@ -1,0 +1,196 @@
+"""Error responses of the HTTP layer: the body size limit and the JSON error handlers, in process."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from comfyui_api.api.handlers import install_error_handlers
+from comfyui_api.api.middleware import BodySizeLimit
+from comfyui_api.errors import ApiError, BadRequest, Conflict
+
+MAX_BYTES = 256
+
+
+class Node(BaseModel):
+    class_type: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+
+
+class Graph(BaseModel):
+    prompt: dict[str, Node]
+    id: str = "default"
+
+
+def _app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BYTES)
+
+    @app.post("/prompt")
+    async def prompt(graph: Graph) -> dict[str, Any]:
+        if graph.id == "taken":
+            raise Conflict("A request with id 'taken' is already in progress", location="id")
+        if graph.id == "bad":
+            raise BadRequest("Bad node", location="prompt.1", node_errors={"1": ["nope"]})
+        if graph.id == "boom":
+            raise RuntimeError("secret internals at /opt/app")
+        return {"nodes": sorted(graph.prompt)}
+
+    return app
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
+
+
+def _valid_body(padding: int = 0) -> dict[str, Any]:
+    return {"prompt": {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x" * padding}}}}
+
+
+async def test_a_valid_body_reaches_the_route(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", json=_valid_body())
+
+    assert response.status_code == 200
+    assert response.json() == {"nodes": ["1"]}
+
+
+async def test_a_body_at_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    body = json.dumps(_valid_body()).encode()
+    body = body.replace(b'"filename_prefix": "', b'"filename_prefix": "' + b"x" * (MAX_BYTES - len(body)))
+    assert len(body) == MAX_BYTES
+
+    response = await client.post("/prompt", content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 200
+
+
+async def test_an_over_limit_content_length_is_413_json_at_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", json=_valid_body(padding=MAX_BYTES))
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["location"] == "body"
+    assert body["error"].startswith("Request body is larger than")
+
+
+async def test_a_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    encoded = json.dumps(_valid_body(padding=MAX_BYTES)).encode()
+    parts = [encoded[index : index + 64] for index in range(0, len(encoded), 64)]
+
+    response = await client.post("/prompt", content=_chunks(*parts), headers={"content-type": "application/json"})
+
+    assert "content-length" not in response.request.headers
+    assert response.request.headers["transfer-encoding"] == "chunked"
+    assert response.status_code == 413
+    assert response.json()["location"] == "body"
+
+
+async def test_a_streamed_body_within_the_limit_is_accepted(client: httpx.AsyncClient) -> None:
+    encoded = json.dumps(_valid_body()).encode()
+
+    response = await client.post(
+        "/prompt", content=_chunks(encoded[:10], encoded[10:]), headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 200
+    assert response.json() == {"nodes": ["1"]}
+
+
+async def test_malformed_json_is_400_at_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", content=b'{"prompt": ', headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["location"] == "body"
+    assert body["error"].startswith("Malformed JSON body")
+
+
+@pytest.mark.parametrize("headers", [{"content-type": "application/json"}, {}])
+async def test_an_empty_body_is_400(client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    response = await client.post("/prompt", content=b"", headers=headers)
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "The request body is empty: send a JSON object", "location": "body"}
+
+
+async def test_a_text_plain_body_is_415(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/prompt", content=json.dumps(_valid_body()).encode(), headers={"content-type": "text/plain"}
+    )
+
+    assert response.status_code == 415
+    assert response.json() == {
+        "error": "Unsupported content type 'text/plain': send application/json",
+        "location": "body",
+    }
+
+
+async def test_a_validation_error_names_the_field_path(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", json={"prompt": {"1": {"inputs": {}}}})
+
+    assert response.status_code == 400
+    body = response.json()
+    assert body["location"] == "prompt.1.class_type"
+    assert body["error"].startswith("prompt.1.class_type: ")
+    assert body["errors"] == [{"location": "prompt.1.class_type", "message": "Field required"}]
+
+
+async def test_every_validation_error_is_listed(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", json={"prompt": {"1": {"inputs": {}}, "2": {"class_type": 3}}})
+
+    assert response.status_code == 400
+    locations = [problem["location"] for problem in response.json()["errors"]]
+    assert locations == ["prompt.1.class_type", "prompt.2.class_type"]
+
+
+async def test_a_json_value_of_the_wrong_shape_is_400_at_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", json=[1, 2])
+
+    assert response.status_code == 400
+    assert response.json()["location"] == "body"
+
+
+@pytest.mark.parametrize(
+    ("request_id", "status", "expected"),
+    [
+        ("taken", 409, {"error": "A request with id 'taken' is already in progress", "location": "id"}),
+        ("bad", 400, {"error": "Bad node", "location": "prompt.1", "node_errors": {"1": ["nope"]}}),
+    ],
+)
+async def test_an_api_error_in_the_route_keeps_its_status_and_body(
+    client: httpx.AsyncClient, request_id: str, status: int, expected: dict[str, Any]
+) -> None:
+    response = await client.post("/prompt", json={**_valid_body(), "id": request_id})
+
+    assert response.status_code == status
+    assert response.json() == expected
+
+
+def test_an_api_error_status_can_be_overridden() -> None:
+    error = ApiError("Slow down", status_code=429, retry_after=3)
+
+    assert error.status_code == 429
+    assert error.body() == {"error": "Slow down", "retry_after": 3}
+
+
+async def test_an_unexpected_error_is_500_without_details(client: httpx.AsyncClient) -> None:
+    response = await client.post("/prompt", json={**_valid_body(), "id": "boom"})
+
+    assert response.status_code == 500
+    assert response.json() == {"error": "Internal error: RuntimeError"}
