@@ -15,25 +15,6 @@ UUID_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 UNSNIFFABLE = "Failed to parse base64 encoded file: Could not determine file type from base64 data"
 
 
-@pytest.fixture
-def input_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "input"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def output_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "output"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def media(input_dir: Path, output_dir: Path) -> MediaInputs:
-    return MediaInputs(input_dir, output_dir)
-
-
 def _touch(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"x")

@@ -19,6 +19,7 @@ from comfyui_api.pipeline.preprocess import (
     rewrite_prefix,
     saves_output,
 )
+from tests.support.graphs import node
 from tests.unit.samples import image_bytes
 
 WAV = b"RIFF\x24\x08\x00\x00WAVEfmt " + b"\x00" * 40
@@ -27,22 +28,6 @@ MP4 = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + b"\x00" * 32
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def _node(class_type: str, **inputs: Any) -> dict[str, Any]:
-    return {"class_type": class_type, "inputs": inputs}
-
-
-@pytest.fixture
-def input_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "input"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def media(input_dir: Path, tmp_path: Path) -> MediaInputs:
-    return MediaInputs(input_dir, tmp_path / "output")
 
 
 @pytest.fixture
@@ -67,7 +52,7 @@ def test_rewrite_prefix_prepends_the_job_id_or_replaces_the_prefix() -> None:
 
 
 async def test_filename_prefixes_get_the_job_id_prepended(preprocessor: Preprocessor, job: Job) -> None:
-    prompt = {"9": _node("SaveImage", filename_prefix="ComfyUI", images=["8", 0])}
+    prompt = {"9": node("SaveImage", filename_prefix="ComfyUI", images=["8", 0])}
 
     await preprocessor.run(prompt, job)
 
@@ -77,7 +62,7 @@ async def test_filename_prefixes_get_the_job_id_prepended(preprocessor: Preproce
 async def test_filename_prefixes_are_replaced_when_prepend_is_off(
     media: MediaInputs, input_dir: Path, job: Job
 ) -> None:
-    prompt = {"9": _node("SaveImage", filename_prefix="ComfyUI"), "10": _node("SaveAudio", filename_prefix="a/b")}
+    prompt = {"9": node("SaveImage", filename_prefix="ComfyUI"), "10": node("SaveAudio", filename_prefix="a/b")}
 
     await Preprocessor(media, input_dir, prepend_filenames=False).run(prompt, job)
 
@@ -86,7 +71,7 @@ async def test_filename_prefixes_are_replaced_when_prepend_is_off(
 
 
 async def test_an_empty_filename_prefix_is_left_alone(preprocessor: Preprocessor, job: Job) -> None:
-    prompt = {"9": _node("SaveImage", filename_prefix="")}
+    prompt = {"9": node("SaveImage", filename_prefix="")}
 
     await preprocessor.run(prompt, job)
 
@@ -95,7 +80,7 @@ async def test_an_empty_filename_prefix_is_left_alone(preprocessor: Preprocessor
 
 async def test_a_saving_node_matches_no_other_rule(preprocessor: Preprocessor, job: Job) -> None:
     inline = _b64(image_bytes("PNG"))
-    prompt = {"9": _node("CustomSaver", filename_prefix="out", image=inline)}
+    prompt = {"9": node("CustomSaver", filename_prefix="out", image=inline)}
 
     await preprocessor.run(prompt, job)
 
@@ -118,8 +103,8 @@ def test_save_output_false_does_not_count_as_an_output() -> None:
 
 def test_require_saving_node_accepts_a_prompt_with_an_output() -> None:
     prompt = {
-        "1": _node("VHS_VideoCombine", filename_prefix="v", save_output=False),
-        "2": _node("SaveImage", filename_prefix="i"),
+        "1": node("VHS_VideoCombine", filename_prefix="v", save_output=False),
+        "2": node("SaveImage", filename_prefix="i"),
     }
 
     require_saving_node(prompt)
@@ -128,8 +113,8 @@ def test_require_saving_node_accepts_a_prompt_with_an_output() -> None:
 @pytest.mark.parametrize(
     "prompt",
     [
-        {"1": _node("VHS_VideoCombine", filename_prefix="v", save_output=False)},
-        {"1": _node("PreviewImage", images=["2", 0])},
+        {"1": node("VHS_VideoCombine", filename_prefix="v", save_output=False)},
+        {"1": node("PreviewImage", images=["2", 0])},
     ],
 )
 def test_require_saving_node_rejects_a_prompt_without_outputs(prompt: dict[str, Any]) -> None:
@@ -148,7 +133,7 @@ def test_require_saving_node_rejects_a_prompt_without_outputs(prompt: dict[str, 
 async def test_inline_images_are_written_for_any_node_class(
     preprocessor: Preprocessor, job: Job, input_dir: Path, class_type: str
 ) -> None:
-    prompt = {"3": _node(class_type, image=_b64(image_bytes("PNG")), upload="image")}
+    prompt = {"3": node(class_type, image=_b64(image_bytes("PNG")), upload="image")}
 
     await preprocessor.run(prompt, job)
 
@@ -161,7 +146,7 @@ async def test_inline_images_are_written_for_any_node_class(
 
 async def test_an_existing_image_name_is_left_alone(preprocessor: Preprocessor, job: Job, input_dir: Path) -> None:
     (input_dir / "cat.png").write_bytes(image_bytes("PNG"))
-    prompt = {"3": _node("LoadImage", image="cat.png")}
+    prompt = {"3": node("LoadImage", image="cat.png")}
 
     await preprocessor.run(prompt, job)
 
@@ -170,7 +155,7 @@ async def test_an_existing_image_name_is_left_alone(preprocessor: Preprocessor, 
 
 
 async def test_a_linked_image_input_is_left_alone(preprocessor: Preprocessor, job: Job) -> None:
-    prompt = {"3": _node("ImageScale", image=["2", 0])}
+    prompt = {"3": node("ImageScale", image=["2", 0])}
 
     await preprocessor.run(prompt, job)
 
@@ -178,7 +163,7 @@ async def test_a_linked_image_input_is_left_alone(preprocessor: Preprocessor, jo
 
 
 async def test_a_bad_inline_image_names_the_node_and_input(preprocessor: Preprocessor, job: Job) -> None:
-    prompt = {"3": _node("LoadImage", image=_b64(b"this is plain text and no image format at all"))}
+    prompt = {"3": node("LoadImage", image=_b64(b"this is plain text and no image format at all"))}
 
     error = await _bad_request(preprocessor, prompt, job)
 
@@ -190,8 +175,8 @@ async def test_a_bad_inline_image_names_the_node_and_input(preprocessor: Preproc
     )
 
 
-async def test_an_image_url_without_a_provider_names_the_node(preprocessor: Preprocessor, job: Job) -> None:
-    prompt = {"12": _node("LoadImage", image="https://example.com/cat.png")}
+async def test_an_image_url_without_a_provider_names_thenode(preprocessor: Preprocessor, job: Job) -> None:
+    prompt = {"12": node("LoadImage", image="https://example.com/cat.png")}
 
     error = await _bad_request(preprocessor, prompt, job)
 
@@ -203,7 +188,7 @@ async def test_an_image_url_without_a_provider_names_the_node(preprocessor: Prep
 
 
 async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: Job, input_dir: Path) -> None:
-    prompt = {"4": _node("LoadAudio", audio=_b64(WAV))}
+    prompt = {"4": node("LoadAudio", audio=_b64(WAV))}
 
     await preprocessor.run(prompt, job)
 
@@ -215,7 +200,7 @@ async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: J
 
 
 async def test_a_bad_audio_input_names_the_audio_location(preprocessor: Preprocessor, job: Job) -> None:
-    prompt = {"4": _node("LoadAudio", audio="/no/such/file.wav")}
+    prompt = {"4": node("LoadAudio", audio="/no/such/file.wav")}
 
     error = await _bad_request(preprocessor, prompt, job)
 
@@ -227,7 +212,7 @@ async def test_a_bad_audio_input_names_the_audio_location(preprocessor: Preproce
 async def test_load_video_writes_inline_video_from_either_input(
     preprocessor: Preprocessor, job: Job, input_dir: Path, input_name: str
 ) -> None:
-    prompt = {"5": _node("LoadVideo", **{input_name: _b64(MP4)})}
+    prompt = {"5": node("LoadVideo", **{input_name: _b64(MP4)})}
 
     await preprocessor.run(prompt, job)
 
@@ -241,7 +226,7 @@ async def test_load_video_writes_inline_video_from_either_input(
 async def test_a_bad_video_input_reports_the_video_location(
     preprocessor: Preprocessor, job: Job, input_name: str
 ) -> None:
-    prompt = {"5": _node("LoadVideo", **{input_name: "http://example.com/clip.mp4"})}
+    prompt = {"5": node("LoadVideo", **{input_name: "http://example.com/clip.mp4"})}
 
     error = await _bad_request(preprocessor, prompt, job)
 
@@ -254,7 +239,7 @@ async def test_a_bad_video_input_reports_the_video_location(
 
 async def test_media_inputs_of_other_node_classes_are_left_alone(preprocessor: Preprocessor, job: Job) -> None:
     inline = _b64(WAV)
-    prompt = {"6": _node("SomeAudioNode", audio=inline), "7": _node("SomeVideoNode", video=inline)}
+    prompt = {"6": node("SomeAudioNode", audio=inline), "7": node("SomeVideoNode", video=inline)}
 
     await preprocessor.run(prompt, job)
 
@@ -270,7 +255,7 @@ async def test_directory_nodes_get_a_job_folder_of_files(
     elsewhere = tmp_path / "elsewhere.gif"
     elsewhere.write_bytes(image_bytes("GIF"))
     inline = image_bytes("JPEG")
-    prompt = {"8": _node("VHS_LoadImages", directory=["existing.png", str(elsewhere), _b64(inline)])}
+    prompt = {"8": node("VHS_LoadImages", directory=["existing.png", str(elsewhere), _b64(inline)])}
 
     await preprocessor.run(prompt, job)
 
@@ -289,7 +274,7 @@ async def test_directory_nodes_get_a_job_folder_of_files(
 async def test_an_unknown_directory_entry_names_the_node_and_input(
     preprocessor: Preprocessor, job: Job, input_dir: Path
 ) -> None:
-    prompt = {"8": _node("VHS_LoadImagesPath", directory=["missing.png"])}
+    prompt = {"8": node("VHS_LoadImagesPath", directory=["missing.png"])}
 
     error = await _bad_request(preprocessor, prompt, job)
 
@@ -303,7 +288,7 @@ async def test_a_duplicated_directory_entry_is_a_bad_request(
     preprocessor: Preprocessor, job: Job, input_dir: Path
 ) -> None:
     (input_dir / "a.png").write_bytes(image_bytes("PNG"))
-    prompt = {"8": _node("VHS_LoadImages", directory=["a.png", "a.png"])}
+    prompt = {"8": node("VHS_LoadImages", directory=["a.png", "a.png"])}
 
     error = await _bad_request(preprocessor, prompt, job)
 
@@ -311,7 +296,7 @@ async def test_a_duplicated_directory_entry_is_a_bad_request(
 
 
 async def test_a_directory_given_as_a_name_is_left_alone(preprocessor: Preprocessor, job: Job, input_dir: Path) -> None:
-    prompt = {"8": _node("VHS_LoadImages", directory="my_frames")}
+    prompt = {"8": node("VHS_LoadImages", directory="my_frames")}
 
     await preprocessor.run(prompt, job)
 
