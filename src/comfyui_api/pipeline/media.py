@@ -43,23 +43,23 @@ def decode_inline(value: str) -> bytes:
         raise InvalidInlineData(f"the value is not valid base64: {exc}") from exc
 
 
+# ISO media brands (the 4 bytes after "ftyp") by prefix; any other brand is a plain MP4.
+_FTYP_BRANDS = (
+    (b"M4A", "m4a"),
+    (b"M4V", "m4v"),
+    (b"3gp", "3gp"),
+    (b"qt", "mov"),
+    (b"avi", "avif"),
+    (b"hei", "heic"),
+    (b"mif1", "heic"),
+)
+
+
 def _ftyp_extension(head: bytes) -> str | None:
     if head[4:8] != b"ftyp":
         return None
     brand = head[8:12]
-    if brand.startswith(b"M4A"):
-        return "m4a"
-    if brand.startswith(b"M4V"):
-        return "m4v"
-    if brand.startswith(b"3gp"):
-        return "3gp"
-    if brand.startswith(b"qt"):
-        return "mov"
-    if brand in {b"avif", b"avis"}:
-        return "avif"
-    if brand in {b"heic", b"heix", b"mif1"}:
-        return "heic"
-    return "mp4"
+    return next((extension for prefix, extension in _FTYP_BRANDS if brand.startswith(prefix)), "mp4")
 
 
 def sniff_extension(data: bytes) -> str | None:
