@@ -62,6 +62,8 @@ class PromptRunner:
             raise_if_failed(entry)
             require_present(outputs)
             collected_at = now_ms()
+            # The post-processing stage (output conversion) is timed between these marks; none is requested here.
+            postprocessed_at = now_ms()
             images = await asyncio.to_thread(_encode_files, [output.path for output in outputs])
             delivered_at = now_ms()
             logger.info(
@@ -77,8 +79,8 @@ class PromptRunner:
                     "comfy_execution": self._execution_stats(job, entry, preprocessed_at),
                     "preprocess_time": preprocessed_at - job.received_at,
                     "comfy_round_trip_time": collected_at - preprocessed_at,
-                    "postprocess_time": 0,
-                    "upload_time": delivered_at - collected_at,
+                    "postprocess_time": postprocessed_at - collected_at,
+                    "upload_time": delivered_at - postprocessed_at,
                     "total_time": delivered_at - job.received_at,
                 },
             }
