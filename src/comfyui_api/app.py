@@ -12,7 +12,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
-from .api import control, probes, prompt
+from .api import control, download, probes, prompt
 from .api.deps import Services
 from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, RequestContext
@@ -21,11 +21,11 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess, child_environment
 from .config import Settings
 from .lifecycle import Lifecycle
-from .pipeline.inputs import MediaInputs
 from .pipeline.jobs import JobRegistry
 from .pipeline.reconciler import Reconciler
 from .pipeline.runner import PromptRunner
 from .state import ServerState
+from .storage.manager import StorageManager
 
 
 def _exit_without_server(code: int) -> None:
@@ -39,14 +39,14 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
     events = EventStream(settings.comfy_ws_url)
     jobs = JobRegistry()
     events.subscribe(jobs.dispatch)
-    media = MediaInputs(settings.inputs_path, settings.outputs_path)
-    runner = PromptRunner(settings, client, events, jobs, state, media)
+    storage = StorageManager(settings)
+    runner = PromptRunner(settings, client, events, jobs, state, storage)
     process = ComfyProcess(
         settings.comfy_command,
         child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
     )
     lifecycle = Lifecycle(
-        settings, state, process, client, events, jobs, runner, Reconciler(client, events, jobs), request_exit
+        settings, state, process, client, events, jobs, runner, Reconciler(client, events, jobs), storage, request_exit
     )
 
     app = FastAPI(
@@ -57,12 +57,15 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
         openapi_url="/docs/json",
         servers=[{"url": f"http://localhost:{settings.port}"}],
     )
-    app.state.services = Services(settings=settings, state=state, events=events, jobs=jobs, runner=runner)
+    app.state.services = Services(
+        settings=settings, state=state, events=events, jobs=jobs, runner=runner, storage=storage
+    )
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(prompt.router)
     app.include_router(control.router)
+    app.include_router(download.router)
     _add_doc_routes(app)
     # Outermost first: the request id must be set before anything logs.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

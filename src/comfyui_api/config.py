@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     azure_storage_account: str | None = None
     azure_storage_key: str | None = None
     azure_storage_sas_token: str | None = None
+    hf_endpoint: str = "https://huggingface.co"
+    hf_token: str | None = None
 
     # Webhooks
     webhook_secret: str | None = None
@@ -123,6 +125,7 @@ class Settings(BaseSettings):
         "azure_storage_account",
         "azure_storage_key",
         "azure_storage_sas_token",
+        "hf_token",
         "webhook_secret",
         "system_webhook_url",
         mode="before",
@@ -276,6 +279,7 @@ def dump_for_log(settings: Settings) -> dict[str, Any]:
         "azure_storage_connection_string",
         "azure_storage_key",
         "azure_storage_sas_token",
+        "hf_token",
         "webhook_secret",
         "manifest_json",
     }

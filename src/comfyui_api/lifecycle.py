@@ -23,6 +23,7 @@ from .pipeline.jobs import JobRegistry
 from .pipeline.reconciler import Reconciler
 from .pipeline.runner import PromptRunner
 from .state import ServerState
+from .storage.manager import StorageManager
 from .warmup import load_warmup
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class Lifecycle:
         jobs: JobRegistry,
         runner: PromptRunner,
         reconciler: Reconciler,
+        storage: StorageManager,
         request_exit: Callable[[int], None],
     ) -> None:
         self._settings = settings
@@ -49,6 +51,7 @@ class Lifecycle:
         self._jobs = jobs
         self._runner = runner
         self._reconciler = reconciler
+        self._storage = storage
         self._request_exit = request_exit
         self._warmup_prompt: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -65,6 +68,7 @@ class Lifecycle:
         for folder in (self._settings.inputs_path, self._settings.outputs_path, self._settings.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._warmup_prompt = await load_warmup(self._settings)
+        await self._storage.cache.enforce_limit()
         await self._launch()
         self._events.start()
         self._spawn(self._reconciler.run(), "reconciler")
@@ -91,6 +95,7 @@ class Lifecycle:
         await self._events.stop()
         await self._process.stop()
         await self._client.aclose()
+        await self._storage.aclose()
         logger.info("stopped")
 
     def _spawn(self, coroutine: Any, name: str) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from comfyui_api.errors import BadRequest
-from comfyui_api.pipeline.inputs import MediaInputs
 from comfyui_api.pipeline.jobs import Job
 from comfyui_api.pipeline.preprocess import (
     NO_SAVING_NODE,
@@ -31,8 +30,14 @@ def _b64(data: bytes) -> str:
 
 
 @pytest.fixture
-def preprocessor(media: MediaInputs, input_dir: Path) -> Preprocessor:
-    return Preprocessor(media, input_dir, prepend_filenames=True)
+def preprocessor(input_dir: Path, output_dir: Path, tmp_path: Path) -> Preprocessor:
+    return make_preprocessor(input_dir, output_dir, tmp_path, prepend=True)
+
+
+def make_preprocessor(input_dir: Path, output_dir: Path, tmp_path: Path, *, prepend: bool) -> Preprocessor:
+    return Preprocessor(
+        input_dir=input_dir, output_dir=output_dir, model_dir=tmp_path / "models", prepend_filenames=prepend
+    )
 
 
 @pytest.fixture
@@ -60,11 +65,11 @@ async def test_filename_prefixes_get_the_job_id_prepended(preprocessor: Preproce
 
 
 async def test_filename_prefixes_are_replaced_when_prepend_is_off(
-    media: MediaInputs, input_dir: Path, job: Job
+    input_dir: Path, output_dir: Path, tmp_path: Path, job: Job
 ) -> None:
     prompt = {"9": node("SaveImage", filename_prefix="ComfyUI"), "10": node("SaveAudio", filename_prefix="a/b")}
 
-    await Preprocessor(media, input_dir, prepend_filenames=False).run(prompt, job)
+    await make_preprocessor(input_dir, output_dir, tmp_path, prepend=False).run(prompt, job)
 
     assert prompt["9"]["inputs"]["filename_prefix"] == "job1"
     assert prompt["10"]["inputs"]["filename_prefix"] == "job1"

@@ -12,6 +12,7 @@ from ..config import Settings
 from ..pipeline.jobs import JobRegistry
 from ..pipeline.runner import PromptRunner
 from ..state import ServerState
+from ..storage.manager import StorageManager
 
 
 @dataclass
@@ -21,6 +22,7 @@ class Services:
     events: EventStream
     jobs: JobRegistry
     runner: PromptRunner
+    storage: StorageManager
 
 
 def _services(request: Request) -> Services:

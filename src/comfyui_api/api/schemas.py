@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..storage.auth import Credential
+
 # Characters that would let an id escape the folder it names files in.
 _UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$|\.\.")
 
@@ -27,6 +29,12 @@ class PromptRequest(BaseModel):
     id: str = Field(
         default_factory=lambda: str(uuid.uuid4()),
         description="Request id: prefixes output file names and identifies the request for /interrupt.",
+    )
+
+    credentials: list[Credential] | None = Field(
+        None,
+        description="Credentials for the URLs in the prompt: the first `url_pattern` that matches a URL gives its "
+        "`auth`. Never echoed back.",
     )
 
     @field_validator("id")

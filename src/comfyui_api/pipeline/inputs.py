@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ..storage.base import DownloadError
 from .media import InvalidInlineData, decode_inline, is_data_url, looks_like_base64, sniff_extension
 
 # Downloads a URL into a folder and returns the file's path; provided by the storage layer.
@@ -16,6 +17,12 @@ UrlFetcher = Callable[[str, Path], Awaitable[Path]]
 
 _ANNOTATION = re.compile(r"^(?P<name>.*?)\s*\[(?P<kind>input|output)\]$")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_url(value: str) -> bool:
+    return _URL.match(value) is not None
+
+
 _MAX_PATH = 4096
 
 
@@ -49,10 +56,13 @@ class MediaInputs:
         """The value to give ComfyUI, and the file written for this request (to delete later), if any."""
         if self.existing_name(value) is not None:
             return value, None
-        if _URL.match(value):
+        if is_url(value):
             if self._fetch_url is None:
                 raise InputError(f"No storage provider found for URL: {value}")
-            path = await self._fetch_url(value, dest_dir or self._input_dir)
+            try:
+                path = await self._fetch_url(value, dest_dir or self._input_dir)
+            except DownloadError as exc:
+                raise InputError(str(exc)) from None
             return str(path), None
         local = self.existing_path(value)
         if local is not None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApiError, Conflict
+from ..storage.manager import Download
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Job:
     executed_nodes: dict[str, None] = field(default_factory=dict)
     input_files: list[Path] = field(default_factory=list)
     input_dirs: list[Path] = field(default_factory=list)
+    # Cache files this job links to: pinned against eviction until it ends.
+    downloads: list[Download] = field(default_factory=list)
 
     def fail(self, error: ApiError) -> None:
         if self.failure is None:

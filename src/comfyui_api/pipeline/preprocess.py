@@ -10,8 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest
+from ..storage.auth import Credential, match_credentials
+from ..storage.base import DownloadError
+from ..storage.manager import StorageManager
 from .inputs import InputError, MediaInputs
 from .jobs import Job
+from .models import GIT_LOADERS, MODEL_LOADERS, MODEL_URL_SCHEMES
 
 VIDEO_NODES = frozenset(
     {"LoadVideo", "VHS_LoadVideo", "VHS_LoadVideoPath", "VHS_LoadVideoFFmpegPath", "VHS_LoadVideoFFmpeg"}
@@ -41,29 +45,89 @@ def rewrite_prefix(prefix: str, job_id: str, prepend: bool) -> str:
 
 
 class Preprocessor:
-    def __init__(self, media: MediaInputs, input_dir: Path, *, prepend_filenames: bool) -> None:
-        self._media = media
+    def __init__(
+        self,
+        *,
+        input_dir: Path,
+        output_dir: Path,
+        model_dir: Path,
+        prepend_filenames: bool,
+        storage: StorageManager | None = None,
+    ) -> None:
         self._input_dir = input_dir
+        self._output_dir = output_dir
+        self._model_dir = model_dir
         self._prepend = prepend_filenames
+        self._storage = storage
 
-    async def run(self, prompt: dict[str, dict[str, Any]], job: Job) -> None:
-        """Rewrite `prompt` in place; files written for the job are recorded on it for cleanup."""
+    async def run(
+        self, prompt: dict[str, dict[str, Any]], job: Job, credentials: list[Credential] | None = None
+    ) -> None:
+        """Rewrite `prompt` in place; files and downloads are recorded on the job for cleanup."""
+        run = _Run(job, credentials, self._input_dir, self._output_dir, self._model_dir, self._storage)
         for node_id, node in prompt.items():
             inputs: dict[str, Any] = node["inputs"]
             class_type = node["class_type"]
             if is_saving_node(inputs):
                 inputs["filename_prefix"] = rewrite_prefix(inputs["filename_prefix"], job.id, self._prepend)
             elif isinstance(inputs.get("image"), str):
-                await self._media_input(job, node_id, inputs, ("image",), "image", "image")
+                await run.media_input(node_id, inputs, ("image",), "image", "image")
             elif class_type in DIRECTORY_NODES and _is_string_list(inputs.get("directory")):
-                await self._directory_input(job, node_id, inputs)
+                await run.directory_input(node_id, inputs)
             elif class_type in VIDEO_NODES:
-                await self._media_input(job, node_id, inputs, ("video", "file"), "video", "video")
+                await run.media_input(node_id, inputs, ("video", "file"), "video", "video")
             elif class_type == "LoadAudio":
-                await self._media_input(job, node_id, inputs, ("audio",), "audio", "audio")
+                await run.media_input(node_id, inputs, ("audio",), "audio", "audio")
+            elif class_type in MODEL_LOADERS:
+                await run.model_inputs(node_id, class_type, inputs)
 
-    async def _media_input(
-        self, job: Job, node_id: str, inputs: dict[str, Any], names: Iterable[str], label: str, location: str
+
+class _Run:
+    """One prompt's preprocessing: downloads carry its credentials and are recorded on its job."""
+
+    def __init__(
+        self,
+        job: Job,
+        credentials: list[Credential] | None,
+        input_dir: Path,
+        output_dir: Path,
+        model_dir: Path,
+        storage: StorageManager | None,
+    ) -> None:
+        self._job = job
+        self._credentials = credentials
+        self._input_dir = input_dir
+        self._model_dir = model_dir
+        self._storage = storage
+        self._media = MediaInputs(input_dir, output_dir, self._fetch)
+
+    async def _fetch(self, url: str, folder: Path) -> Path:
+        if self._storage is None:
+            raise DownloadError(f"No storage provider found for URL: {url}")
+        download = await self._storage.download(url, folder, auth=match_credentials(url, self._credentials))
+        self._job.downloads.append(download)
+        return download.link
+
+    async def model_inputs(self, node_id: str, class_type: str, inputs: dict[str, Any]) -> None:
+        for name, folder in MODEL_LOADERS[class_type].items():
+            value = inputs.get(name)
+            if not isinstance(value, str) or not value.startswith(MODEL_URL_SCHEMES):
+                continue
+            target = self._model_dir / folder
+            try:
+                if class_type in GIT_LOADERS:
+                    if self._storage is None:
+                        raise DownloadError(f"No storage provider found for URL: {value}")
+                    inputs[name] = (await self._storage.clone_repo(value, target)).name
+                else:
+                    inputs[name] = (await self._fetch(value, target)).name
+            except DownloadError as exc:
+                raise BadRequest(
+                    f"Failed to process model for node {node_id}: {exc}", location=f"prompt.{node_id}.inputs"
+                ) from None
+
+    async def media_input(
+        self, node_id: str, inputs: dict[str, Any], names: Iterable[str], label: str, location: str
     ) -> None:
         for name in names:
             value = inputs.get(name)
@@ -77,9 +141,10 @@ class Preprocessor:
                     location=f"prompt.{node_id}.inputs.{location}",
                 ) from None
             if written is not None:
-                job.input_files.append(written)
+                self._job.input_files.append(written)
 
-    async def _directory_input(self, job: Job, node_id: str, inputs: dict[str, Any]) -> None:
+    async def directory_input(self, node_id: str, inputs: dict[str, Any]) -> None:
+        job = self._job
         folder = self._input_dir / job.id
         job.input_dirs.append(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ from ..comfy.events import EventStream
 from ..config import Settings
 from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptTimeout, ShuttingDown
 from ..state import ServerState
+from ..storage.manager import StorageManager
 from .history import message_time, raise_if_failed
-from .inputs import MediaInputs
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
 from .preprocess import Preprocessor, require_saving_node
@@ -33,14 +33,21 @@ class PromptRunner:
         events: EventStream,
         jobs: JobRegistry,
         state: ServerState,
-        media: MediaInputs,
+        storage: StorageManager,
     ) -> None:
         self._settings = settings
         self._client = client
         self._events = events
         self._jobs = jobs
         self._state = state
-        self._preprocessor = Preprocessor(media, settings.inputs_path, prepend_filenames=settings.prepend_filenames)
+        self._storage = storage
+        self._preprocessor = Preprocessor(
+            input_dir=settings.inputs_path,
+            output_dir=settings.outputs_path,
+            model_dir=settings.models_path,
+            prepend_filenames=settings.prepend_filenames,
+            storage=storage,
+        )
         self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, request: PromptRequest) -> dict[str, Any]:
@@ -53,7 +60,7 @@ class PromptRunner:
         try:
             graph = request.graph()
             require_saving_node(graph)
-            await self._preprocessor.run(graph, job)
+            await self._preprocessor.run(graph, job, request.credentials)
             preprocessed_at = now_ms()
             entry = await self._execute(job, graph)
             job.state = JobState.COLLECTING
@@ -92,6 +99,8 @@ class PromptRunner:
             raise
         finally:
             self._jobs.remove(job)
+            for download in job.downloads:
+                self._storage.release(download)
             await asyncio.to_thread(self._delete_job_files, job, outputs)
             if job.state in (JobState.QUEUED, JobState.COLLECTING):
                 self._forget_history(job.prompt_id)

@@ -1,0 +1,125 @@
+"""POST /download: fetch a model into a model folder ahead of the prompts that need it."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from fastapi import APIRouter, BackgroundTasks
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import BadRequest
+from ..storage.auth import DownloadAuth, strip_userinfo
+from ..storage.base import DownloadError
+from ..storage.manager import StorageManager
+from .deps import ServicesDep
+from .schemas import ErrorResponse
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["models"])
+
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def _check_filename(name: str) -> str:
+    if not name or name in (".", "..") or _UNSAFE_NAME.search(name) or len(name) > 255:
+        raise ValueError("must be a plain file name: no '/', '\\', control characters, '.' or '..'")
+    return name
+
+
+class DownloadRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    url: str = Field(description="http(s), s3, Azure Blob or Hugging Face URL of the model file.")
+    model_type: str = Field(description="A folder of MODEL_DIR, e.g. `checkpoints` or `loras`.")
+    filename: str | None = Field(None, description="File name in the folder; default: the URL's file name.")
+    wait: bool = Field(False, description="true: answer when the download is done; false: answer 202 at once.")
+    auth: DownloadAuth | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _is_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https", "s3") or not parts.netloc:
+            raise ValueError("must be an http(s):// or s3:// URL")
+        return value
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        return None if value is None else _check_filename(value)
+
+
+class DownloadResponse(BaseModel):
+    url: str
+    model_type: str
+    filename: str | None
+    status: str
+    size: int | None = None
+    duration: float | None = None
+
+
+def _default_name(url: str) -> str | None:
+    name = PurePosixPath(unquote(urlsplit(url).path)).name
+    try:
+        return _check_filename(name)
+    except ValueError:
+        return None
+
+
+@router.post(
+    "/download",
+    response_model=DownloadResponse,
+    responses={202: {"model": DownloadResponse}, 400: {"model": ErrorResponse}},
+)
+async def download(body: DownloadRequest, services: ServicesDep, background: BackgroundTasks) -> JSONResponse:
+    """Download a model file (through the cache) and link it into `MODEL_DIR/<model_type>/`."""
+    model_dir = services.settings.models_path
+    types = sorted(path.name for path in model_dir.iterdir() if path.is_dir()) if model_dir.is_dir() else []
+    if body.model_type not in types:
+        raise BadRequest(
+            f"Unknown model type: {body.model_type}. Available types: {', '.join(types)}", location="model_type"
+        )
+    try:
+        services.storage.provider_for(body.url)
+    except DownloadError as exc:
+        raise BadRequest(str(exc), location="url") from None
+    filename = body.filename or _default_name(body.url)
+    echo: dict[str, Any] = {"url": strip_userinfo(body.url), "model_type": body.model_type}
+    if not body.wait:
+        background.add_task(_download_in_background, services.storage, body, model_dir / body.model_type, filename)
+        return JSONResponse({**echo, "filename": filename, "status": "started"}, status_code=202)
+    started = time.monotonic()
+    try:
+        result = await services.storage.download(
+            body.url, model_dir / body.model_type, filename=filename, auth=body.auth
+        )
+    except DownloadError as exc:
+        raise BadRequest(str(exc), location="url") from None
+    services.storage.release(result)
+    return JSONResponse(
+        {
+            **echo,
+            "filename": result.link.name,
+            "status": "completed",
+            "size": result.size,
+            "duration": round(time.monotonic() - started, 3),
+        }
+    )
+
+
+async def _download_in_background(
+    storage: StorageManager, body: DownloadRequest, target: Path, filename: str | None
+) -> None:
+    try:
+        result = await storage.download(body.url, target, filename=filename, auth=body.auth)
+    except DownloadError as exc:
+        logger.error("background download failed", extra={"url": strip_userinfo(body.url), "error": str(exc)})
+        return
+    storage.release(result)
+    logger.info("background download complete", extra={"url": strip_userinfo(body.url), "path": str(result.link)})

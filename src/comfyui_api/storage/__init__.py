@@ -1,0 +1,1 @@
+"""Where inputs and models come from: one provider per kind of URL, behind a download cache."""

@@ -1,0 +1,82 @@
+"""Git repositories (DiffusersLoader models, custom nodes): ref parsing and shallow clones."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from .base import DownloadError
+
+_SHA = re.compile(r"^[0-9a-f]{7,40}$")
+
+# The reference server's URL forms, first match wins: (pattern, group holding the ref).
+_REF_FORMS = (
+    re.compile(r"^(?P<base>.+?)@(?P<ref>[^/@]+)$"),  # npm/pip style: <repo>@<ref>
+    re.compile(r"^(?P<base>.+?)/-/tree/(?P<ref>.+)$"),  # GitLab
+    re.compile(r"^(?P<base>.+?)/-/commit/(?P<ref>[^/]+)$"),  # GitLab
+    re.compile(r"^(?P<base>.+?)/tree/(?P<ref>.+)$"),  # GitHub
+    re.compile(r"^(?P<base>.+?)/commit/(?P<ref>[^/]+)$"),
+    re.compile(r"^(?P<base>.+?)/releases/tag/(?P<ref>[^/]+)$"),
+    re.compile(r"^(?P<base>.+?)/src/(?P<ref>[^/]+)(?:/.*)?$"),  # Bitbucket
+    re.compile(r"^(?P<base>.+?)/commits/(?P<ref>[^/]+)$"),
+)
+
+
+def parse_git_url(url: str) -> tuple[str, str | None]:
+    """(repository URL, ref or None). The `@` form must not be mistaken for URL user-info."""
+    scheme, separator, rest = url.partition("://")
+    for form in _REF_FORMS:
+        match = form.match(rest if separator else url)
+        if match and "/" in match["base"]:
+            base = f"{scheme}{separator}{match['base']}" if separator else match["base"]
+            return base, match["ref"]
+    return url, None
+
+
+def repo_dir_name(url: str) -> str:
+    base, _ = parse_git_url(url)
+    name = base.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
+    if not name or name in (".", ".."):
+        raise DownloadError(f"Cannot name a folder after the git URL {url}")
+    return name
+
+
+async def _git(*args: str, cwd: Path | None = None) -> None:
+    process = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        # Never wait for a password on a terminal nobody watches.
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0:
+        message = output.decode(errors="replace").strip().splitlines()
+        raise DownloadError(f"git {args[0]} failed: {message[-1] if message else process.returncode}")
+
+
+async def clone(url: str, destination: Path) -> None:
+    """A shallow clone of `url` at its ref into `destination` (which must not exist); atomic."""
+    base, ref = parse_git_url(url)
+    staging = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
+    try:
+        if ref is None or not _SHA.match(ref):
+            branch = ["--branch", ref] if ref else []
+            await _git("clone", "--depth", "1", "--quiet", *branch, base, str(staging))
+        else:
+            staging.mkdir(parents=True)
+            await _git("init", "--quiet", cwd=staging)
+            await _git("remote", "add", "origin", base, cwd=staging)
+            await _git("fetch", "--depth", "1", "--quiet", "origin", ref, cwd=staging)
+            await _git("checkout", "--quiet", "FETCH_HEAD", cwd=staging)
+        staging.rename(destination)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
