@@ -2,6 +2,7 @@
 # Set up everything a fresh machine needs, into ignored folders of this checkout:
 #   .venv      this server and its development tools
 #   .comfyui   a real CPU ComfyUI (scripts/install-comfyui.sh)
+#   tests/services/node_modules   Azurite, the Azure Blob emulator the tests use
 # Re-running when nothing changed takes a second or two.
 set -euo pipefail
 
@@ -24,3 +25,4 @@ else
 fi
 
 scripts/install-comfyui.sh "$repo/.comfyui"
+scripts/install-test-services.sh

@@ -6,11 +6,13 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.paths import CHECKPOINT_NAME, COMFY_PYTHON, COMFY_TREE, REPO, TEST_CACHE
 from tests.support.server import ApiServer
+from tests.support.services import Azurite, FakeHub, SeaweedS3, ServiceError
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +64,42 @@ def pytest_report_header() -> list[str]:
         f"ComfyUI install: {COMFY_TREE} ({'present' if COMFY_TREE.exists() else 'missing'})",
         f"CI: {os.environ.get('CI', 'false')}",
     ]
+
+
+# Storage services (tests/support/services.py): started on first use, stopped at the end of the session.
+# Each is shared by the whole session: use unique bucket / container / repo names per test.
+
+
+def _start_service(factory: Callable[[], Any]) -> Any:
+    try:
+        return factory().start()
+    except ServiceError as error:
+        message = str(error)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    """SeaweedFS's S3 gateway: `.endpoint_url`, `.access_key`, `.secret_key`, `.region`, `.client()`,
+    `.create_bucket(name)`, `.put(bucket, key, data)`, `.get(bucket, key)`, `.env()` (AWS_* for comfyui-api)."""
+    server = _start_service(lambda: SeaweedS3(tmp_path_factory.mktemp("seaweedfs")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
+    """Azurite's blob service: `.account`, `.key`, `.blob_endpoint`, `.connection_string`, `.service_client()`,
+    `.create_container(name)`, `.put(container, blob, data)`, `.get(container, blob)`, `.env()`."""
+    server = _start_service(lambda: Azurite(tmp_path_factory.mktemp("azurite")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeHub]:
+    """A fake Hugging Face hub without a token: `.url`, `.add_file(repo_id, path, data, revision=, repo_type=)`,
+    `.requests`, `.clear_requests()`, `.env()`. For auth tests start `FakeHub(token=...)` yourself."""
+    hub = _start_service(lambda: FakeHub(tmp_path_factory.mktemp("fakehub")))
+    yield hub
+    hub.stop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import struct
 from typing import Any
 
 from PIL import Image
@@ -76,3 +78,22 @@ def png_bytes(width: int, height: int, color: tuple[int, int, int] = (200, 30, 3
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buffer, format=fmt)
     return buffer.getvalue()
+
+
+def lora_bytes(seed: int = 0) -> bytes:
+    """A valid safetensors LoRA file whose one tensor matches no layer: ComfyUI loads it and applies nothing."""
+    header = json.dumps({f"unused_{seed}.lora_up.weight": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}})
+    encoded = header.encode().ljust(len(header) + (-len(header) % 8))
+    return struct.pack("<Q", len(encoded)) + encoded + b"\0\0\0\0"
+
+
+def img2img_with_lora(image: str, lora: str, *, size: int = 64) -> Graph:
+    """img2img whose model and CLIP pass through a LoraLoader (node 11)."""
+    graph = img2img(image, size=size)
+    graph["11"] = node(
+        "LoraLoader", model=["1", 0], clip=["1", 1], lora_name=lora, strength_model=1.0, strength_clip=1.0
+    )
+    graph["5"]["inputs"]["model"] = ["11", 0]
+    for encoder in ("2", "3"):
+        graph[encoder]["inputs"]["clip"] = ["11", 1]
+    return graph

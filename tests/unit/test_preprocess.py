@@ -200,7 +200,7 @@ async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: J
     written = Path(prompt["4"]["inputs"]["audio"])
     assert written.parent == input_dir
     assert written.suffix == ".wav"
-    assert written.read_bytes() == WAV  # noqa: ASYNC240 - a tiny file in a test
+    assert written.read_bytes() == WAV
     assert job.input_files == [written]
 
 

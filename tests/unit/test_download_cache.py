@@ -1,0 +1,131 @@
+"""The download cache against a real HTTP file server: de-duplication, atomic writes, access checks, LRU."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from comfyui_api.storage.auth import BasicAuth
+from comfyui_api.storage.base import AccessDenied, DownloadError
+from comfyui_api.storage.cache import DownloadCache, cache_key
+from comfyui_api.storage.http import HttpProvider
+from tests.support.files import FileServer
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Iterator[FileServer]:
+    root = tmp_path / "served"
+    root.mkdir()
+    for name, size in (("a.bin", MB), ("b.bin", MB), ("c.bin", MB), ("big.bin", 8 * MB)):
+        (root / name).write_bytes(bytes([len(name)]) * size)
+    (root / "download").mkdir()
+    (root / "download" / "123").write_bytes(b"weights")
+    with FileServer(root, dispositions={"/download/123": "model.safetensors"}, drop={"/big.bin"}) as server:
+        yield server
+
+
+@pytest.fixture
+async def provider() -> Any:
+    provider = HttpProvider()
+    yield provider
+    await provider.aclose()
+
+
+def cache_files(root: Path) -> list[str]:
+    return sorted(path.name for path in root.iterdir()) if root.exists() else []
+
+
+async def test_concurrent_fetches_of_one_url_download_it_once(tmp_path: Path, files: FileServer, provider: Any) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    cache = DownloadCache(tmp_path / "cache", on_event=lambda name, data: events.append((name, data)))
+    url = f"{files.url}/a.bin"
+    entries = await asyncio.gather(*(cache.fetch(url, provider, None) for _ in range(10)))
+    assert files.count("/a.bin") == 1
+    assert {entry.path for entry in entries} == {tmp_path / "cache" / f"{cache_key(url)}.bin"}
+    assert sum(entry.downloaded for entry in entries) == 1
+    assert [name for name, _ in events] == ["file_downloaded"]
+    assert events[0][1]["size"] == MB and events[0][1]["url"] == url
+    # A later fetch is a hit: no request at all.
+    await cache.fetch(url, provider, None)
+    assert files.count("/a.bin") == 1
+
+
+async def test_a_dropped_download_leaves_no_entry(tmp_path: Path, files: FileServer, provider: Any) -> None:
+    cache = DownloadCache(tmp_path / "cache")
+    url = f"{files.url}/big.bin"
+    with pytest.raises(DownloadError):
+        await cache.fetch(url, provider, None)
+    assert cache_files(tmp_path / "cache") == []
+    files.drop.clear()
+    entry = await cache.fetch(url, provider, None)
+    assert entry.size == 8 * MB and entry.downloaded
+
+
+async def test_the_extension_comes_from_content_disposition(tmp_path: Path, files: FileServer, provider: Any) -> None:
+    cache = DownloadCache(tmp_path / "cache")
+    url = f"{files.url}/download/123"
+    entry = await cache.fetch(url, provider, None)
+    assert entry.path.name == f"{cache_key(url)}.safetensors"
+    assert cache_files(tmp_path / "cache") == sorted([entry.path.name, entry.path.name + ".meta"])
+
+
+async def test_an_http_error_is_a_download_error(tmp_path: Path, files: FileServer, provider: Any) -> None:
+    cache = DownloadCache(tmp_path / "cache")
+    with pytest.raises(DownloadError, match="404"):
+        await cache.fetch(f"{files.url}/missing.bin", provider, None)
+
+
+async def test_a_cached_private_file_needs_credentials_again(tmp_path: Path, provider: Any) -> None:
+    root = tmp_path / "private"
+    root.mkdir()
+    (root / "secret.bin").write_bytes(b"secret")
+    right = BasicAuth(type="basic", username="u", password="p")
+    wrong = BasicAuth(type="basic", username="u", password="nope")
+    cache = DownloadCache(tmp_path / "cache")
+    with FileServer(root, basic=("u", "p")) as files:
+        url = f"{files.url}/secret.bin"
+        with pytest.raises(AccessDenied, match="401"):
+            await cache.fetch(url, provider, None)
+        await cache.fetch(url, provider, right)
+        with pytest.raises(AccessDenied, match="Authentication required to access cached file"):
+            await cache.fetch(url, provider, None)
+        with pytest.raises(AccessDenied, match="Authentication failed"):
+            await cache.fetch(url, provider, wrong)
+        entry = await cache.fetch(url, provider, right)
+        assert not entry.downloaded
+        assert files.count("/secret.bin") == 1  # the checks were HEADs, the file came down once
+
+
+async def test_eviction_removes_the_least_recently_used_but_never_a_pinned_file(
+    tmp_path: Path, files: FileServer, provider: Any
+) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    root = tmp_path / "cache"
+    cache = DownloadCache(root, limit_bytes=2 * MB, on_event=lambda name, data: events.append((name, data)))
+    first = await cache.fetch(f"{files.url}/a.bin", provider, None)  # pinned: still in use
+    second = await cache.fetch(f"{files.url}/b.bin", provider, None)
+    cache.unpin(second.path)
+    third = await cache.fetch(f"{files.url}/c.bin", provider, None)
+    await cache.enforce_limit()
+    # Over the limit by one file: the oldest unpinned one (b) goes, the pinned older one (a) stays.
+    assert first.path.exists() and third.path.exists() and not second.path.exists()
+    assert not Path(str(second.path) + ".meta").exists()
+    assert [(name, data["local_path"]) for name, data in events if name == "file_deleted"] == [
+        ("file_deleted", str(second.path))
+    ]
+    # Once nothing holds them, the least recently used go first until the cache fits.
+    cache.unpin(first.path)
+    cache.unpin(third.path)
+    await cache.fetch(f"{files.url}/c.bin", provider, None)  # a hit refreshes c
+    await cache.enforce_limit()
+    assert third.path.exists() and first.path.exists()
+    cache.unpin(third.path)
+    limited = DownloadCache(root, limit_bytes=MB)
+    await limited.enforce_limit()
+    assert third.path.exists() and not first.path.exists()
