@@ -122,11 +122,14 @@ class DownloadCache:
             self._in_flight.pop(key, None)
         future.set_result(path)
         self._urls[path] = url
-        size = path.stat().st_size
-        logger.info("downloaded", extra={"url": strip_userinfo(url), "path": str(path), "size": size})
-        self._emit(
-            "file_downloaded",
-            {"url": strip_userinfo(url), "local_path": str(path), "size": size, "duration": time.monotonic() - started},
+        logger.info(
+            "downloaded",
+            extra={
+                "url": strip_userinfo(url),
+                "path": str(path),
+                "size": path.stat().st_size,
+                "duration_s": round(time.monotonic() - started, 3),
+            },
         )
         return path
 

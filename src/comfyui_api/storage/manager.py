@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from .auth import DownloadAuth
+from .auth import DownloadAuth, strip_userinfo
 from .azure import AzureProvider, azure_service_client
 from .base import DownloadError, Provider, name_extension
 from .cache import DownloadCache, EventHook
@@ -33,6 +33,8 @@ class Download:
 
 class StorageManager:
     def __init__(self, settings: Settings, on_event: EventHook | None = None) -> None:
+        # Storage events (file_downloaded here, file_deleted from the cache) for the system webhook.
+        self._on_event = on_event
         self.cache = DownloadCache(
             settings.cache_dir, limit_bytes=int(settings.lru_cache_size_gb * 1024**3), on_event=on_event
         )
@@ -74,6 +76,11 @@ class StorageManager:
         except BaseException:
             self.cache.unpin(entry.path)
             raise
+        if entry.downloaded and self._on_event is not None:
+            self._on_event(
+                "file_downloaded",
+                {"url": strip_userinfo(url), "local_path": str(link), "size": entry.size, "duration": entry.duration_s},
+            )
         return Download(link, entry.path, entry.size, entry.duration_s, entry.downloaded)
 
     def release(self, download: Download) -> None:
