@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,9 @@ async def test_eviction_removes_the_least_recently_used_but_never_a_pinned_file(
     second = await cache.fetch(f"{files.url}/b.bin", provider, None)
     cache.unpin(second.path)
     third = await cache.fetch(f"{files.url}/c.bin", provider, None)
+    # Last use a, then b, then c (file-system clocks are too coarse to order three quick downloads).
+    for age, entry in ((300, first), (200, second), (100, third)):
+        os.utime(entry.path, (time.time() - age, time.time() - age))
     await cache.enforce_limit()
     # Over the limit by one file: the oldest unpinned one (b) goes, the pinned older one (a) stays.
     assert first.path.exists() and third.path.exists() and not second.path.exists()

@@ -59,6 +59,8 @@ class DownloadCache:
         self._pins: Counter[Path] = Counter()
         self._urls: dict[Path, str] = {}
         self._evicting: asyncio.Task[None] | None = None
+        # One eviction pass at a time: two passes over one inventory would both count the same frees.
+        self._eviction_lock = asyncio.Lock()
 
     # pins --------------------------------------------------------------------------------------------
     def pin(self, path: Path) -> None:
@@ -150,6 +152,10 @@ class DownloadCache:
         """Evict least recently used entries until the cache fits its limit; pinned files stay."""
         if self._limit <= 0:
             return
+        async with self._eviction_lock:
+            await self._evict()
+
+    async def _evict(self) -> None:
         entries = await asyncio.to_thread(_inventory, self.root)
         total = sum(size for _, size, _ in entries)
         for path, size, _ in entries:
@@ -196,7 +202,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _inventory(root: Path) -> list[tuple[Path, int, float]]:
+def _inventory(root: Path) -> list[tuple[Path, int, int]]:
     """(path, size, last use) of every cache entry, least recently used first."""
     entries = []
     for path in root.iterdir() if root.is_dir() else ():
@@ -207,7 +213,7 @@ def _inventory(root: Path) -> list[tuple[Path, int, float]]:
         except OSError:
             continue
         if path.is_file():
-            entries.append((path, stat.st_size, max(stat.st_atime, stat.st_mtime)))
+            entries.append((path, stat.st_size, max(stat.st_atime_ns, stat.st_mtime_ns)))
     return sorted(entries, key=lambda entry: entry[2])
 
 

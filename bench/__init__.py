@@ -1,0 +1,1 @@
+"""Benchmarks (measurements, not tests): run each as `python -m bench.<name>` from the repository root."""
