@@ -98,7 +98,6 @@ def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     from comfyui_api.storage.manager import StorageManager
 
     baseline_rss = _rss_now_mib()
-    baseline_peak = _peak_rss_mib()
 
     async def run() -> dict[str, Any]:
         settings = Settings(cache_dir=spec["cache_dir"], comfy_home=spec["comfy_home"], aws_region="us-east-1")
@@ -125,7 +124,6 @@ def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
             "size": download.size,
             "path": str(download.link),
             "baseline_rss_mb": baseline_rss,
-            "baseline_peak_rss_mb": baseline_peak,
             "peak_rss_mb": peak,
             "vm_hwm_mb": hwm,
             "hits_ms": hits,
@@ -409,6 +407,8 @@ class Bench:
         result["mib_s"] = self.size / MIB / result["seconds"]
         self.runs.setdefault(name, []).append(result)
         rss = f", peak RSS {result['peak_rss_mb']:.0f} MiB" if "peak_rss_mb" in result else ""
+        if abs(result.get("vm_hwm_mb", result.get("peak_rss_mb", 0)) - result.get("peak_rss_mb", 0)) > 1:
+            rss += f" (but VmHWM {result['vm_hwm_mb']:.0f} MiB: ru_maxrss counted the parent's RSS at the fork)"
         self.log(f"  {name}: {result['seconds']:.2f} s, {result['mib_s']:.0f} MiB/s{rss}")
         return result
 
@@ -552,9 +552,9 @@ def _better(name: str, change: float) -> str:
     return ""
 
 
-def _compare(figures: dict[str, float], baseline_path: Path) -> str:
+def _compare(figures: dict[str, float], baseline_path: Path, cases: list[str], size_mb: int) -> str:
     baseline = json.loads(baseline_path.read_text())
-    old = baseline.get("figures", {})
+    old = {name: value for name, value in baseline.get("figures", {}).items() if name.split(".")[0] in cases}
     rows = []
     for name, value in figures.items():
         if name not in old:
@@ -565,8 +565,10 @@ def _compare(figures: dict[str, float], baseline_path: Path) -> str:
         else:
             rows.append([name, f"{old[name]:.3f}", f"{value:.3f}", "n/a", ""])
     rows += [[name, f"{old[name]:.3f}", "-", "gone", ""] for name in old if name not in figures]
-    when = baseline.get("meta", {}).get("finished", "?")
-    title = f"Against the baseline {baseline_path} (finished {when}, {baseline.get('meta', {}).get('size_mb')} MiB):"
+    meta = baseline.get("meta", {})
+    title = f"Against the baseline {baseline_path} (finished {meta.get('finished', '?')}):"
+    if meta.get("size_mb") != size_mb:
+        title += f"\nNOTE: the baseline used a {meta.get('size_mb')} MiB file, this run {size_mb} MiB"
     return title + "\n" + _table(["figure", "baseline", "now", "change", ""], rows)
 
 
@@ -649,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ERROR: {case}: {error}")
     if args.baseline:
         print()
-        print(_compare(bench.figures, args.baseline))
+        print(_compare(bench.figures, args.baseline, args.cases, args.size_mb))
     if args.json:
         meta = {
             "started": started.isoformat(),
@@ -664,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
             "page_cache": bench.page_cache.describe(),
         }
         document = {"meta": meta, "figures": bench.figures, "checks": checks, "errors": bench.errors}
-        runs = {name: [{k: v for k, v in r.items() if k != "hits_ms"} for r in rs] for name, rs in bench.runs.items()}
+        drop = ("hits_ms", "path")  # summarised in the figures / deleted temporary files
+        runs = {name: [{k: v for k, v in r.items() if k not in drop} for r in rs] for name, rs in bench.runs.items()}
         document["runs"] = runs
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=2) + "\n")

@@ -10,6 +10,7 @@ failed or ComfyUI died for good.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable
 from types import FrameType
@@ -21,6 +22,8 @@ from .comfy.process import StartupError
 from .config import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
+
+WORKER_THREADS = 32
 
 
 class ApiServer(uvicorn.Server):
@@ -91,6 +94,11 @@ def serve(settings: Settings) -> int:
     server = ApiServer(config, drain=lifecycle.drain)
 
     async def main() -> None:
+        # Downloads, uploads and file work run in worker threads; the default pool (cores + 4) is too small
+        # for a few large transfers to run without stalling everything else that needs a thread.
+        asyncio.get_running_loop().set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="worker")
+        )
         try:
             await server.run_app(lifecycle.start)
         finally:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import threading
 from pathlib import Path
 from urllib.parse import unquote
 
+import httpcore._sync.http11
 import httpx
 
 from .auth import DownloadAuth, http_request_target
 from .base import AccessDenied, DownloadError, extension_for_content_type, name_extension, url_extension
 
-_CHUNK = 1024 * 1024
+# httpcore reads 64 KiB per socket read; at that size the per-read cost caps a download near 400 MiB/s,
+# while 1 MiB reads go past curl. Only this module's synchronous client uses httpcore's sync connections.
+httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = 1024 * 1024
+
 _DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8''|")?([^";]+)"?""", re.IGNORECASE)
 
 
@@ -23,26 +27,45 @@ class HttpProvider:
 
     def __init__(self, env_header: tuple[str, str] | None = None, *, timeout_s: float = 60.0) -> None:
         self._env_header = env_header
-        # trust_env: downloads honour HTTP(S)_PROXY and NO_PROXY.
-        self._http = httpx.AsyncClient(
-            follow_redirects=True, timeout=httpx.Timeout(timeout_s, connect=15.0), trust_env=True
-        )
+        timeout = httpx.Timeout(timeout_s, connect=15.0)
+        # trust_env: downloads honour HTTP(S)_PROXY and NO_PROXY. The body is received by a synchronous
+        # client in a worker thread: through the event loop the same download runs at a third of the speed.
+        self._sync = httpx.Client(follow_redirects=True, timeout=timeout, trust_env=True)
+        self._http = httpx.AsyncClient(follow_redirects=True, timeout=timeout, trust_env=True)
 
     def matches(self, url: str) -> bool:
         return url.startswith(("http://", "https://"))
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await asyncio.to_thread(self._sync.close)
 
     async def download(self, url: str, destination: Path, auth: DownloadAuth | None) -> str | None:
         target, headers = http_request_target(url, auth, self._env_header)
+        cancelled = threading.Event()
+
+        def fetch() -> str | None:
+            try:
+                with self._sync.stream("GET", target, headers=headers) as response:
+                    _raise_for_status(response)
+                    with open(destination, "wb") as handle:
+                        for chunk in response.iter_raw():
+                            if cancelled.is_set():
+                                raise DownloadError("Download cancelled")
+                            handle.write(chunk)
+                    return _response_extension(response)
+            except httpx.HTTPError as exc:
+                raise DownloadError(f"Error downloading file: {type(exc).__name__}: {exc}") from exc
+
+        worker = asyncio.ensure_future(asyncio.to_thread(fetch))
         try:
-            async with self._http.stream("GET", target, headers=headers) as response:
-                _raise_for_status(response)
-                await write_stream(response.aiter_raw(_CHUNK), destination)
-                return _response_extension(response)
-        except httpx.HTTPError as exc:
-            raise DownloadError(f"Error downloading file: {type(exc).__name__}: {exc}") from exc
+            return await asyncio.shield(worker)
+        except asyncio.CancelledError:
+            # A thread cannot be cancelled: tell it to stop, and let it finish before the caller cleans up.
+            cancelled.set()
+            with contextlib.suppress(Exception):
+                await worker
+            raise
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         target, headers = http_request_target(url, auth, self._env_header)
@@ -53,25 +76,6 @@ class HttpProvider:
         except httpx.HTTPError as exc:
             raise DownloadError(f"Authentication check failed: {type(exc).__name__}: {exc}") from exc
         _raise_for_status(response)
-
-
-async def write_stream(chunks: AsyncIterator[bytes], destination: Path) -> None:
-    """Write chunks to a file in a worker thread, the write of one overlapping the receipt of the next."""
-    handle = await asyncio.to_thread(open, destination, "wb")
-    writing: asyncio.Future[int] | None = None
-    try:
-        async for chunk in chunks:
-            if writing is not None:
-                await writing
-            writing = asyncio.ensure_future(asyncio.to_thread(handle.write, chunk))
-        if writing is not None:
-            await writing
-    finally:
-        if writing is not None and not writing.done():
-            # The stream failed while a write was under way: let it end before the file is closed.
-            with contextlib.suppress(Exception):
-                await writing
-        await asyncio.to_thread(handle.close)
 
 
 def _raise_for_status(response: httpx.Response) -> None:
