@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobClient, BlobServiceClient
@@ -76,9 +76,11 @@ class AzureProvider:
         return is_azure_url(url)
 
     def _blob(self, url: str, auth: DownloadAuth | None) -> BlobClient:
+        if auth is None and "sig=" in urlsplit(url).query:
+            return BlobClient.from_blob_url(url)  # the URL carries its own SAS
         if isinstance(auth, QueryAuth):
             separator = "&" if urlsplit(url).query else "?"
-            return BlobClient.from_blob_url(f"{url}{separator}{auth.query_param}={auth.query_value}")
+            return BlobClient.from_blob_url(f"{url}{separator}{urlencode({auth.query_param: auth.query_value})}")
         if isinstance(auth, BearerAuth):
             return BlobClient.from_blob_url(url, credential=_StaticToken(auth.token))
         if auth is not None:
