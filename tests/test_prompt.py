@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tests.support.graphs import img2img, node, png_bytes, solid, txt2img
-from tests.support.server import ApiServer
+from tests.support.server import ApiServer, wait_until
 
 
 def decode_image(data: str) -> Image.Image:
@@ -243,7 +243,11 @@ def test_probes_report_healthy_and_ready(server: ApiServer) -> None:
 
 def test_every_log_line_is_json_and_request_lines_carry_the_request_id(server: ApiServer) -> None:
     run(server, solid(8, 8), id="logged-request")
+
+    def messages() -> set[str]:
+        return {entry["msg"] for entry in server.log_entries() if entry.get("request_id") == "logged-request"}
+
+    # The access line is written once the response has been sent, possibly just after the client read it.
+    wait_until(lambda: {"prompt completed", "request"} <= messages(), 30, "the request's log lines")
     entries = server.log_entries()
     assert all("raw" not in entry for entry in entries), [e for e in entries if "raw" in e][:3]
-    mine = [entry for entry in entries if entry.get("request_id") == "logged-request"]
-    assert {"prompt completed", "request"} <= {entry["msg"] for entry in mine}

@@ -21,11 +21,15 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess, child_environment
 from .config import Settings
 from .lifecycle import Lifecycle
+from .pipeline.delivery import Delivery
 from .pipeline.jobs import JobRegistry
 from .pipeline.reconciler import Reconciler
 from .pipeline.runner import PromptRunner
 from .state import ServerState
+from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
+from .storage.uploads import Uploader
+from .webhooks.sender import WebhookSender
 
 
 def _exit_without_server(code: int) -> None:
@@ -41,12 +45,32 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
     events.subscribe(jobs.dispatch)
     storage = StorageManager(settings)
     runner = PromptRunner(settings, client, events, jobs, state, storage)
+    webhooks = WebhookSender(settings.webhook_secret, settings.prompt_webhook_retries)
+    azure = azure_service_client(settings)
+    delivery = Delivery(
+        runner,
+        Uploader(storage),
+        webhooks,
+        hf_endpoint=settings.hf_endpoint,
+        azure_base=azure.primary_endpoint if azure is not None else None,
+    )
     process = ComfyProcess(
         settings.comfy_command,
         child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
     )
     lifecycle = Lifecycle(
-        settings, state, process, client, events, jobs, runner, Reconciler(client, events, jobs), storage, request_exit
+        settings,
+        state,
+        process,
+        client,
+        events,
+        jobs,
+        runner,
+        Reconciler(client, events, jobs),
+        storage,
+        delivery,
+        webhooks,
+        request_exit,
     )
 
     app = FastAPI(
@@ -58,7 +82,7 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
         servers=[{"url": f"http://localhost:{settings.port}"}],
     )
     app.state.services = Services(
-        settings=settings, state=state, events=events, jobs=jobs, runner=runner, storage=storage
+        settings=settings, state=state, events=events, jobs=jobs, runner=runner, storage=storage, delivery=delivery
     )
     app.state.lifecycle = lifecycle
     install_error_handlers(app)

@@ -19,12 +19,14 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess, StartupError
 from .config import Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable
+from .pipeline.delivery import Delivery
 from .pipeline.jobs import JobRegistry
 from .pipeline.reconciler import Reconciler
 from .pipeline.runner import PromptRunner
 from .state import ServerState
 from .storage.manager import StorageManager
 from .warmup import load_warmup
+from .webhooks.sender import WebhookSender
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class Lifecycle:
         runner: PromptRunner,
         reconciler: Reconciler,
         storage: StorageManager,
+        delivery: Delivery,
+        webhooks: WebhookSender,
         request_exit: Callable[[int], None],
     ) -> None:
         self._settings = settings
@@ -52,6 +56,8 @@ class Lifecycle:
         self._runner = runner
         self._reconciler = reconciler
         self._storage = storage
+        self._delivery = delivery
+        self._webhooks = webhooks
         self._request_exit = request_exit
         self._warmup_prompt: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -92,6 +98,8 @@ class Lifecycle:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._delivery.aclose()
+        await self._webhooks.aclose()
         await self._events.stop()
         await self._process.stop()
         await self._client.aclose()
@@ -119,7 +127,7 @@ class Lifecycle:
         if self._warmup_prompt is not None:
             logger.info("running the warmup prompt")
             try:
-                await self._runner.run(PromptRequest(prompt=self._warmup_prompt))
+                await self._runner.close(await self._runner.run(PromptRequest(prompt=self._warmup_prompt)))
             except ApiError as exc:
                 logger.error("the warmup prompt failed; exiting", extra={"error": exc.message, **exc.extra})
                 self._request_exit(1)

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from ..comfy.events import EventStream
 from ..config import Settings
+from ..pipeline.delivery import Delivery
 from ..pipeline.jobs import JobRegistry
 from ..pipeline.runner import PromptRunner
 from ..state import ServerState
@@ -23,6 +24,7 @@ class Services:
     jobs: JobRegistry
     runner: PromptRunner
     storage: StorageManager
+    delivery: Delivery
 
 
 def _services(request: Request) -> Services:

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..pipeline.convert import ConvertOutput
 from ..storage.auth import Credential
+from ..storage.uploads import AzureBlobUpload, HfUpload, HttpUpload, S3Upload
 
 # Characters that would let an id escape the folder it names files in.
 _UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$|\.\.")
@@ -36,6 +38,34 @@ class PromptRequest(BaseModel):
         description="Credentials for the URLs in the prompt: the first `url_pattern` that matches a URL gives its "
         "`auth`. Never echoed back.",
     )
+
+    webhook: str | None = Field(
+        None, description="Deprecated: one unsigned `output.complete` POST per output. Makes the request async."
+    )
+    webhook_v2: str | None = Field(
+        None, description="Signed `prompt.complete` / `prompt.failed` webhook. Makes the request async (202)."
+    )
+    convert_output: ConvertOutput | None = None
+    s3: S3Upload | None = None
+    hf_upload: HfUpload | None = None
+    azure_blob_upload: AzureBlobUpload | None = None
+    http_upload: HttpUpload | None = None
+
+    @property
+    def upload_block(self) -> S3Upload | HfUpload | AzureBlobUpload | HttpUpload | None:
+        """The upload block that applies (the reference's order), unless a legacy webhook wins."""
+        if self.webhook:
+            return None
+        return self.s3 or self.hf_upload or self.azure_blob_upload or self.http_upload
+
+    @property
+    def is_async(self) -> bool:
+        block = self.upload_block
+        return bool(self.webhook or self.webhook_v2 or (block is not None and block.async_))
+
+    def echo(self) -> dict[str, Any]:
+        """The request fields a response or webhook repeats: all but the prompt, and never credentials."""
+        return self.model_dump(mode="json", by_alias=True, exclude={"prompt", "credentials"}, exclude_none=True)
 
     @field_validator("id")
     @classmethod
@@ -73,11 +103,23 @@ class Stats(BaseModel):
 
 
 class PromptResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
     prompt: dict[str, Any]
     id: str
-    images: list[str] = Field(description="Base64 file contents (no data: prefix), in output order.")
+    images: list[str] = Field(
+        description="Base64 file contents (no data: prefix), or uploaded URLs with an upload block; in output order."
+    )
     filenames: list[str]
     stats: Stats
+
+
+class AsyncAccepted(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok"]
+    id: str
+    prompt: dict[str, Any]
 
 
 class ErrorResponse(BaseModel):

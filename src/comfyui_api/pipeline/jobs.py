@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ApiError, Conflict
 from ..storage.manager import Download
+from .outputs import OutputFile
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,15 @@ class Job:
     input_dirs: list[Path] = field(default_factory=list)
     # Cache files this job links to: pinned against eviction until it ends.
     downloads: list[Download] = field(default_factory=list)
+    # Event-loop time after which the job fails with 504 (PROMPT_TIMEOUT_S); None: no deadline.
+    deadline: float | None = None
+    graph: dict[str, Any] = field(default_factory=dict)
+    preprocessed_at: int = 0
+    outputs: list[OutputFile] = field(default_factory=list)
+    # Output files on disk, originals and converted copies, deleted when the job closes.
+    files_to_delete: list[Path] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
 
     def fail(self, error: ApiError) -> None:
         if self.failure is None:

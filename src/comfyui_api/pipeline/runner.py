@@ -1,13 +1,15 @@
-"""The prompt pipeline: preprocess → submit → await → collect → deliver, with cleanup at the end."""
+"""The prompt pipeline: preprocess → submit (start) → await → collect → convert (finish) → close.
+
+Delivery (base64, uploads, webhooks) happens between finish and close, in pipeline/delivery.py.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import shutil
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ..api.schemas import PromptRequest
@@ -17,6 +19,7 @@ from ..config import Settings
 from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptTimeout, ShuttingDown
 from ..state import ServerState
 from ..storage.manager import StorageManager
+from .convert import ConvertOutput, convert_file, converted_name
 from .history import message_time, raise_if_failed
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
@@ -50,60 +53,109 @@ class PromptRunner:
         )
         self._background: set[asyncio.Task[None]] = set()
 
-    async def run(self, request: PromptRequest) -> dict[str, Any]:
-        """Run one prompt to completion and return the synchronous response body."""
+    async def start(self, request: PromptRequest) -> Job:
+        """Preprocess the prompt and queue it in ComfyUI. The job stays open until `close(job)`."""
         if self._state.draining:
             raise ShuttingDown()
         job = Job(id=request.id)
+        if self._settings.prompt_timeout_s is not None:
+            job.deadline = asyncio.get_running_loop().time() + self._settings.prompt_timeout_s
         self._jobs.add(job)
-        outputs: list[OutputFile] = []
         try:
             graph = request.graph()
             require_saving_node(graph)
             await self._preprocessor.run(graph, job, request.credentials)
-            preprocessed_at = now_ms()
-            entry = await self._execute(job, graph)
+            job.graph = graph
+            job.preprocessed_at = now_ms()
+            async with self._deadline(job):
+                await self._wait_for_comfy(job)
+                job.state = JobState.SUBMITTING
+                await self._client.queue_prompt(graph, prompt_id=job.prompt_id, client_id=self._events.client_id)
+                job.state = JobState.QUEUED
+                logger.debug("prompt queued", extra={"request_id": job.id, "prompt_id": job.prompt_id})
+                if job.interrupt_requested:
+                    await self._cancel_in_comfy(job)
+        except BaseException as exc:
+            await self._fail(job, exc)
+            raise
+        return job
+
+    async def finish(self, job: Job, convert: ConvertOutput | None = None) -> None:
+        """Wait for the prompt, then collect (and convert) its outputs into `job.outputs` and `job.stats`."""
+        try:
+            async with self._deadline(job):
+                entry = await self._await_history(job)
             job.state = JobState.COLLECTING
             # Collected before the verdict: a failed prompt's partial outputs are deleted too.
-            outputs = collect_outputs(entry, self._settings.outputs_path, job.executed_nodes)
+            job.outputs = collect_outputs(entry, self._settings.outputs_path, job.executed_nodes)
+            job.files_to_delete.extend(output.path for output in job.outputs)
             raise_if_failed(entry)
-            require_present(outputs)
+            require_present(job.outputs)
             collected_at = now_ms()
-            # The post-processing stage (output conversion) is timed between these marks; none is requested here.
-            postprocessed_at = now_ms()
-            images = await asyncio.to_thread(_encode_files, [output.path for output in outputs])
-            delivered_at = now_ms()
-            logger.info(
-                "prompt completed",
-                extra={"request_id": job.id, "prompt_id": job.prompt_id, "outputs": len(outputs)},
-            )
-            return {
-                "prompt": graph,
-                "id": job.id,
-                "images": images,
-                "filenames": [output.name for output in outputs],
-                "stats": {
-                    "comfy_execution": self._execution_stats(job, entry, preprocessed_at),
-                    "preprocess_time": preprocessed_at - job.received_at,
-                    "comfy_round_trip_time": collected_at - preprocessed_at,
-                    "postprocess_time": postprocessed_at - collected_at,
-                    "upload_time": delivered_at - postprocessed_at,
-                    "total_time": delivered_at - job.received_at,
-                },
+            if convert is not None:
+                job.outputs = await asyncio.to_thread(self._convert, job, convert)
+            job.stats = {
+                "comfy_execution": self._execution_stats(job, entry, job.preprocessed_at),
+                "preprocess_time": job.preprocessed_at - job.received_at,
+                "comfy_round_trip_time": collected_at - job.preprocessed_at,
+                "postprocess_time": now_ms() - collected_at,
             }
-        except ApiError as exc:
-            logger.warning(
-                "prompt failed",
-                extra={"request_id": job.id, "status": exc.status_code, "error": exc.message},
-            )
+        except BaseException as exc:
+            await self._fail(job, exc)
             raise
-        finally:
-            self._jobs.remove(job)
-            for download in job.downloads:
-                self._storage.release(download)
-            await asyncio.to_thread(self._delete_job_files, job, outputs)
-            if job.state in (JobState.QUEUED, JobState.COLLECTING):
-                self._forget_history(job.prompt_id)
+        logger.info(
+            "prompt completed", extra={"request_id": job.id, "prompt_id": job.prompt_id, "outputs": len(job.outputs)}
+        )
+
+    async def run(self, request: PromptRequest) -> Job:
+        """Start and finish a prompt (the caller delivers the outputs and closes the job)."""
+        job = await self.start(request)
+        await self.finish(job, request.convert_output)
+        return job
+
+    async def close(self, job: Job) -> None:
+        """End a job: forget it, release its downloads, delete its files and ComfyUI's history entry."""
+        if job.closed:
+            return
+        job.closed = True
+        self._jobs.remove(job)
+        for download in job.downloads:
+            self._storage.release(download)
+        await asyncio.to_thread(self._delete_job_files, job)
+        if job.state in (JobState.QUEUED, JobState.COLLECTING):
+            self._forget_history(job.prompt_id)
+
+    async def _fail(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, ApiError):
+            logger.warning(
+                "prompt failed", extra={"request_id": job.id, "status": exc.status_code, "error": exc.message}
+            )
+        await self.close(job)
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, job: Job) -> AsyncIterator[None]:
+        """PROMPT_TIMEOUT_S over the whole job: on expiry the prompt leaves ComfyUI and the job fails with 504."""
+        try:
+            async with asyncio.timeout_at(job.deadline):
+                yield
+        except TimeoutError:
+            if job.state is JobState.QUEUED:
+                with contextlib.suppress(ApiError):
+                    await self._cancel_in_comfy(job)
+            raise PromptTimeout(
+                f"The prompt did not finish within PROMPT_TIMEOUT_S={self._settings.prompt_timeout_s:g}s"
+            ) from None
+
+    def _convert(self, job: Job, spec: ConvertOutput) -> list[OutputFile]:
+        converted = []
+        for output in job.outputs:
+            target = convert_file(output.path, spec)
+            if target is None:  # not a still image: passed through unchanged
+                converted.append(output)
+                continue
+            job.files_to_delete.append(target)
+            converted.append(OutputFile(output.node_id, target, converted_name(output.name, spec.format)))
+        return converted
 
     async def interrupt(self, job_id: str) -> bool:
         """Interrupt a request: stop it running, or take it out of ComfyUI's queue. False if unknown."""
@@ -117,25 +169,6 @@ class PromptRunner:
             await self._cancel_in_comfy(job)
         # SUBMITTING: the runner cancels it as soon as ComfyUI has accepted it.
         return True
-
-    async def _execute(self, job: Job, graph: dict[str, Any]) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(self._settings.prompt_timeout_s):
-                await self._wait_for_comfy(job)
-                job.state = JobState.SUBMITTING
-                await self._client.queue_prompt(graph, prompt_id=job.prompt_id, client_id=self._events.client_id)
-                job.state = JobState.QUEUED
-                logger.debug("prompt queued", extra={"request_id": job.id, "prompt_id": job.prompt_id})
-                if job.interrupt_requested:
-                    await self._cancel_in_comfy(job)
-                return await self._await_history(job)
-        except TimeoutError:
-            if job.state is JobState.QUEUED:
-                with contextlib.suppress(ApiError):
-                    await self._cancel_in_comfy(job)
-            raise PromptTimeout(
-                f"The prompt did not finish within PROMPT_TIMEOUT_S={self._settings.prompt_timeout_s:g}s"
-            ) from None
 
     async def _wait_for_comfy(self, job: Job) -> None:
         """Wait while ComfyUI restarts; an interrupt ends the wait."""
@@ -190,8 +223,8 @@ class PromptRunner:
             "nodes": {node: {"start": at} for node, at in job.node_starts.items()},
         }
 
-    def _delete_job_files(self, job: Job, outputs: list[OutputFile]) -> None:
-        delete_files((output.path for output in outputs), stop_at=self._settings.outputs_path)
+    def _delete_job_files(self, job: Job) -> None:
+        delete_files(job.files_to_delete, stop_at=self._settings.outputs_path)
         delete_files(job.input_files, stop_at=self._settings.inputs_path)
         for folder in job.input_dirs:
             shutil.rmtree(folder, ignore_errors=True)
@@ -208,7 +241,3 @@ class PromptRunner:
         task = asyncio.create_task(forget())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _encode_files(paths: list[Path]) -> list[str]:
-    return [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths]

@@ -8,11 +8,11 @@ from typing import Any
 from urllib.parse import unquote, urlencode, urlsplit
 
 from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
-from azure.storage.blob import BlobClient, BlobServiceClient
+from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from ..config import Settings
 from .auth import BearerAuth, DownloadAuth, QueryAuth
-from .base import AccessDenied, DownloadError
+from .base import AccessDenied, DownloadError, UploadError
 
 _MAX_CONCURRENCY = 8
 
@@ -95,6 +95,21 @@ class AzureProvider:
 
         await self._call(url, fetch)
         return None
+
+    async def upload(self, source: Path, url: str, content_type: str) -> None:
+        def put() -> None:
+            with open(source, "rb") as handle:
+                self._blob(url, None).upload_blob(
+                    handle,
+                    overwrite=True,
+                    content_settings=ContentSettings(content_type=content_type),
+                    max_concurrency=_MAX_CONCURRENCY,
+                )
+
+        try:
+            await self._call(url, put)
+        except DownloadError as exc:
+            raise UploadError(str(exc).replace("Azure blob not found", "Azure container not found")) from None
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         await self._call(url, lambda: self._blob(url, auth).get_blob_properties())

@@ -32,6 +32,10 @@ class AccessDenied(DownloadError):
     """The credentials were missing or wrong."""
 
 
+class UploadError(Exception):
+    """An upload failed; the message is the provider's cause, fit for the client."""
+
+
 class Provider(Protocol):
     name: str
 
@@ -43,6 +47,10 @@ class Provider(Protocol):
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         """Raise AccessDenied unless `auth` may read `url` (guards cache hits of private files)."""
+        ...
+
+    async def upload(self, source: Path, url: str, content_type: str) -> None:
+        """Stream the file at `source` to `url`; raise UploadError."""
         ...
 
 
@@ -61,3 +69,11 @@ def extension_for_content_type(content_type: str | None) -> str:
         return ""
     media_type = content_type.split(";", 1)[0].strip().lower()
     return _EXTRA_TYPES.get(media_type) or mimetypes.guess_extension(media_type) or ""
+
+
+def content_type_for(name: str) -> str:
+    extension = name_extension(name)
+    for media_type, known in _EXTRA_TYPES.items():
+        if known == extension and media_type != "application/octet-stream":
+            return media_type
+    return mimetypes.guess_type(f"x{extension}")[0] or "application/octet-stream"

@@ -13,7 +13,7 @@ import httpcore._sync.http11
 import httpx
 
 from .auth import DownloadAuth, http_request_target
-from .base import AccessDenied, DownloadError, extension_for_content_type, name_extension, url_extension
+from .base import AccessDenied, DownloadError, UploadError, extension_for_content_type, name_extension, url_extension
 
 # httpcore reads 64 KiB per socket read; at that size the per-read cost caps a download near 400 MiB/s,
 # while 1 MiB reads go past curl. Only this module's synchronous client uses httpcore's sync connections.
@@ -66,6 +66,25 @@ class HttpProvider:
             with contextlib.suppress(Exception):
                 await worker
             raise
+
+    async def upload(self, source: Path, url: str, content_type: str) -> None:
+        target, headers = http_request_target(url, None, self._env_header)
+
+        def put() -> None:
+            with open(source, "rb") as handle:
+                # A file object as content is streamed: the body never sits in memory.
+                response = self._sync.put(
+                    target,
+                    content=handle,
+                    headers={**headers, "Content-Type": content_type, "Content-Length": str(source.stat().st_size)},
+                )
+            if not response.is_success:
+                raise UploadError(f"Upload failed with status {response.status_code}: {response.reason_phrase}")
+
+        try:
+            await asyncio.to_thread(put)
+        except httpx.HTTPError as exc:
+            raise UploadError(f"Upload failed: {type(exc).__name__}: {exc}") from exc
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         target, headers = http_request_target(url, auth, self._env_header)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -21,7 +21,7 @@ from huggingface_hub.errors import (
 )
 
 from .auth import BearerAuth, DownloadAuth
-from .base import AccessDenied, DownloadError
+from .base import AccessDenied, DownloadError, UploadError
 
 PUBLIC_HUB = "https://huggingface.co"
 
@@ -97,6 +97,26 @@ class HuggingFaceProvider:
 
         await _call(url, fetch)
         return None
+
+    async def upload(self, source: Path, url: str, content_type: str) -> None:
+        file = parse_hub_url(url, self._endpoint)
+        api = HfApi(endpoint=self._endpoint, token=self._token or None)
+
+        def put() -> None:
+            api.create_repo(file.repo_id, repo_type=file.repo_type, exist_ok=True)
+            api.upload_file(
+                path_or_fileobj=str(source),
+                path_in_repo=file.path,
+                repo_id=file.repo_id,
+                repo_type=file.repo_type,
+                revision=file.revision,
+                commit_message=f"Upload {file.path}",
+            )
+
+        try:
+            await _call(url, put)
+        except DownloadError as exc:
+            raise UploadError(str(exc)) from None
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         file = parse_hub_url(url, self._endpoint)

@@ -13,7 +13,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .auth import DownloadAuth, S3Auth
-from .base import AccessDenied, DownloadError
+from .base import AccessDenied, DownloadError, UploadError
 
 _TRANSFER = TransferConfig(
     multipart_threshold=16 * 1024 * 1024,
@@ -67,6 +67,19 @@ class S3Provider:
 
         await self._call(url, fetch)
         return None
+
+    async def upload(self, source: Path, url: str, content_type: str) -> None:
+        bucket, key = parse_s3_url(url)
+
+        def put() -> None:
+            self._client_for(None).upload_file(
+                str(source), bucket, key, ExtraArgs={"ContentType": content_type}, Config=_TRANSFER
+            )
+
+        try:
+            await self._call(url, put)
+        except DownloadError as exc:
+            raise UploadError(str(exc).replace("S3 object not found", "S3 bucket not found")) from None
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         bucket, key = parse_s3_url(url)

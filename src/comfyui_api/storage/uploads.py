@@ -1,0 +1,126 @@
+"""Upload blocks of a request (`s3`, `hf_upload`, `azure_blob_upload`, `http_upload`): their URLs, and the
+uploads themselves, streamed from disk, in parallel; of two uploads to one URL, the latest one's file stays."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .auth import strip_userinfo
+from .base import UploadError, content_type_for
+from .manager import StorageManager
+
+logger = logging.getLogger(__name__)
+
+
+class _UploadBlock(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, serialize_by_alias=True)
+
+    async_: bool = Field(False, alias="async", description="true: answer 202 at once and upload in the background.")
+
+
+class S3Upload(_UploadBlock):
+    bucket: str
+    prefix: str = Field(description="Key prefix; a '/' is added between it and the file name when missing.")
+
+
+class HfUpload(_UploadBlock):
+    repo: str
+    repo_type: Literal["model", "dataset"] = "model"
+    revision: str = "main"
+    directory: str = "/"
+
+
+class AzureBlobUpload(_UploadBlock):
+    container: str
+    blob_prefix: str = ""
+
+
+class HttpUpload(_UploadBlock):
+    url_prefix: str
+
+
+UploadBlock = S3Upload | HfUpload | AzureBlobUpload | HttpUpload
+
+
+def _join(prefix: str, name: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _quoted(path: str) -> str:
+    return "/".join(quote(segment, safe="") for segment in path.split("/") if segment)
+
+
+def upload_url(block: UploadBlock, filename: str, *, hf_endpoint: str, azure_base: str | None) -> str:
+    """The URL one output file goes to under an upload block."""
+    if isinstance(block, S3Upload):
+        return f"s3://{block.bucket}/{_join(block.prefix, filename)}"
+    if isinstance(block, HfUpload):
+        kind = "datasets/" if block.repo_type == "dataset" else ""
+        path = _quoted(_join(block.directory, filename))
+        return f"{hf_endpoint.rstrip('/')}/{kind}{block.repo}/resolve/{quote(block.revision, safe='')}/{path}"
+    if isinstance(block, AzureBlobUpload):
+        if azure_base is None:
+            raise UploadError("Azure Blob uploads need AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT")
+        return (
+            f"{azure_base.rstrip('/')}/{quote(block.container, safe='')}/{_quoted(_join(block.blob_prefix, filename))}"
+        )
+    if isinstance(block, HttpUpload):
+        return f"{block.url_prefix.rstrip('/')}/{_quoted(filename)}"
+    raise TypeError(type(block))
+
+
+class Uploader:
+    def __init__(self, storage: StorageManager, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        self._storage = storage
+        self._on_event = on_event
+        self._in_flight: dict[str, asyncio.Task[None]] = {}
+
+    async def upload_all(self, files: list[tuple[Path, str]]) -> list[str]:
+        """Upload (file, url) pairs in parallel; the URLs in order, or UploadError naming the first failure."""
+        results = await asyncio.gather(*(self._upload(path, url) for path, url in files), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [url for _, url in files]
+
+    async def _upload(self, path: Path, url: str) -> None:
+        provider = self._storage.provider_for(url)
+        previous = self._in_flight.get(url)
+
+        async def after_previous() -> None:
+            # Uploads to one URL run one after another, so the latest request's file is the one that stays
+            # (a thread-based upload cannot be aborted half-way, so it is waited for, not cancelled).
+            if previous is not None:
+                await asyncio.wait({previous})
+            await provider.upload(path, url, content_type_for(path.name))
+
+        started = time.monotonic()
+        task = asyncio.create_task(after_previous())
+        self._in_flight[url] = task
+        try:
+            await task
+        finally:
+            if self._in_flight.get(url) is task:
+                del self._in_flight[url]
+        size = os.stat(path).st_size
+        logger.info("uploaded", extra={"url": strip_userinfo(url), "size": size})
+        if self._on_event is not None:
+            self._on_event(
+                "file_uploaded",
+                {
+                    "url": strip_userinfo(url),
+                    "local_path": str(path),
+                    "size": size,
+                    "duration": time.monotonic() - started,
+                },
+            )

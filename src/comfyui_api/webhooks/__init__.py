@@ -1,0 +1,1 @@
+"""Outgoing webhooks: Standard Webhooks signing, retrying delivery, prompt payloads and system events."""
