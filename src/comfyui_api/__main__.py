@@ -19,7 +19,12 @@ def main() -> None:
     configure_logging(settings.log_level)
     from .server import serve  # after logging is configured, so import-time logs are JSON too
 
-    sys.exit(serve(settings))
+    try:
+        code = serve(settings)
+    except ConfigError as exc:
+        logging.getLogger("comfyui_api").critical(str(exc))
+        code = 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from .api.middleware import BodySizeLimit, RequestContext
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess, child_environment
-from .config import Settings
+from .config import ConfigError, Settings, system_metadata
 from .lifecycle import Lifecycle
 from .pipeline.delivery import Delivery
 from .pipeline.jobs import JobRegistry
@@ -30,6 +30,8 @@ from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
 from .storage.uploads import Uploader
 from .webhooks.sender import WebhookSender
+from .webhooks.signing import InvalidWebhookSecret
+from .webhooks.system import SystemWebhooks
 
 
 def _exit_without_server(code: int) -> None:
@@ -43,13 +45,20 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
     events = EventStream(settings.comfy_ws_url)
     jobs = JobRegistry()
     events.subscribe(jobs.dispatch)
-    storage = StorageManager(settings)
+    try:
+        webhooks = WebhookSender(settings.webhook_secret, settings.prompt_webhook_retries)
+    except InvalidWebhookSecret as exc:
+        raise ConfigError(str(exc)) from None
+    system = _system_webhooks(settings, webhooks, jobs)
+    storage_events = system.on_storage_event if system is not None else None
+    if system is not None:
+        events.subscribe(system.on_comfy_event)
+    storage = StorageManager(settings, on_event=storage_events)
     runner = PromptRunner(settings, client, events, jobs, state, storage)
-    webhooks = WebhookSender(settings.webhook_secret, settings.prompt_webhook_retries)
     azure = azure_service_client(settings)
     delivery = Delivery(
         runner,
-        Uploader(storage),
+        Uploader(storage, on_event=storage_events),
         webhooks,
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
@@ -70,6 +79,7 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
         storage,
         delivery,
         webhooks,
+        system,
         request_exit,
     )
 
@@ -95,6 +105,23 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
     return app
+
+
+def _system_webhooks(settings: Settings, sender: WebhookSender, jobs: JobRegistry) -> SystemWebhooks | None:
+    if settings.system_webhook_url is None or not settings.system_webhook_events:
+        return None
+
+    def request_id_for(prompt_id: str) -> str | None:
+        job = jobs.by_prompt_id(prompt_id)
+        return job.id if job is not None else None
+
+    return SystemWebhooks(
+        settings.system_webhook_url,
+        settings.system_webhook_events,
+        system_metadata(dict(os.environ)),
+        sender,
+        request_id_for,
+    )
 
 
 def _add_doc_routes(app: FastAPI) -> None:

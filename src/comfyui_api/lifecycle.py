@@ -27,6 +27,7 @@ from .state import ServerState
 from .storage.manager import StorageManager
 from .warmup import load_warmup
 from .webhooks.sender import WebhookSender
+from .webhooks.system import SystemWebhooks
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class Lifecycle:
         storage: StorageManager,
         delivery: Delivery,
         webhooks: WebhookSender,
+        system: SystemWebhooks | None,
         request_exit: Callable[[int], None],
     ) -> None:
         self._settings = settings
@@ -58,6 +60,7 @@ class Lifecycle:
         self._storage = storage
         self._delivery = delivery
         self._webhooks = webhooks
+        self._system = system
         self._request_exit = request_exit
         self._warmup_prompt: dict[str, Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -74,6 +77,8 @@ class Lifecycle:
         for folder in (self._settings.inputs_path, self._settings.outputs_path, self._settings.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._warmup_prompt = await load_warmup(self._settings)
+        if self._system is not None:
+            self._system.start()
         await self._storage.cache.enforce_limit()
         await self._launch()
         self._events.start()
@@ -99,6 +104,8 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._delivery.aclose()
+        if self._system is not None:
+            await self._system.stop()
         await self._webhooks.aclose()
         await self._events.stop()
         await self._process.stop()

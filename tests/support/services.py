@@ -207,6 +207,7 @@ class SeaweedS3(Service):
         super().__init__(workdir)
         self.access_key = access_key
         self.secret_key = secret_key
+        self.writer_key, self.writer_secret = "writerkey", "writersecret"
         self.ports: dict[str, int] = {}
         self.endpoint_url = ""
         self._short_dir: Path | None = None
@@ -223,7 +224,14 @@ class SeaweedS3(Service):
         config = self.dir / "s3.json"
         identity = {"name": "admin", "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}]}
         identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
-        config.write_text(json.dumps({"identities": [identity]}))
+        # A writer cannot create buckets: its uploads to a missing bucket fail, as on AWS (an admin's
+        # would create the bucket on the fly).
+        writer = {
+            "name": "writer",
+            "credentials": [{"accessKey": self.writer_key, "secretKey": self.writer_secret}],
+            "actions": ["Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity, writer]}))
         for sub in ("data", "logs", "tmp"):  # weed's glog files go to logs/, its temporary files to tmp/
             (self.dir / sub).mkdir(exist_ok=True)
         # Every port explicit (the defaults are fixed numbers, grpc = http + 10000), the admin ones included.

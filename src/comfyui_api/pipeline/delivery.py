@@ -65,15 +65,17 @@ class Delivery:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
             self._spawn(self._complete_in_background(job, request))
             return JSONResponse({**request.echo(), "status": "ok", "id": job.id, "prompt": job.graph}, status_code=202)
+        streaming = False
         try:
             await self._runner.finish(job, request.convert_output)
             if request.upload_block is not None:
-                images = await self._upload(job, request)
-                return JSONResponse(self._body(job, request, images))
-        except BaseException:
-            await self._runner.close(job)
-            raise
-        return StreamingResponse(self._stream_base64(job, request), media_type="application/json")
+                return JSONResponse(self._body(job, request, await self._upload(job, request)))
+            # The stream closes the job once the last byte is sent.
+            streaming = True
+            return StreamingResponse(self._stream_base64(job, request), media_type="application/json")
+        finally:
+            if not streaming:
+                await self._runner.close(job)
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
         """Let background deliveries finish (bounded), so an async request is not lost at shutdown."""

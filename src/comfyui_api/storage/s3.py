@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -79,7 +80,7 @@ class S3Provider:
         try:
             await self._call(url, put)
         except DownloadError as exc:
-            raise UploadError(str(exc).replace("S3 object not found", "S3 bucket not found")) from None
+            raise UploadError(str(exc)) from None
 
     async def check_access(self, url: str, auth: DownloadAuth) -> None:
         bucket, key = parse_s3_url(url)
@@ -97,5 +98,13 @@ class S3Provider:
             if code in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "ExpiredToken"):
                 raise AccessDenied(f"S3 access denied for {url}: {code}") from None
             raise DownloadError(f"S3 error for {url}: {code} {error.get('Message', '')}".strip()) from None
+        except S3UploadFailedError as exc:
+            # upload_file wraps the service's error in text: "... An error occurred (<Code>) when ..."
+            message = str(exc)
+            if "(AccessDenied)" in message or "(SignatureDoesNotMatch)" in message:
+                raise AccessDenied(f"S3 access denied for {url}: {message}") from None
+            if "(NoSuchBucket)" in message:
+                raise DownloadError(f"S3 bucket not found for {url}: {message}") from None
+            raise DownloadError(f"S3 error for {url}: {message}") from None
         except BotoCoreError as exc:
             raise DownloadError(f"S3 error for {url}: {exc}") from None

@@ -43,6 +43,7 @@ class Signer:
         self._webhook: Webhook | None = None
         if not secret:
             return
+        # Errors below name the reason only: the secret must never reach a log line or an error message.
         if not secret.isascii():
             # b64decode rejects it anyway; checked first so the reason is clear.
             raise InvalidWebhookSecret(f"{_INVALID}: it contains non-ASCII characters")
@@ -51,7 +52,6 @@ class Signer:
         except EmptyWebhookSecretError:
             raise InvalidWebhookSecret(f"{_INVALID}: it decodes to an empty key") from None
         except (binascii.Error, ValueError):
-            # The secret itself must never reach a log line or an error message.
             raise InvalidWebhookSecret(f"{_INVALID}: its base64 has an impossible length") from None
         if _NOT_BASE64.search(secret.removeprefix(_SECRET_PREFIX)):
             # Node's Buffer.from(s, "base64") (the reference server) reads '-'/'_' as URL-safe base64, svix drops
