@@ -34,7 +34,6 @@ import os
 import platform
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -42,28 +41,20 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-REPO = Path(__file__).resolve().parents[1]
-MIB = 1024 * 1024
+from .common import MIB, REPO, BenchError, compare, import_path, log, remove, sigterm_exits, table
+
 CHILD_TIMEOUT_S = 300.0  # one download of one file, however slow the machine
 THROUGHPUT_BAR = 0.90  # ours / reference
 RSS_BAR_MIB = 200.0
 HIT_BAR_MS = 10.0
 BUCKET = "bench"
 KEY = "models/bench-file.bin"
-
-# Whether a larger value of a figure is better (for the baseline comparison), by the figure name's ending.
-_HIGHER_IS_BETTER = ("_mib_s", ".ratio")
-_LOWER_IS_BETTER = ("_ms", "_mib", "_s")
-
-
-class BenchError(RuntimeError):
-    """Something could not be measured."""
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -353,20 +344,6 @@ def _same_bytes(source: Path, copy: Path) -> None:
                 raise BenchError(f"{copy} differs from the source at offset {offset}")
 
 
-def _import_path() -> None:
-    """tests.support (the test services) importable, wherever this was started from."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-
-
-def _remove(*paths: Path) -> None:
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # The measurements.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -384,7 +361,7 @@ class Bench:
         self.errors: dict[str, str] = {}
 
     def log(self, message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+        log(message)
 
     def prepare(self) -> None:
         self.source.parent.mkdir(parents=True)
@@ -396,14 +373,14 @@ class Bench:
         self, name: str, warm: list[Path], outputs: list[Path], measure: Callable[[], dict[str, Any]]
     ) -> dict[str, Any]:
         """One timed download from a cold start; its output is checked, recorded, then deleted."""
-        _remove(*outputs)
+        remove(*outputs)
         self.page_cache.reset(warm)
         result = measure()
         try:
             if result["path"] is not None:  # None: written to /dev/null
                 _same_bytes(self.source, Path(result["path"]))
         finally:
-            _remove(*outputs)
+            remove(*outputs)
         result["mib_s"] = self.size / MIB / result["seconds"]
         self.runs.setdefault(name, []).append(result)
         rss = f", peak RSS {result['peak_rss_mb']:.0f} MiB" if "peak_rss_mb" in result else ""
@@ -441,7 +418,7 @@ class Bench:
         self._throughput("http", "curl")
 
     def s3(self) -> None:
-        _import_path()
+        import_path()
         from tests.support.services import SeaweedS3
 
         self.log("S3: starting SeaweedFS")
@@ -534,42 +511,13 @@ def _checks(figures: dict[str, float], errors: dict[str, str]) -> list[dict[str,
     return rows
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines.append("-+-".join("-" * w for w in widths))
-    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join(lines)
-
-
-def _better(name: str, change: float) -> str:
-    if abs(change) < 0.02:
-        return "same"
-    if name.endswith(_HIGHER_IS_BETTER):
-        return "better" if change > 0 else "worse"
-    if name.endswith(_LOWER_IS_BETTER):
-        return "better" if change < 0 else "worse"
-    return ""
-
-
 def _compare(figures: dict[str, float], baseline_path: Path, cases: list[str], size_mb: int) -> str:
-    baseline = json.loads(baseline_path.read_text())
-    old = {name: value for name, value in baseline.get("figures", {}).items() if name.split(".")[0] in cases}
-    rows = []
-    for name, value in figures.items():
-        if name not in old:
-            rows.append([name, "-", f"{value:.3f}", "new", ""])
-        elif old[name]:
-            change = value / old[name] - 1
-            rows.append([name, f"{old[name]:.3f}", f"{value:.3f}", f"{change:+.1%}", _better(name, change)])
-        else:
-            rows.append([name, f"{old[name]:.3f}", f"{value:.3f}", "n/a", ""])
-    rows += [[name, f"{old[name]:.3f}", "-", "gone", ""] for name in old if name not in figures]
-    meta = baseline.get("meta", {})
-    title = f"Against the baseline {baseline_path} (finished {meta.get('finished', '?')}):"
-    if meta.get("size_mb") != size_mb:
-        title += f"\nNOTE: the baseline used a {meta.get('size_mb')} MiB file, this run {size_mb} MiB"
-    return title + "\n" + _table(["figure", "baseline", "now", "change", ""], rows)
+    def notes(meta: dict[str, Any]) -> list[str]:
+        if meta.get("size_mb") != size_mb:
+            return [f"the baseline used a {meta.get('size_mb')} MiB file, this run {size_mb} MiB"]
+        return []
+
+    return compare(figures, baseline_path, cases, notes)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -598,20 +546,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-@contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so that the servers and files are cleaned up."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
@@ -620,12 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("curl") is None and "http" in args.cases:
         print("curl is not installed: it is the HTTP reference", file=sys.stderr)
         return 1
-    _import_path()
+    import_path()
     from tests.support.services import bypass_proxy_for_loopback
 
     bypass_proxy_for_loopback()  # in os.environ, so curl and the children skip any proxy for 127.0.0.1 too
     started = datetime.now(UTC)
-    with _sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
+    with sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
         bench = Bench(args, Path(folder))
         bench.prepare()
         for case in args.cases:
@@ -641,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         f"comfyui-api download benchmark: {args.size_mb} MiB file, best of {args.runs} runs, {os.cpu_count()} CPUs; "
         f"{bench.page_cache.describe()}"
     )
-    print(_table(["case", "ours", "reference", "ratio", "bar", "result"], [list(c.values()) for c in checks]))
+    print(table(["case", "ours", "reference", "ratio", "bar", "result"], [list(c.values()) for c in checks]))
     if "http.ceiling_mib_s" in bench.figures:
         print(f"(server + loopback ceiling, curl -o /dev/null: {bench.figures['http.ceiling_mib_s']:.0f} MiB/s)")
     for check in checks:

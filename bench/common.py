@@ -1,0 +1,100 @@
+"""What the benchmarks share: errors, logging, the result table, the comparison with a baseline's JSON, cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+MIB = 1024 * 1024
+
+# Whether a larger value of a figure is better (for the baseline comparison), by the figure name's ending.
+HIGHER_IS_BETTER = ("_mib_s", ".ratio")
+LOWER_IS_BETTER = ("_ms", "_mib", "_s")
+
+
+class BenchError(RuntimeError):
+    """Something could not be measured."""
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def import_path() -> None:
+    """tests.support (the test services) importable, wherever this was started from."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+
+
+def remove(*paths: Path) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines.append("-+-".join("-" * w for w in widths))
+    lines += [" | ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def better(name: str, change: float) -> str:
+    if abs(change) < 0.02:
+        return "same"
+    if name.endswith(HIGHER_IS_BETTER):
+        return "better" if change > 0 else "worse"
+    if name.endswith(LOWER_IS_BETTER):
+        return "better" if change < 0 else "worse"
+    return ""
+
+
+def compare(
+    figures: dict[str, float],
+    baseline_path: Path,
+    cases: list[str],
+    notes: Callable[[dict[str, Any]], list[str]] | None = None,
+) -> str:
+    """A table of each figure against the baseline's (figures of `cases` only: a figure's name starts "case.").
+    `notes` gets the baseline's `meta` and returns lines to print above the table (how the runs differ)."""
+    baseline = json.loads(baseline_path.read_text())
+    old = {name: value for name, value in baseline.get("figures", {}).items() if name.split(".")[0] in cases}
+    rows = []
+    for name, value in figures.items():
+        if name not in old:
+            rows.append([name, "-", f"{value:.3f}", "new", ""])
+        elif old[name]:
+            change = value / old[name] - 1
+            rows.append([name, f"{old[name]:.3f}", f"{value:.3f}", f"{change:+.1%}", better(name, change)])
+        else:
+            rows.append([name, f"{old[name]:.3f}", f"{value:.3f}", "n/a", ""])
+    rows += [[name, f"{old[name]:.3f}", "-", "gone", ""] for name in old if name not in figures]
+    meta = baseline.get("meta", {})
+    lines = [f"Against the baseline {baseline_path} (finished {meta.get('finished', '?')}):"]
+    lines += [f"NOTE: {note}" for note in (notes(meta) if notes else [])]
+    return "\n".join(lines) + "\n" + table(["figure", "baseline", "now", "change", ""], rows)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so that the servers and files are cleaned up."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

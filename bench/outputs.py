@@ -1,0 +1,633 @@
+"""Benchmark of our output path for large outputs: base64 in the response and uploads to S3, on loopback.
+
+    .venv/bin/python -m bench.outputs [--runs 2] [--cases png,large] [--json out.json] [--baseline earlier.json]
+
+Run from the repository root. One comfyui-api server (tests/support/server.py's ApiServer, in a temporary folder, in
+front of its own CPU ComfyUI) is started with SeaweedFS (tests/support/services.py's SeaweedS3) as its S3. Outputs:
+
+* png: a 4096x4096 PNG (EmptyImage, grey, + ImageAddNoise 0.5, so that it does not compress to nothing: ~40 MB);
+* large: a ~200 MB output, the size of a video: an 8192x9728 PNG made the same way (ComfyUI has no core node that
+  writes a 200 MB video in reasonable time on a CPU; a PNG of noise is as incompressible, and it is one file).
+
+ComfyUI runs with --disable-metadata, so the file is byte-identical whichever filename prefix it is saved under. Per
+case, the graph runs once through ComfyUI's own API first: that file is the reference (and its nodes are then cached,
+so only SaveImage runs again for our requests). Then, --runs times each, alternating which goes first:
+
+* base64: POST /prompt with no upload block; the answer (JSON with the file base64-encoded, streamed by our server)
+  is read with httpx in chunks and dropped, keeping only its start and end to check the base64 text's length and its
+  first and last bytes against the reference. MiB/s = file size / (request time - stats.comfy_execution.duration),
+  as the issue defines it; the streaming alone (response headers to last byte) is in the JSON as `stream_mib_s`.
+* s3: POST /prompt with an `s3` block; MiB/s = file size / stats.upload_time (the server's own timing of the
+  upload); the object's size and last bytes are checked, then it is deleted.
+
+During each request the server's RSS (the comfyui-api process, not ComfyUI) is sampled every 20 ms with psutil, and
+its VmHWM (the kernel's own high-water mark) is reset before the request when /proc/PID/clear_refs is writable (root)
+and read after: the peak is the larger of the two. The idle RSS just before each request is reported too.
+
+References, in the same run: reading the reference file and base64-encoding it in a tight loop (3 MiB reads, as the
+server does; the file in the page cache; best of 3), and boto3's `upload_file` of the file to the same SeaweedFS
+with its default transfer settings, in a fresh child process (its client made before the timed part, as the server
+keeps its own; its VmHWM reported for comparison).
+
+Bars: peak RSS < 250 MiB for every case and mode (PASS or FAIL); the throughputs are reported against their
+references, without a bar. The exit status is 0 whatever the bars say, 1 only when something could not be measured.
+Everything started (servers, children, files) is stopped and removed at the end, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .common import MIB, REPO, BenchError, compare, import_path, log, sigterm_exits, table
+
+RSS_BAR_MIB = 250.0
+SAMPLE_INTERVAL_S = 0.02
+READ_CHUNK = 3 * MIB  # the server's read size for base64 (a multiple of 3)
+ENCODE_PASSES = 3
+REQUEST_TIMEOUT_S = 600.0
+BUCKET = "bench"
+CASES = {
+    # name: (width, height, what it stands for)
+    "png": (4096, 4096, "4096x4096 PNG"),
+    "large": (8192, 9728, "~200 MB output (8192x9728 PNG)"),
+}
+KEEP = 256 * 1024  # bytes kept of the start and of the end of a base64 response, for the checks
+IMAGES_MARKER = b'"images": ["'
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The child: boto3's upload_file in a fresh process, its figures as JSON on stdout.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _status_mib(pid: int | str, field: str) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _child_boto3(spec: dict[str, Any]) -> dict[str, Any]:
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", config=Config(s3={"addressing_style": "path"}))  # path-style: the endpoint is an IP
+    baseline_rss = _status_mib("self", "VmRSS")
+    started = time.perf_counter()
+    client.upload_file(spec["path"], spec["bucket"], spec["key"])
+    seconds = time.perf_counter() - started
+    size = client.head_object(Bucket=spec["bucket"], Key=spec["key"])["ContentLength"]
+    client.delete_object(Bucket=spec["bucket"], Key=spec["key"])
+    return {
+        "seconds": seconds,
+        "size": size,
+        "baseline_rss_mb": baseline_rss,
+        "peak_rss_mb": _status_mib("self", "VmHWM"),
+    }
+
+
+def _run_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.outputs", "--child", json.dumps(spec)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=REQUEST_TIMEOUT_S)
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    if process.returncode != 0:
+        raise BenchError(f"boto3's upload failed (exit {process.returncode}):\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers of the parent.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def graph(width: int, height: int, prefix: str) -> dict[str, Any]:
+    """A noisy grey image of width x height saved as PNG: EmptyImage -> ImageAddNoise -> SaveImage."""
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": 0x808080},
+        },
+        "2": {"class_type": "ImageAddNoise", "inputs": {"image": ["1", 0], "seed": 1, "strength": 0.5}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+class RssSampler:
+    """The RSS of process `pid` (MiB) while a request runs: psutil every 20 ms in a thread, and the kernel's VmHWM,
+    reset on entry when /proc/PID/clear_refs is writable. `peak` is the larger of the two."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self._process = psutil.Process(pid)
+        self._pid = pid
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self.idle = self.sampled = self.hwm = 0.0
+        self.samples = 0
+        self.hwm_reset = False
+
+    def __enter__(self) -> RssSampler:
+        self.idle = self._process.memory_info().rss / MIB
+        try:
+            Path(f"/proc/{self._pid}/clear_refs").write_text("5\n")  # 5: reset the peak RSS to the current RSS
+            self.hwm_reset = True
+        except OSError:
+            self.hwm_reset = False
+        self.sampled = self.idle
+        self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.sampled = max(self.sampled, self._process.memory_info().rss / MIB)
+                self.samples += 1
+            except Exception:  # the process is gone: the request fails on its own
+                return
+            self._done.wait(SAMPLE_INTERVAL_S)
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        try:
+            self.hwm = _status_mib(self._pid, "VmHWM")
+        except OSError:
+            self.hwm = 0.0
+
+    @property
+    def peak(self) -> float:
+        return max(self.sampled, self.hwm) if self.hwm_reset else self.sampled
+
+    def figures(self) -> dict[str, Any]:
+        return {
+            "idle_rss_mb": self.idle,
+            "peak_rss_mb": self.peak,
+            "sampled_peak_rss_mb": self.sampled,
+            "vm_hwm_mb": self.hwm,
+            "hwm_reset": self.hwm_reset,
+            "samples": self.samples,
+        }
+
+
+def encode_loop(path: Path) -> float:
+    """Seconds to read `path` and base64-encode it, in READ_CHUNK reads, as fast as Python can."""
+    started = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while chunk := handle.read(READ_CHUNK):
+            base64.b64encode(chunk)
+    return time.perf_counter() - started
+
+
+def check_base64(head: bytes, tail: bytes, total: int, reference: Path) -> dict[str, Any]:
+    """From the first and last KEEP bytes of a base64 answer of `total` bytes: the answer without its base64 text
+    (parsed), after checking the text's length and its first and last bytes against the reference file."""
+    if total <= 2 * KEEP:
+        raise BenchError(f"the answer has only {total} bytes")
+    start = head.find(IMAGES_MARKER)
+    if start < 0:
+        raise BenchError(f"no {IMAGES_MARKER.decode()} in the answer's start: {head[:300]!r}")
+    start += len(IMAGES_MARKER)
+    tail_offset = total - len(tail)
+    end_in_tail = tail.find(b'"')
+    if end_in_tail < 0:
+        raise BenchError("the base64 text does not end within the answer's last bytes")
+    length = tail_offset + end_in_tail - start
+    size = reference.stat().st_size
+    if length != 4 * ((size + 2) // 3):
+        raise BenchError(f"{length} characters of base64 for {size} bytes (expected {4 * ((size + 2) // 3)})")
+    with open(reference, "rb") as handle:
+        first = handle.read(3072)
+        handle.seek(-3072, os.SEEK_END)
+        last = handle.read()
+    if base64.b64decode(head[start : start + 4096]) != first:
+        raise BenchError("the base64 text's first bytes differ from the reference file's")
+    if not base64.b64decode(tail[:end_in_tail][-4096:]).endswith(last[-2048:]):
+        raise BenchError("the base64 text's last bytes differ from the reference file's")
+    try:
+        return json.loads(head[:start] + tail[end_in_tail:])
+    except ValueError as error:
+        raise BenchError(f"the answer is not JSON around its base64 text: {error}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The measurements.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.runs: dict[str, list[dict[str, Any]]] = {}  # "png.base64" -> one result per run
+        self.figures: dict[str, float] = {}
+        self.errors: dict[str, str] = {}
+        self.sizes: dict[str, int] = {}
+        self.notes: list[str] = []
+        self.s3: Any = None
+        self.server: Any = None
+        self.http: Any = None
+
+    # setup / teardown --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        import httpx
+        import psutil
+
+        from tests.support.server import ApiServer
+        from tests.support.services import SeaweedS3
+
+        checkpoint = _checkpoint()
+        log("starting SeaweedFS")
+        self.s3 = SeaweedS3(self.work / "seaweedfs").start()
+        self.s3.create_bucket(BUCKET)
+        log(f"  ready in {self.s3.startup_s:.1f} s; starting comfyui-api and its ComfyUI")
+        self.server = ApiServer(self.work / "server", checkpoint, **self.s3.env())
+        self.server.env["CMD"] += " --disable-metadata"  # the same bytes whatever the filename prefix
+        started = time.monotonic()
+        self.server.start()
+        self.http = httpx.Client(timeout=httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0))
+        self.figures["server.startup_rss_mib"] = psutil.Process(self.server.process.pid).memory_info().rss / MIB
+        log(
+            f"  healthy in {time.monotonic() - started:.1f} s; server RSS "
+            f"{self.figures['server.startup_rss_mib']:.0f} MiB"
+        )
+
+    def stop(self) -> None:
+        if self.http is not None:
+            self.http.close()
+        if self.server is not None:
+            self.server.stop()
+        if self.s3 is not None:
+            self.s3.stop()
+
+    # one case ----------------------------------------------------------------------------------------------------
+    def case(self, name: str) -> None:
+        width, height, label = CASES[name]
+        log(f"{name}: {label}")
+        reference = self._reference(name, width, height)
+        size = self.sizes[name] = reference.stat().st_size
+        for index in range(self.args.runs):
+            steps = [lambda: self._base64(name, width, height, reference), lambda: self._s3(name, width, height)]
+            for step in steps if index % 2 == 0 else steps[::-1]:  # alternate which goes first
+                step()
+        encode = [encode_loop(reference) for _ in range(ENCODE_PASSES)]
+        self.figures[f"{name}.output_bytes"] = size
+        self.figures[f"{name}.encode_ref_mib_s"] = size / MIB / min(encode)
+        log(f"  reference: read + base64 in a loop {self.figures[f'{name}.encode_ref_mib_s']:.0f} MiB/s (best of 3)")
+        self._boto3(name, reference)
+        self._summarise(name)
+        reference.unlink()
+
+    def _reference(self, name: str, width: int, height: int) -> Path:
+        """Run the graph through ComfyUI's own API; its output file, moved out of ComfyUI's folder."""
+        comfy = self.server.comfy_url
+        started = time.monotonic()
+        response = self.http.post(f"{comfy}/prompt", json={"prompt": graph(width, height, f"bench-ref-{name}")})
+        if response.status_code != 200:
+            raise BenchError(f"ComfyUI refused the graph: {response.status_code} {response.text[:500]}")
+        prompt_id = response.json()["prompt_id"]
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while True:
+            entry = self.http.get(f"{comfy}/history/{prompt_id}").json().get(prompt_id)
+            if entry and entry.get("status", {}).get("completed"):
+                break
+            if entry and entry.get("status", {}).get("status_str") == "error":
+                raise BenchError(f"ComfyUI failed the graph: {json.dumps(entry['status'])[:2000]}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"ComfyUI did not run the graph in {REQUEST_TIMEOUT_S:g} s")
+            time.sleep(0.2)
+        (image,) = entry["outputs"]["3"]["images"]
+        source = self.server.base / "output" / image["subfolder"] / image["filename"]
+        target = self.work / f"reference-{name}.png"
+        shutil.move(source, target)
+        self.http.post(f"{comfy}/history", json={"delete": [prompt_id]})
+        self.figures[f"{name}.comfy_first_run_s"] = time.monotonic() - started
+        log(
+            f"  ComfyUI made the reference in {self.figures[f'{name}.comfy_first_run_s']:.1f} s: "
+            f"{target.stat().st_size / MIB:.1f} MiB"
+        )
+        return target
+
+    def _post(self, body: dict[str, Any], on_chunk: Any = None) -> tuple[float, float, int, bytes]:
+        """POST /prompt; (seconds to the last byte, seconds to the headers, bytes, the body or b"" when streamed)."""
+        started = time.perf_counter()
+        with self.http.stream("POST", f"{self.server.url}/prompt", json=body) as response:
+            headers_at = time.perf_counter() - started
+            if response.status_code != 200:
+                raise BenchError(f"POST /prompt answered {response.status_code}: {response.read()[:2000]!r}")
+            total = 0
+            kept = bytearray()
+            for chunk in response.iter_raw():
+                total += len(chunk)
+                if on_chunk is None:
+                    kept += chunk
+                else:
+                    on_chunk(chunk)
+            return time.perf_counter() - started, headers_at, total, bytes(kept)
+
+    def _base64(self, name: str, width: int, height: int, reference: Path) -> None:
+        run = len(self.runs.get(f"{name}.base64", []))
+        head = bytearray()
+        tail = bytearray()
+
+        def keep(chunk: bytes) -> None:
+            if len(head) < KEEP:
+                head.extend(chunk[: KEEP - len(head)])
+            tail.extend(chunk)
+            if len(tail) > 2 * KEEP:
+                del tail[:-KEEP]
+
+        body = {"prompt": graph(width, height, name), "id": f"b64-{name}-{run}"}
+        with RssSampler(self.server.process.pid) as rss:
+            seconds, headers_s, total, _ = self._post(body, keep)
+        answer = check_base64(bytes(head), bytes(tail[-KEEP:]), total, reference)
+        size = reference.stat().st_size
+        comfy_s = answer["stats"]["comfy_execution"]["duration"] / 1000
+        result = {
+            "seconds": seconds,
+            "comfy_execution_s": comfy_s,
+            "delivery_s": seconds - comfy_s,
+            "stream_s": seconds - headers_s,
+            "response_bytes": total,
+            "mib_s": size / MIB / (seconds - comfy_s),
+            "stream_mib_s": size / MIB / (seconds - headers_s),
+            **rss.figures(),
+        }
+        self._record(f"{name}.base64", result)
+
+    def _s3(self, name: str, width: int, height: int) -> None:
+        run = len(self.runs.get(f"{name}.s3", []))
+        body = {
+            "prompt": graph(width, height, name),
+            "id": f"s3-{name}-{run}",
+            "s3": {"bucket": BUCKET, "prefix": name},
+        }
+        with RssSampler(self.server.process.pid) as rss:
+            seconds, _, _, raw = self._post(body)
+        answer = json.loads(raw)
+        (url,) = answer["images"]
+        bucket, key = url.removeprefix("s3://").split("/", 1)
+        client = self.s3.client()
+        size = self.sizes[name]
+        head = client.head_object(Bucket=bucket, Key=key)
+        if head["ContentLength"] != size:
+            raise BenchError(f"{url} has {head['ContentLength']} bytes, not {size}")
+        reference = self.work / f"reference-{name}.png"
+        with open(reference, "rb") as handle:
+            handle.seek(-65536, os.SEEK_END)
+            last = handle.read()
+        if client.get_object(Bucket=bucket, Key=key, Range=f"bytes={size - 65536}-")["Body"].read() != last:
+            raise BenchError(f"{url} differs from the reference file at its end")
+        client.delete_object(Bucket=bucket, Key=key)
+        comfy_s = answer["stats"]["comfy_execution"]["duration"] / 1000
+        upload_s = answer["stats"]["upload_time"] / 1000
+        result = {
+            "seconds": seconds,
+            "comfy_execution_s": comfy_s,
+            "delivery_s": seconds - comfy_s,
+            "upload_s": upload_s,
+            "mib_s": size / MIB / upload_s,
+            "request_mib_s": size / MIB / (seconds - comfy_s),
+            **rss.figures(),
+        }
+        self._record(f"{name}.s3", result)
+
+    def _boto3(self, name: str, reference: Path) -> None:
+        for index in range(self.args.runs):
+            spec = {"path": str(reference), "bucket": BUCKET, "key": f"boto3/{name}-{index}.png"}
+            result = _run_child(spec, self.s3.env())
+            if result["size"] != reference.stat().st_size:
+                raise BenchError(f"boto3 uploaded {result['size']} bytes, not {reference.stat().st_size}")
+            result["mib_s"] = result["size"] / MIB / result["seconds"]
+            self.runs.setdefault(f"{name}.boto3", []).append(result)
+            log(
+                f"  {name}.boto3: upload_file {result['seconds']:.2f} s, {result['mib_s']:.0f} MiB/s, "
+                f"peak RSS {result['peak_rss_mb']:.0f} MiB"
+            )
+
+    def _record(self, name: str, result: dict[str, Any]) -> None:
+        self.runs.setdefault(name, []).append(result)
+        timing = f"upload {result['upload_s']:.2f} s, " if "upload_s" in result else ""
+        timing += f"stream {result['stream_s']:.2f} s, " if "stream_s" in result else ""
+        log(
+            f"  {name}: request {result['seconds']:.2f} s (ComfyUI {result['comfy_execution_s']:.2f} s), {timing}"
+            f"{result['mib_s']:.0f} MiB/s; RSS idle {result['idle_rss_mb']:.0f}, peak {result['peak_rss_mb']:.0f} MiB "
+            f"({result['samples']} samples, sampled peak {result['sampled_peak_rss_mb']:.0f}, VmHWM "
+            f"{result['vm_hwm_mb']:.0f}{'' if result['hwm_reset'] else ' not reset'})"
+        )
+
+    def _summarise(self, name: str) -> None:
+        f = self.figures
+        b64, s3, boto = self.runs[f"{name}.base64"], self.runs[f"{name}.s3"], self.runs[f"{name}.boto3"]
+        f[f"{name}.comfy_execution_s"] = min(r["comfy_execution_s"] for r in b64 + s3)
+        f[f"{name}.base64_mib_s"] = max(r["mib_s"] for r in b64)
+        f[f"{name}.base64_stream_mib_s"] = max(r["stream_mib_s"] for r in b64)
+        f[f"{name}.base64_vs_encode.ratio"] = f[f"{name}.base64_mib_s"] / f[f"{name}.encode_ref_mib_s"]
+        f[f"{name}.base64_idle_rss_mib"] = max(r["idle_rss_mb"] for r in b64)
+        f[f"{name}.base64_peak_rss_mib"] = max(r["peak_rss_mb"] for r in b64)
+        f[f"{name}.upload_mib_s"] = max(r["mib_s"] for r in s3)
+        f[f"{name}.upload_request_mib_s"] = max(r["request_mib_s"] for r in s3)
+        f[f"{name}.boto3_upload_mib_s"] = max(r["mib_s"] for r in boto)
+        f[f"{name}.upload_vs_boto3.ratio"] = f[f"{name}.upload_mib_s"] / f[f"{name}.boto3_upload_mib_s"]
+        f[f"{name}.upload_idle_rss_mib"] = max(r["idle_rss_mb"] for r in s3)
+        f[f"{name}.upload_peak_rss_mib"] = max(r["peak_rss_mb"] for r in s3)
+        f[f"{name}.boto3_peak_rss_mib"] = max(r["peak_rss_mb"] for r in boto)
+
+
+def _checkpoint() -> Path:
+    """The tests' random SD1.5-shaped checkpoint (tests/conftest.py), generated once per checkout."""
+    from tests.support.paths import CHECKPOINT_NAME, COMFY_PYTHON, COMFY_TREE, TEST_CACHE
+
+    path = TEST_CACHE / CHECKPOINT_NAME
+    if not path.exists():
+        if not COMFY_PYTHON.exists():
+            raise BenchError("ComfyUI is not installed: run scripts/setup.sh")
+        log("generating the random checkpoint (once per checkout)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        script = REPO / "scripts" / "make_sd15_checkpoint.py"
+        command = [str(COMFY_PYTHON), str(script), "--comfyui", str(COMFY_TREE), "--out", str(path)]
+        subprocess.run(command, check=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str]) -> list[dict[str, str]]:
+    rows = []
+
+    def row(case: str, ours: str, reference: str, ratio: str, bar: str, ok: bool | None) -> None:
+        result = "ERROR" if ok is None else "-" if bar == "-" else "PASS" if ok else "FAIL"
+        rows.append({"case": case, "ours": ours, "reference": reference, "ratio": ratio, "bar": bar, "result": result})
+
+    for case in cases:
+        label = case
+        if case in errors:
+            row(f"{label} (all figures)", "-", "-", "-", "-", None)
+            continue
+        f = {name.split(".", 1)[1]: value for name, value in figures.items() if name.startswith(f"{case}.")}
+        label = f"{case} ({f['output_bytes'] / MIB:.1f} MiB)"
+        row(
+            f"{label} base64 MiB/s",
+            f"{f['base64_mib_s']:.0f}",
+            f"{f['encode_ref_mib_s']:.0f} (read+b64 loop)",
+            f"{f['base64_vs_encode.ratio']:.0%}",
+            "-",
+            True,
+        )
+        row(
+            f"{label} base64 peak RSS MiB (idle {f['base64_idle_rss_mib']:.0f})",
+            f"{f['base64_peak_rss_mib']:.0f}",
+            "-",
+            "-",
+            f"< {RSS_BAR_MIB:.0f} MiB",
+            f["base64_peak_rss_mib"] < RSS_BAR_MIB,
+        )
+        row(
+            f"{label} S3 upload MiB/s",
+            f"{f['upload_mib_s']:.0f}",
+            f"{f['boto3_upload_mib_s']:.0f} (boto3)",
+            f"{f['upload_vs_boto3.ratio']:.0%}",
+            "-",
+            True,
+        )
+        row(
+            f"{label} S3 peak RSS MiB (idle {f['upload_idle_rss_mib']:.0f})",
+            f"{f['upload_peak_rss_mib']:.0f}",
+            f"{f['boto3_peak_rss_mib']:.0f} (boto3)",
+            f"{f['upload_peak_rss_mib'] / f['boto3_peak_rss_mib']:.1f}x",
+            f"< {RSS_BAR_MIB:.0f} MiB",
+            f["upload_peak_rss_mib"] < RSS_BAR_MIB,
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.outputs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=2, help="requests per case and mode; the best counts (2)")
+    parser.add_argument("--cases", default="png,large", help="comma-separated subset of png,large (default both)")
+    parser.add_argument("--json", type=Path, help="write every figure and run to this file")
+    parser.add_argument("--baseline", type=Path, help="a --json file of an earlier run: print the change per figure")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be >= 1")
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if not cases or cases - set(CASES):
+        parser.error(f"--cases takes a subset of {','.join(CASES)}")
+    args.cases = [c for c in CASES if c in cases]
+    if args.baseline and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.child:
+        print(json.dumps(_child_boto3(json.loads(args.child))))
+        return 0
+    import_path()
+    from tests.support.services import bypass_proxy_for_loopback
+
+    bypass_proxy_for_loopback()  # in os.environ, so the server, ComfyUI and the children skip any proxy too
+    started = datetime.now(UTC)
+    with sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
+        bench = Bench(args, Path(folder))
+        try:
+            try:
+                bench.start()
+            except Exception as error:
+                bench.errors["setup"] = str(error)
+                log(f"ERROR in setup: {error}")
+            else:
+                for case in args.cases:
+                    try:
+                        bench.case(case)
+                    except Exception as error:  # one case's failure is reported; the others still run
+                        bench.errors[case] = f"{type(error).__name__}: {error}"
+                        log(f"ERROR in {case}: {bench.errors[case]}\n{bench.server.log_tail(20)}")
+        finally:
+            log("cleaning up")
+            bench.stop()
+    checks = _checks(bench.figures, bench.errors, [c for c in args.cases if "setup" not in bench.errors])
+    print()
+    print(f"comfyui-api output benchmark: best of {args.runs} requests per case and mode, {os.cpu_count()} CPUs")
+    print(table(["case", "ours", "reference", "ratio", "bar", "result"], [list(c.values()) for c in checks]))
+    print(
+        "(base64 MiB/s = file size / (request time - ComfyUI's execution); upload MiB/s = file size / "
+        "stats.upload_time; RSS: the comfyui-api process, sampled every 20 ms and its VmHWM)"
+    )
+    for check in checks:
+        if check["result"] not in ("PASS", "-"):
+            print(f"{check['result']}: {check['case']}: ours {check['ours']}, bar {check['bar']}")
+    for case, error in bench.errors.items():
+        print(f"ERROR: {case}: {error}")
+    if args.baseline:
+        print()
+        print(_compare(bench.figures, args.baseline, args.cases, bench.sizes))
+    if args.json:
+        meta = {
+            "started": started.isoformat(),
+            "finished": datetime.now(UTC).isoformat(),
+            "runs": args.runs,
+            "cases": args.cases,
+            "sizes": bench.sizes,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        }
+        document = {"meta": meta, "figures": bench.figures, "checks": checks, "errors": bench.errors}
+        document["runs"] = bench.runs
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"\nwrote {args.json}")
+    return 1 if bench.errors else 0
+
+
+def _compare(figures: dict[str, float], baseline_path: Path, cases: list[str], sizes: dict[str, int]) -> str:
+    def notes(meta: dict[str, Any]) -> list[str]:
+        old = meta.get("sizes", {})
+        return [
+            f"the baseline's {case} output had {old[case]} bytes, this run's {sizes[case]}"
+            for case in cases
+            if case in old and case in sizes and old[case] != sizes[case]
+        ]
+
+    return compare(figures, baseline_path, [*cases, "server"], notes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
