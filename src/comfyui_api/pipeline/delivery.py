@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -172,11 +173,22 @@ class Delivery:
 
 
 async def _base64_chunks(path: Path) -> AsyncIterator[bytes]:
+    """Base64 of a file, chunk by chunk; the next chunk is read and encoded (off the event loop) while the
+    current one is being sent."""
     handle = await asyncio.to_thread(open, path, "rb")
+
+    def read_encoded() -> bytes:
+        return base64.b64encode(handle.read(_READ_CHUNK))
+
+    upcoming = asyncio.ensure_future(asyncio.to_thread(read_encoded))
     try:
-        while chunk := await asyncio.to_thread(handle.read, _READ_CHUNK):
-            yield base64.b64encode(chunk)
+        while chunk := await upcoming:
+            upcoming = asyncio.ensure_future(asyncio.to_thread(read_encoded))
+            yield chunk
     finally:
+        if not upcoming.done():
+            with contextlib.suppress(Exception):
+                await upcoming
         await asyncio.to_thread(handle.close)
 
 
