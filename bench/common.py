@@ -50,6 +50,16 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def print_checks(checks: list[dict[str, str]], errors: dict[str, str], *, quiet: tuple[str, ...] = ("PASS",)) -> None:
+    """The figures table, then a line for each bar that failed and each case that could not be measured."""
+    print(table(["case", "ours", "reference", "ratio", "bar", "result"], [list(c.values()) for c in checks]))
+    for check in checks:
+        if check["result"] not in quiet:
+            print(f"{check['result']}: {check['case']}: ours {check['ours']}, bar {check['bar']}")
+    for case, error in errors.items():
+        print(f"ERROR: {case}: {error}")
+
+
 def better(name: str, change: float) -> str:
     if abs(change) < 0.02:
         return "same"

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .common import MIB, REPO, BenchError, compare, import_path, log, remove, sigterm_exits, table
+from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, remove, sigterm_exits
 
 CHILD_TIMEOUT_S = 300.0  # one download of one file, however slow the machine
 THROUGHPUT_BAR = 0.90  # ours / reference
@@ -575,14 +575,9 @@ def main(argv: list[str] | None = None) -> int:
         f"comfyui-api download benchmark: {args.size_mb} MiB file, best of {args.runs} runs, {os.cpu_count()} CPUs; "
         f"{bench.page_cache.describe()}"
     )
-    print(table(["case", "ours", "reference", "ratio", "bar", "result"], [list(c.values()) for c in checks]))
+    print_checks(checks, bench.errors)
     if "http.ceiling_mib_s" in bench.figures:
         print(f"(server + loopback ceiling, curl -o /dev/null: {bench.figures['http.ceiling_mib_s']:.0f} MiB/s)")
-    for check in checks:
-        if check["result"] != "PASS":
-            print(f"{check['result']}: {check['case']}: ours {check['ours']}, bar {check['bar']}")
-    for case, error in bench.errors.items():
-        print(f"ERROR: {case}: {error}")
     if args.baseline:
         print()
         print(_compare(bench.figures, args.baseline, args.cases, args.size_mb))

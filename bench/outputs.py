@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .common import MIB, REPO, BenchError, compare, import_path, log, sigterm_exits, table
+from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, sigterm_exits
 
 RSS_BAR_MIB = 250.0
 SAMPLE_INTERVAL_S = 0.02
@@ -608,16 +608,11 @@ def main(argv: list[str] | None = None) -> int:
     checks = _checks(bench.figures, bench.errors, [c for c in args.cases if "setup" not in bench.errors])
     print()
     print(f"comfyui-api output benchmark: best of {args.runs} requests per case and mode, {os.cpu_count()} CPUs")
-    print(table(["case", "ours", "reference", "ratio", "bar", "result"], [list(c.values()) for c in checks]))
+    print_checks(checks, bench.errors, quiet=("PASS", "-"))
     print(
         "(base64 MiB/s = file size / (request time - ComfyUI's execution); upload MiB/s = file size / "
         "stats.upload_time; RSS: the comfyui-api process, sampled every 20 ms and its VmHWM)"
     )
-    for check in checks:
-        if check["result"] not in ("PASS", "-"):
-            print(f"{check['result']}: {check['case']}: ours {check['ours']}, bar {check['bar']}")
-    for case, error in bench.errors.items():
-        print(f"ERROR: {case}: {error}")
     if args.baseline:
         print()
         print(_compare(bench.figures, args.baseline, args.cases, bench.sizes))

@@ -12,27 +12,14 @@ from typing import Any
 
 import pytest
 
+from comfyui_api.config import SYSTEM_EVENT_NAMES
 from comfyui_api.webhooks.sender import WebhookSender
 from comfyui_api.webhooks.system import SystemWebhooks
 from tests.support.receiver import Received, WebhookReceiver
 
 SECRET = "whsec_" + base64.b64encode(os.urandom(24)).decode()
 META = {"salad_machine_id": "m-1", "region": "eu"}
-ALL = (
-    "status",
-    "progress",
-    "progress_state",
-    "executing",
-    "execution_start",
-    "execution_cached",
-    "executed",
-    "execution_success",
-    "execution_interrupted",
-    "execution_error",
-    "file_downloaded",
-    "file_uploaded",
-    "file_deleted",
-)
+ALL = SYSTEM_EVENT_NAMES
 REQUEST_IDS = {"comfy-1": "req-1", "comfy-2": "req-2"}
 
 
