@@ -6,6 +6,6 @@ set -euo pipefail
 repo=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd -- "$repo"
 scripts/setup.sh
-.venv/bin/ruff check src tests scripts
-.venv/bin/ruff format --check src tests scripts
+.venv/bin/ruff check src tests scripts workflows bench
+.venv/bin/ruff format --check src tests scripts workflows bench
 exec .venv/bin/python -m pytest "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
-from .api import control, download, probes, prompt
+from .api import control, download, models, probes, prompt
 from .api.deps import Services
 from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, RequestContext
@@ -29,9 +30,12 @@ from .state import ServerState
 from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
 from .storage.uploads import Uploader
+from .warmup import load_warmup
 from .webhooks.sender import WebhookSender
 from .webhooks.signing import InvalidWebhookSecret
 from .webhooks.system import SystemWebhooks
+from .workflows.catalog import catalog
+from .workflows.loader import discover, mount
 
 
 def _exit_without_server(code: int) -> None:
@@ -92,7 +96,14 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
         servers=[{"url": f"http://localhost:{settings.port}"}],
     )
     app.state.services = Services(
-        settings=settings, state=state, events=events, jobs=jobs, runner=runner, storage=storage, delivery=delivery
+        settings=settings,
+        state=state,
+        events=events,
+        jobs=jobs,
+        runner=runner,
+        storage=storage,
+        delivery=delivery,
+        client=client,
     )
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
@@ -100,11 +111,32 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
     app.include_router(prompt.router)
     app.include_router(control.router)
     app.include_router(download.router)
+    app.include_router(models.router)
     _add_doc_routes(app)
     # Outermost first: the request id must be set before anything logs.
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext)
     return app
+
+
+async def mount_workflows(app: FastAPI) -> None:
+    """Once ComfyUI is up: read its models and samplers, then mount the workflow endpoints (whose
+    schemas may use those lists)."""
+    services: Services = app.state.services
+    settings = services.settings
+    warmup = await load_warmup(settings)
+    catalog.warmup_checkpoint = next(
+        (
+            node["inputs"].get("ckpt_name")
+            for node in (warmup or {}).values()
+            if node.get("class_type") == "CheckpointLoaderSimple"
+        ),
+        None,
+    )
+    await catalog.refresh(services.client, settings.models_path)
+    settings.workflow_dir.mkdir(parents=True, exist_ok=True)
+    workflows = await asyncio.to_thread(discover, settings.workflow_dir)
+    mount(app, workflows, markdown_descriptions=settings.markdown_schema_descriptions)
 
 
 def _system_webhooks(settings: Settings, sender: WebhookSender, jobs: JobRegistry) -> SystemWebhooks | None:

@@ -19,6 +19,7 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess, StartupError
 from .config import Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable
+from .manifest import ManifestError, install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
 from .pipeline.jobs import JobRegistry
 from .pipeline.reconciler import Reconciler
@@ -67,9 +68,10 @@ class Lifecycle:
         self._stopping = False
 
     async def start(self) -> None:
-        """Load the warmup prompt, launch ComfyUI and wait for it; raises ConfigError or StartupError.
+        """Load the warmup prompt and manifest, install, launch ComfyUI and wait; raises ConfigError or StartupError.
 
-        The warmup itself runs in the background, once the port is open (so /health can say 500 meanwhile).
+        The warmup itself runs in the background, once the port is open (so /health can say 500 meanwhile);
+        so do the manifest's after_start models.
         """
         logger.info("starting", extra={"version": __version__, "settings": dump_for_log(self._settings)})
         if not self._settings.webhook_secret:
@@ -77,14 +79,22 @@ class Lifecycle:
         for folder in (self._settings.inputs_path, self._settings.outputs_path, self._settings.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._warmup_prompt = await load_warmup(self._settings)
+        manifest = load_manifest(self._settings)
         if self._system is not None:
             self._system.start()
         await self._storage.cache.enforce_limit()
+        if manifest is not None:
+            try:
+                await install_before_start(manifest, self._settings, self._storage)
+            except ManifestError as exc:
+                raise StartupError(str(exc)) from None
         await self._launch()
         self._events.start()
         self._spawn(self._reconciler.run(), "reconciler")
         self._spawn(self._supervise(), "supervisor")
         self._spawn(self._warm_up(), "warmup")
+        if manifest is not None and manifest.after_start_models:
+            self._spawn(install_after_start(manifest, self._settings, self._storage), "manifest-after-start")
 
     async def drain(self) -> None:
         """Stop taking prompts and let the ones in flight finish, within the grace period."""

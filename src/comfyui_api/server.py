@@ -17,7 +17,7 @@ from types import FrameType
 
 import uvicorn
 
-from .app import create_app
+from .app import create_app, mount_workflows
 from .comfy.process import StartupError
 from .config import ConfigError, Settings
 
@@ -93,6 +93,10 @@ def serve(settings: Settings) -> int:
     )
     server = ApiServer(config, drain=lifecycle.drain)
 
+    async def start() -> None:
+        await lifecycle.start()
+        await mount_workflows(app)
+
     async def main() -> None:
         # Downloads, uploads and file work run in worker threads; the default pool (cores + 4) is too small
         # for a few large transfers to run without stalling everything else that needs a thread.
@@ -100,7 +104,7 @@ def serve(settings: Settings) -> int:
             concurrent.futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="worker")
         )
         try:
-            await server.run_app(lifecycle.start)
+            await server.run_app(start)
         finally:
             await lifecycle.stop()
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ..comfy.client import ComfyClient
 from ..comfy.events import EventStream
 from ..config import Settings
 from ..pipeline.delivery import Delivery
@@ -25,6 +26,7 @@ class Services:
     runner: PromptRunner
     storage: StorageManager
     delivery: Delivery
+    client: ComfyClient
 
 
 def _services(request: Request) -> Services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
@@ -13,10 +14,11 @@ from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import BadRequest
+from ..errors import ApiError, BadRequest
 from ..storage.auth import DownloadAuth, strip_userinfo
 from ..storage.base import DownloadError
 from ..storage.manager import StorageManager
+from ..workflows.catalog import catalog
 from .deps import ServicesDep
 from .schemas import ErrorResponse
 
@@ -102,6 +104,8 @@ async def download(body: DownloadRequest, services: ServicesDep, background: Bac
     except DownloadError as exc:
         raise BadRequest(str(exc), location="url") from None
     services.storage.release(result)
+    with contextlib.suppress(ApiError):  # the download stands; the catalog catches up on the next refresh
+        await catalog.read_models(services.client, model_dir)  # workflow choices see the new file at once
     return JSONResponse(
         {
             **echo,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -11,7 +13,7 @@ from .schemas import AsyncAccepted, ErrorResponse, PromptRequest, PromptResponse
 
 router = APIRouter(tags=["prompt"])
 
-_ERRORS = {
+PROMPT_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request, or ComfyUI rejected the graph (`node_errors`)"},
     202: {"model": AsyncAccepted, "description": "Accepted; results follow by webhook or upload"},
     409: {"model": ErrorResponse, "description": "A request with this id is already in progress"},
@@ -23,7 +25,7 @@ _ERRORS = {
 }
 
 
-@router.post("/prompt", response_model=PromptResponse, responses=_ERRORS)
+@router.post("/prompt", response_model=PromptResponse, responses=PROMPT_RESPONSES)
 async def run_prompt(body: PromptRequest, services: ServicesDep) -> Response:
     """Run the graph and answer with its outputs (base64, or URLs with an upload block), in ComfyUI's
     execution order; or answer 202 at once when the request is async (webhooks, `async` uploads)."""

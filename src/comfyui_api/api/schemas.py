@@ -24,10 +24,11 @@ class Node(BaseModel):
     meta: Any = Field(None, alias="_meta")
 
 
-class PromptRequest(BaseModel):
+class PromptOptions(BaseModel):
+    """Every /prompt field but the graph: what a workflow endpoint takes beside its `input`."""
+
     model_config = ConfigDict(extra="ignore")
 
-    prompt: dict[str, Node] = Field(description="An API-format ComfyUI graph: node id → node.")
     id: str = Field(
         default_factory=lambda: str(uuid.uuid4()),
         description="Request id: prefixes output file names and identifies the request for /interrupt.",
@@ -73,6 +74,10 @@ class PromptRequest(BaseModel):
         if not value or len(value) > 200 or _UNSAFE_ID.search(value):
             raise ValueError("must be 1-200 characters without '/', '\\', '..' or control characters")
         return value
+
+
+class PromptRequest(PromptOptions):
+    prompt: dict[str, Node] = Field(description="An API-format ComfyUI graph: node id → node.")
 
     @field_validator("prompt")
     @classmethod

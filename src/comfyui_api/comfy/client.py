@@ -84,5 +84,17 @@ class ComfyClient:
     async def delete_from_queue(self, prompt_ids: list[str]) -> None:
         await self._json("POST", "/queue", json={"delete": prompt_ids})
 
+    async def object_info(self, node_class: str) -> dict[str, Any]:
+        data = await self._json("GET", f"/object_info/{node_class}")
+        return data.get(node_class, {}) if isinstance(data, dict) else {}
+
+    async def model_folders(self) -> list[str]:
+        data = await self._json("GET", "/models")
+        return [str(name) for name in data] if isinstance(data, list) else []
+
+    async def model_files(self, folder: str) -> list[str]:
+        data = await self._json("GET", f"/models/{folder}")
+        return [str(name) for name in data] if isinstance(data, list) else []
+
     async def interrupt(self, prompt_id: str) -> None:
         await self._json("POST", "/interrupt", json={"prompt_id": prompt_id})

@@ -58,22 +58,27 @@ class Delivery:
         self._azure_base = azure_base
         self._background: set[asyncio.Task[None]] = set()
 
-    async def handle(self, request: PromptRequest) -> Response:
-        """Run a request through the pipeline and answer it (200 with results, or 202 when async)."""
+    async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Response:
+        """Run a request through the pipeline and answer it (200 with results, or 202 when async).
+
+        `extra` fields are added to the response (a workflow endpoint's validated `input`).
+        """
+        extra = extra or {}
         job = await self._runner.start(request)
         if request.is_async:
             if request.webhook:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
             self._spawn(self._complete_in_background(job, request))
-            return JSONResponse({**request.echo(), "status": "ok", "id": job.id, "prompt": job.graph}, status_code=202)
+            accepted = {**request.echo(), "status": "ok", "id": job.id, "prompt": job.graph, **extra}
+            return JSONResponse(accepted, status_code=202)
         streaming = False
         try:
             await self._runner.finish(job, request.convert_output)
             if request.upload_block is not None:
-                return JSONResponse(self._body(job, request, await self._upload(job, request)))
+                return JSONResponse({**self._body(job, request, await self._upload(job, request)), **extra})
             # The stream closes the job once the last byte is sent.
             streaming = True
-            return StreamingResponse(self._stream_base64(job, request), media_type="application/json")
+            return StreamingResponse(self._stream_base64(job, request, extra), media_type="application/json")
         finally:
             if not streaming:
                 await self._runner.close(job)
@@ -116,10 +121,12 @@ class Delivery:
             "stats": stats,
         }
 
-    async def _stream_base64(self, job: Job, request: PromptRequest) -> AsyncIterator[bytes]:
+    async def _stream_base64(self, job: Job, request: PromptRequest, extra: dict[str, Any]) -> AsyncIterator[bytes]:
         """The response JSON with each output file base64-encoded on the fly: memory stays flat."""
         try:
-            head, _, tail = json.dumps(self._body(job, request, [_IMAGES_SLOT])).partition(json.dumps(_IMAGES_SLOT))
+            head, _, tail = json.dumps({**self._body(job, request, [_IMAGES_SLOT]), **extra}).partition(
+                json.dumps(_IMAGES_SLOT)
+            )
             yield head.encode()
             for index, output in enumerate(job.outputs):
                 yield b',"' if index else b'"'

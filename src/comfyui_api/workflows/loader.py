@@ -1,0 +1,147 @@
+"""Workflow endpoints: each Python module under WORKFLOW_DIR that defines a pydantic `RequestSchema` and a
+`generate_workflow(input) -> dict` (sync or async) becomes `POST /workflow/<relative path without .py>`.
+
+The body is every /prompt field but `prompt`, plus `input` (validated by RequestSchema); the generated graph
+runs through the prompt pipeline directly, and the response is /prompt's plus `input`. A module that fails to
+import or lacks the two names is skipped with one log line naming the file and the reason.
+"""
+
+import importlib.util
+import inspect
+import logging
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError, create_model
+
+from ..api.deps import Services, ServicesDep
+from ..api.prompt import PROMPT_RESPONSES
+from ..api.schemas import PromptOptions, PromptRequest, PromptResponse
+from ..errors import BadRequest
+from ..logs import request_id_var
+from .docs import inputs_table
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Workflow:
+    route: str  # "sd1.5/txt2img"
+    schema: type[BaseModel]
+    generate: Callable[[Any], Any]
+    summary: str | None
+    description: str | None
+    source: Path
+
+
+def discover(folder: Path) -> list[Workflow]:
+    """Every valid workflow module under `folder`, in path order; invalid ones are logged and skipped."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        if path.name.startswith(("_", ".")) or any(
+            part.startswith((".", "_")) for part in path.relative_to(folder).parts[:-1]
+        ):
+            continue
+        route = path.relative_to(folder).with_suffix("").as_posix()
+        try:
+            module = _import(path, route)
+            found.append(_workflow(module, route, path))
+        except Exception as exc:  # an author's module may raise anything while importing
+            logger.error(
+                "skipping workflow module", extra={"file": str(path), "reason": f"{type(exc).__name__}: {exc}"}
+            )
+    return found
+
+
+def _import(path: Path, route: str) -> ModuleType:
+    name = "comfyui_api_workflows." + re.sub(r"\W", "_", route)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError("not a loadable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def _workflow(module: ModuleType, route: str, path: Path) -> Workflow:
+    schema = getattr(module, "RequestSchema", None)
+    generate = getattr(module, "generate_workflow", None)
+    if not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise TypeError("it defines no pydantic model named RequestSchema")
+    if not callable(generate):
+        raise TypeError("it defines no function named generate_workflow")
+    return Workflow(
+        route=route,
+        schema=schema,
+        generate=generate,
+        summary=getattr(module, "summary", None),
+        description=getattr(module, "description", None),
+        source=path,
+    )
+
+
+def mount(app: FastAPI, workflows: list[Workflow], *, markdown_descriptions: bool) -> None:
+    for workflow in workflows:
+        name = "".join(part.capitalize() for part in re.split(r"\W+", workflow.route) if part)
+        body_model = create_model(f"{name}Request", __base__=PromptOptions, input=(workflow.schema, ...))
+        response_model = create_model(f"{name}Response", __base__=PromptResponse, input=(workflow.schema, ...))
+        description = inputs_table(workflow.schema) if markdown_descriptions else workflow.description
+        if markdown_descriptions and workflow.description:
+            description = f"{workflow.description}\n\n{description}"
+        app.add_api_route(
+            f"/workflow/{workflow.route}",
+            _endpoint(workflow, body_model),
+            methods=["POST"],
+            summary=workflow.summary or workflow.route,
+            description=description,
+            response_model=response_model,
+            responses=PROMPT_RESPONSES,
+            tags=["workflows"],
+            name=f"workflow_{name}",
+        )
+        logger.info("workflow endpoint", extra={"route": f"/workflow/{workflow.route}", "file": str(workflow.source)})
+    app.openapi_schema = None  # rebuilt with the new routes on the next request for it
+
+
+def _endpoint(workflow: Workflow, body_model: type[PromptOptions]) -> Callable[..., Any]:
+    async def run_workflow(body: Any, services: Services) -> Response:
+        request_id_var.set(body.id)
+        user_input = body.input
+        try:
+            graph = workflow.generate(user_input)
+            if inspect.isawaitable(graph):
+                graph = await graph
+        except Exception as exc:  # the author's code: any failure is the input's fault from the caller's view
+            raise BadRequest(f"Failed to generate workflow prompt: {exc}", location="input") from None
+        fields = body.model_dump(by_alias=True, exclude={"input"}, exclude_none=True)
+        try:
+            request = PromptRequest.model_validate({**fields, "prompt": graph})
+        except ValidationError as exc:
+            raise BadRequest(
+                f"Failed to generate workflow prompt: the graph is invalid: {exc}", location="input"
+            ) from None
+        return await services.delivery.handle(request, extra={"input": user_input.model_dump(mode="json")})
+
+    # FastAPI reads the body's type from the signature; the model is made at runtime, so set it explicitly.
+    run_workflow.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=body_model),
+            inspect.Parameter("services", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ServicesDep),
+        ],
+        return_annotation=Response,
+    )
+    return run_workflow
