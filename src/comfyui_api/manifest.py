@@ -88,7 +88,7 @@ def _check_url(url: str) -> str:
 
 
 def _check_local_path(local_path: str) -> str:
-    if not local_path.strip() or local_path.endswith(("/", os.sep)) or Path(local_path).name in ("", ".", ".."):
+    if not local_path.strip() or local_path.endswith("/") or Path(local_path).name in ("", ".", ".."):
         raise ValueError(f"must be a file path (folder and file name), got {local_path!r}")
     return local_path
 
@@ -358,9 +358,12 @@ async def _download_model(model: ModelEntry, storage: StorageManager) -> None:
 
 def _model_target(local_path: str) -> Path:
     """The link's path: relative paths resolve against the current directory, as the reference's did."""
-    target = Path(local_path).expanduser().absolute()
+    target = Path(local_path).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
+
+
+# The file-system checks below are instant; they are sync helpers so the async steps stay free of blocking calls.
 
 
 def _prepare_nodes_dir(nodes_dir: Path, folder: Path) -> bool:
