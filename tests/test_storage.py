@@ -236,6 +236,7 @@ def test_download_and_wait(storage_server: ApiServer, sources: Sources) -> None:
     assert body["size"] == len(lora_bytes(1)) and body["duration"] >= 0
     assert (storage_server.base / "models" / "loras" / "mine.safetensors").read_bytes() == lora_bytes(1)
     assert "mine.safetensors" in storage_server.http.get(f"{storage_server.comfy_url}/models/loras").json()
+    assert "mine.safetensors" in storage_server.http.get("/models").json()["loras"]  # our listing is current too
 
 
 def test_download_in_the_background(storage_server: ApiServer, sources: Sources) -> None:

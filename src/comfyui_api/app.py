@@ -30,7 +30,6 @@ from .state import ServerState
 from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
 from .storage.uploads import Uploader
-from .warmup import load_warmup
 from .webhooks.sender import WebhookSender
 from .webhooks.signing import InvalidWebhookSecret
 from .webhooks.system import SystemWebhooks
@@ -124,7 +123,7 @@ async def mount_workflows(app: FastAPI) -> None:
     schemas may use those lists)."""
     services: Services = app.state.services
     settings = services.settings
-    warmup = await load_warmup(settings)
+    warmup = app.state.lifecycle.warmup_prompt
     catalog.warmup_checkpoint = next(
         (
             node["inputs"].get("ckpt_name")

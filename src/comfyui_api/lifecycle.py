@@ -67,6 +67,11 @@ class Lifecycle:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
+    @property
+    def warmup_prompt(self) -> dict[str, Any] | None:
+        """The warmup graph loaded at startup (None without one)."""
+        return self._warmup_prompt
+
     async def start(self) -> None:
         """Load the warmup prompt and manifest, install, launch ComfyUI and wait; raises ConfigError or StartupError.
 
