@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import platform
 import shutil
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +61,21 @@ def print_checks(checks: list[dict[str, str]], errors: dict[str, str], *, quiet:
             print(f"{check['result']}: {check['case']}: ours {check['ours']}, bar {check['bar']}")
     for case, error in errors.items():
         print(f"ERROR: {case}: {error}")
+
+
+def write_report(path: Path, started: datetime, settings: dict[str, Any], **sections: Any) -> None:
+    """The run's figures as JSON: `meta` (times, machine, the run's settings) and the given sections."""
+    meta = {
+        "started": started.isoformat(),
+        "finished": datetime.now(UTC).isoformat(),
+        **settings,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"meta": meta, **sections}, indent=2) + "\n")
+    print(f"\nwrote {path}")
 
 
 def better(name: str, change: float) -> str:

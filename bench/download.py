@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import resource
 import shutil
 import socket
@@ -47,7 +46,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, remove, sigterm_exits
+from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, remove, sigterm_exits, write_report
 
 CHILD_TIMEOUT_S = 300.0  # one download of one file, however slow the machine
 THROUGHPUT_BAR = 0.90  # ours / reference
@@ -582,25 +581,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(_compare(bench.figures, args.baseline, args.cases, args.size_mb))
     if args.json:
-        meta = {
-            "started": started.isoformat(),
-            "finished": datetime.now(UTC).isoformat(),
-            "size_mb": args.size_mb,
-            "runs": args.runs,
-            "hits": args.hits,
-            "cases": args.cases,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "page_cache": bench.page_cache.describe(),
-        }
-        document = {"meta": meta, "figures": bench.figures, "checks": checks, "errors": bench.errors}
         drop = ("hits_ms", "path")  # summarised in the figures / deleted temporary files
         runs = {name: [{k: v for k, v in r.items() if k not in drop} for r in rs] for name, rs in bench.runs.items()}
-        document["runs"] = runs
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        settings = {"size_mb": args.size_mb, "runs": args.runs, "hits": args.hits, "cases": args.cases}
+        settings["page_cache"] = bench.page_cache.describe()
+        write_report(args.json, started, settings, figures=bench.figures, checks=checks, errors=bench.errors, runs=runs)
     return 1 if bench.errors else 0
 
 

@@ -43,7 +43,6 @@ import argparse
 import base64
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -54,7 +53,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, sigterm_exits
+from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, sigterm_exits, write_report
 
 RSS_BAR_MIB = 250.0
 SAMPLE_INTERVAL_S = 0.02
@@ -617,21 +616,10 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(_compare(bench.figures, args.baseline, args.cases, bench.sizes))
     if args.json:
-        meta = {
-            "started": started.isoformat(),
-            "finished": datetime.now(UTC).isoformat(),
-            "runs": args.runs,
-            "cases": args.cases,
-            "sizes": bench.sizes,
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        }
-        document = {"meta": meta, "figures": bench.figures, "checks": checks, "errors": bench.errors}
-        document["runs"] = bench.runs
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
+        settings = {"runs": args.runs, "cases": args.cases, "sizes": bench.sizes}
+        write_report(
+            args.json, started, settings, figures=bench.figures, checks=checks, errors=bench.errors, runs=bench.runs
+        )
     return 1 if bench.errors else 0
 
 
