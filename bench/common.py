@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,23 @@ def import_path() -> None:
     """tests.support (the test services) importable, wherever this was started from."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+
+
+def checkpoint() -> Path:
+    """The tests' random SD1.5-shaped checkpoint (tests/conftest.py), generated once per checkout. Needs
+    import_path() first."""
+    from tests.support.paths import CHECKPOINT_NAME, COMFY_PYTHON, COMFY_TREE, TEST_CACHE
+
+    path = TEST_CACHE / CHECKPOINT_NAME
+    if not path.exists():
+        if not COMFY_PYTHON.exists():
+            raise BenchError("ComfyUI is not installed: run scripts/setup.sh")
+        log("generating the random checkpoint (once per checkout)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        script = REPO / "scripts" / "make_sd15_checkpoint.py"
+        command = [str(COMFY_PYTHON), str(script), "--comfyui", str(COMFY_TREE), "--out", str(path)]
+        subprocess.run(command, check=True)
+    return path
 
 
 def remove(*paths: Path) -> None:

@@ -53,7 +53,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, sigterm_exits, write_report
+from .common import (
+    MIB,
+    REPO,
+    BenchError,
+    checkpoint,
+    compare,
+    import_path,
+    log,
+    print_checks,
+    sigterm_exits,
+    write_report,
+)
 
 RSS_BAR_MIB = 250.0
 SAMPLE_INTERVAL_S = 0.02
@@ -264,12 +275,12 @@ class Bench:
         from tests.support.server import ApiServer
         from tests.support.services import SeaweedS3
 
-        checkpoint = _checkpoint()
+        checkpoint_path = checkpoint()
         log("starting SeaweedFS")
         self.s3 = SeaweedS3(self.work / "seaweedfs").start()
         self.s3.create_bucket(BUCKET)
         log(f"  ready in {self.s3.startup_s:.1f} s; starting comfyui-api and its ComfyUI")
-        self.server = ApiServer(self.work / "server", checkpoint, **self.s3.env())
+        self.server = ApiServer(self.work / "server", checkpoint_path, **self.s3.env())
         self.server.env["CMD"] += " --disable-metadata"  # the same bytes whatever the filename prefix
         started = time.monotonic()
         self.server.start()
@@ -480,22 +491,6 @@ class Bench:
         f[f"{name}.upload_idle_rss_mib"] = max(r["idle_rss_mb"] for r in s3)
         f[f"{name}.upload_peak_rss_mib"] = max(r["peak_rss_mb"] for r in s3)
         f[f"{name}.boto3_peak_rss_mib"] = max(r["peak_rss_mb"] for r in boto)
-
-
-def _checkpoint() -> Path:
-    """The tests' random SD1.5-shaped checkpoint (tests/conftest.py), generated once per checkout."""
-    from tests.support.paths import CHECKPOINT_NAME, COMFY_PYTHON, COMFY_TREE, TEST_CACHE
-
-    path = TEST_CACHE / CHECKPOINT_NAME
-    if not path.exists():
-        if not COMFY_PYTHON.exists():
-            raise BenchError("ComfyUI is not installed: run scripts/setup.sh")
-        log("generating the random checkpoint (once per checkout)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        script = REPO / "scripts" / "make_sd15_checkpoint.py"
-        command = [str(COMFY_PYTHON), str(script), "--comfyui", str(COMFY_TREE), "--out", str(path)]
-        subprocess.run(command, check=True)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -57,13 +57,14 @@ def test_executed_nodes_are_kept_in_execution_order() -> None:
 
 
 @pytest.mark.parametrize("event_type", ["execution_success", "execution_error", "execution_interrupted"])
-def test_settling_events_record_the_end_and_wake_the_job(event_type: str) -> None:
+def test_end_events_record_the_end_without_waking_the_job(event_type: str) -> None:
+    # ComfyUI writes the history entry only after these; `executing` with no node says it is there.
     job = Job(id="job1")
 
     job.on_event(event_type, {"prompt_id": job.prompt_id})
 
     assert job.exec_end is not None
-    assert job.wake.is_set()
+    assert not job.wake.is_set()
 
 
 @pytest.mark.parametrize("event_type", ["progress", "execution_cached", "status", "something_new"])
@@ -140,7 +141,7 @@ def test_dispatch_routes_an_event_to_the_job_with_that_prompt_id() -> None:
     registry.add(other)
 
     registry.dispatch(_event("executed", "p-a", node="9"))
-    registry.dispatch(_event("execution_success", "p-a"))
+    registry.dispatch(_event("executing", "p-a", node=None))
 
     assert list(target.executed_nodes) == ["9"]
     assert target.wake.is_set()
@@ -188,8 +189,8 @@ def test_dispatch_looks_the_job_up_without_scanning_the_registry() -> None:
     registry._by_id = _NoScan(registry._by_id)
     registry._by_prompt = _NoScan(registry._by_prompt)
 
-    registry.dispatch(_event("execution_success", "p500"))
-    registry.dispatch(_event("execution_success", "unknown"))
+    registry.dispatch(_event("executing", "p500", node=None))
+    registry.dispatch(_event("executing", "unknown", node=None))
 
     assert jobs[500].wake.is_set()
     assert sum(job.wake.is_set() for job in jobs) == 1

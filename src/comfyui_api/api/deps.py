@@ -29,7 +29,8 @@ class Services:
     client: ComfyClient
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop on every request.
     return request.app.state.services
 
 

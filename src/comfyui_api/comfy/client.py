@@ -4,65 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
-
 from ..errors import ComfyUnavailable, PromptRejected
+from .http import LocalHttp, Reply, TransportError
 from .sanitize import scrub
 
 
 class ComfyClient:
     def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
-        # trust_env=False: the local ComfyUI must never be reached through HTTP(S)_PROXY.
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            trust_env=False,
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        )
+        # Direct connections only: the local ComfyUI must never be reached through HTTP(S)_PROXY.
+        self._http = LocalHttp(base_url, timeout_s=timeout_s, connect_timeout_s=5.0)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Reply:
         try:
             return await self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ComfyUnavailable(f"ComfyUI is not reachable: {type(exc).__name__}: {exc}") from exc
+        except TransportError as exc:
+            raise ComfyUnavailable(f"ComfyUI is not reachable: {exc}") from exc
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         response = await self._request(method, path, **kwargs)
-        if response.status_code != 200:
+        if response.status != 200:
+            raise ComfyUnavailable(f"ComfyUI answered {method} {path} with {response.status}: {response.text[:500]}")
+        try:
+            return response.json()
+        except ValueError:
             raise ComfyUnavailable(
-                f"ComfyUI answered {method} {path} with {response.status_code}: {response.text[:500]}"
-            )
-        return response.json() if response.content else None
+                f"ComfyUI answered {method} {path} with invalid JSON: {response.text[:200]}"
+            ) from None
 
     async def probe(self) -> bool:
         """True when ComfyUI answers its root page."""
         try:
-            response = await self._http.get("/", timeout=5.0)
-        except httpx.TransportError:
+            response = await self._http.request("GET", "/", timeout_s=5.0)
+        except TransportError:
             return False
-        return response.is_success
+        return response.ok
 
     async def queue_prompt(self, prompt: dict[str, Any], *, prompt_id: str, client_id: str) -> None:
         response = await self._request(
-            "POST", "/prompt", json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
+            "POST", "/prompt", json_body={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
         )
-        if response.status_code == 200:
+        if response.status == 200:
             return
         try:
             body = response.json()
         except ValueError:
             body = None
-        if response.status_code == 400 and isinstance(body, dict):
+        if response.status == 400 and isinstance(body, dict):
             error = body.get("error") or {}
             message = error.get("message", "ComfyUI rejected the prompt") if isinstance(error, dict) else str(error)
             details = error.get("details") if isinstance(error, dict) else None
             if details:
                 message = f"{message}: {details}"
             raise PromptRejected(message, node_errors=scrub(body.get("node_errors") or {}))
-        raise ComfyUnavailable(f"ComfyUI failed to queue the prompt ({response.status_code}): {response.text[:500]}")
+        raise ComfyUnavailable(f"ComfyUI failed to queue the prompt ({response.status}): {response.text[:500]}")
 
     async def history(self, prompt_id: str) -> dict[str, Any] | None:
         """The history entry of one prompt, or None while ComfyUI has not written it."""
@@ -70,7 +67,7 @@ class ComfyClient:
         return data.get(prompt_id) if isinstance(data, dict) else None
 
     async def delete_history(self, prompt_ids: list[str]) -> None:
-        await self._json("POST", "/history", json={"delete": prompt_ids})
+        await self._json("POST", "/history", json_body={"delete": prompt_ids})
 
     async def queue(self) -> tuple[set[str], set[str]]:
         """The prompt ids ComfyUI is running and the ones still pending."""
@@ -82,7 +79,7 @@ class ComfyClient:
         return ids(data.get("queue_running", [])), ids(data.get("queue_pending", []))
 
     async def delete_from_queue(self, prompt_ids: list[str]) -> None:
-        await self._json("POST", "/queue", json={"delete": prompt_ids})
+        await self._json("POST", "/queue", json_body={"delete": prompt_ids})
 
     async def object_info(self, node_class: str) -> dict[str, Any]:
         data = await self._json("GET", f"/object_info/{node_class}")
@@ -97,4 +94,4 @@ class ComfyClient:
         return [str(name) for name in data] if isinstance(data, list) else []
 
     async def interrupt(self, prompt_id: str) -> None:
-        await self._json("POST", "/interrupt", json={"prompt_id": prompt_id})
+        await self._json("POST", "/interrupt", json_body={"prompt_id": prompt_id})

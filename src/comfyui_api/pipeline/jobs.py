@@ -17,8 +17,8 @@ from .outputs import OutputFile
 
 logger = logging.getLogger(__name__)
 
-# Events after which ComfyUI's /history may hold the prompt's final entry.
-_SETTLING_EVENTS = {"execution_success", "execution_error", "execution_interrupted"}
+# The prompt's end, as ComfyUI's executor reports it (its history entry is written a moment later).
+_END_EVENTS = {"execution_success", "execution_error", "execution_interrupted"}
 
 
 def now_ms() -> int:
@@ -41,7 +41,7 @@ class Job:
     interrupt_requested: bool = False
     # A failure decided outside the job's own task (ComfyUI exited, interrupted before queueing).
     failure: ApiError | None = None
-    # Set when /history should be read again: a settling event, a failure or a reconcile hint.
+    # Set when /history should be read: the prompt's end, a failure or a reconcile hint.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     # The reconciler saw the prompt in neither ComfyUI's queue nor (yet) its history.
     missing_from_queue: bool = False
@@ -75,15 +75,15 @@ class Job:
         elif event_type == "executing":
             node = data.get("node")
             if node is None:
-                # ComfyUI sends this only after it wrote the history entry.
+                # ComfyUI sends this after every prompt, whatever its outcome, once it has written the history
+                # entry; the end events come before that entry exists, so they only mark the time.
                 self.wake.set()
             else:
                 self.node_starts.setdefault(str(node), now_ms())
         elif event_type == "executed":
             self.executed_nodes.setdefault(str(data.get("node")), None)
-        elif event_type in _SETTLING_EVENTS:
+        elif event_type in _END_EVENTS:
             self.exec_end = now_ms()
-            self.wake.set()
 
 
 class JobRegistry:

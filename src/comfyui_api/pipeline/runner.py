@@ -20,7 +20,7 @@ from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptTimeou
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from .convert import ConvertOutput, convert_file, converted_name
-from .history import message_time, raise_if_failed
+from .history import HistoryPruner, message_time, raise_if_failed
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
 from .preprocess import Preprocessor, require_saving_node
@@ -51,7 +51,7 @@ class PromptRunner:
             prepend_filenames=settings.prepend_filenames,
             storage=storage,
         )
-        self._background: set[asyncio.Task[None]] = set()
+        self._pruner = HistoryPruner(client)
 
     async def start(self, request: PromptRequest) -> Job:
         """Preprocess the prompt and queue it in ComfyUI. The job stays open until `close(job)`."""
@@ -123,7 +123,7 @@ class PromptRunner:
             self._storage.release(download)
         await asyncio.to_thread(self._delete_job_files, job)
         if job.state in (JobState.QUEUED, JobState.COLLECTING):
-            self._forget_history(job.prompt_id)
+            self._pruner.forget(job.prompt_id)
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ApiError):
@@ -228,16 +228,3 @@ class PromptRunner:
         delete_files(job.input_files, stop_at=self._settings.inputs_path)
         for folder in job.input_dirs:
             shutil.rmtree(folder, ignore_errors=True)
-
-    def _forget_history(self, prompt_id: str) -> None:
-        """Drop the history entry in the background, so ComfyUI's memory stays bounded."""
-
-        async def forget() -> None:
-            try:
-                await self._client.delete_history([prompt_id])
-            except ApiError as exc:
-                logger.debug("could not delete a history entry", extra={"reason": exc.message})
-
-        task = asyncio.create_task(forget())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)

@@ -1,0 +1,96 @@
+"""ComfyUI's own API used the way a client without our server would: the reference side of the request benchmarks.
+
+POST /prompt with a client_id (and a prompt_id of the client's own, so that no completion event can arrive before the
+client knows the id), wait for `executing {node: null}` on the websocket (ComfyUI sends it right after writing the
+history entry), read the entry from /history, fetch each output through /view, and base64-encode it. Everything our
+server adds to a request is measured against this. Like our server, it has at most MAX_CALLS calls to ComfyUI in
+flight at a time (the others wait their turn in FIFO order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import uuid
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from .common import BenchError
+
+MAX_CALLS = 32
+
+
+class DirectComfy:
+    def __init__(self, url: str, http: httpx.AsyncClient) -> None:
+        self._url = url
+        self._http = http
+        self.client_id = uuid.uuid4().hex
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._ws: ClientConnection | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(MAX_CALLS)
+
+    async def __aenter__(self) -> DirectComfy:
+        ws_url = self._url.replace("http://", "ws://", 1) + f"/ws?clientId={self.client_id}"
+        self._ws = await connect(ws_url, max_size=None, max_queue=None, compression=None, proxy=None)
+        self._reader = asyncio.create_task(self._read(self._ws))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _read(self, ws: ClientConnection) -> None:
+        try:
+            async for message in ws:
+                if not isinstance(message, str):
+                    continue  # preview images
+                event = json.loads(message)
+                data = event.get("data") or {}
+                if event.get("type") == "executing" and data.get("node") is None:
+                    waiter = self._waiters.pop(str(data.get("prompt_id")), None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(None)
+        finally:  # the websocket is gone: nobody waiting may hang
+            for waiter in self._waiters.values():
+                if not waiter.done():
+                    waiter.set_exception(BenchError("ComfyUI's websocket closed"))
+
+    async def run(self, graph: dict[str, Any]) -> list[str]:
+        """Queue `graph`, wait for it, and return its outputs base64-encoded (in /history's order)."""
+        prompt_id = str(uuid.uuid4())
+        done = asyncio.get_running_loop().create_future()
+        self._waiters[prompt_id] = done
+        body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
+        response = await self._call("POST", "/prompt", json=body)
+        if response.status_code != 200:
+            self._waiters.pop(prompt_id, None)
+            raise BenchError(f"ComfyUI refused the prompt: {response.status_code} {response.text[:500]}")
+        await done
+        entry = (await self._call("GET", f"/history/{prompt_id}")).json().get(prompt_id)
+        if not entry or not entry.get("status", {}).get("completed"):
+            raise BenchError(f"ComfyUI did not complete the prompt: {json.dumps(entry)[:1000]}")
+        encoded = []
+        for output in entry["outputs"].values():
+            for image in output.get("images", []):
+                view = await self._call("GET", "/view", params=image)
+                if view.status_code != 200:
+                    raise BenchError(f"/view answered {view.status_code} for {image}")
+                encoded.append(base64.b64encode(view.content).decode("ascii"))
+        return encoded
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async with self._slots:
+            return await self._http.request(method, f"{self._url}{path}", **kwargs)
+
+    async def forget(self) -> None:
+        """Clear ComfyUI's history, so that a long run leaves it as it found it."""
+        await self._http.post(f"{self._url}/history", json={"clear": True})

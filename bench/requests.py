@@ -1,0 +1,536 @@
+"""Benchmark of the request path: what our server adds to a prompt's latency, and how it holds up under a burst.
+
+    .venv/bin/python -m bench.requests [--requests 200] [--burst 1000] [--cases empty,txt2img,burst]
+                                       [--json out.json] [--baseline earlier.json]
+
+Run from the repository root. One comfyui-api server (tests/support/server.py's ApiServer, LOG_LEVEL=info, no
+warmup) is started in a temporary folder in front of its own CPU ComfyUI, and every case runs the same work twice in
+this session: through our server (POST /prompt, the answer read and parsed), and directly against the same ComfyUI
+(bench/direct.py: POST /prompt with a client_id, the websocket's completion event, /history, /view, base64). Every
+prompt differs from every other (a colour or a seed), so ComfyUI's cache never skips work for either side.
+
+* empty: --requests sequential requests of `EmptyImage 512x512 -> SaveImage`, ours and direct alternating (which goes
+  first alternates too). Latency is from sending the request to holding the base64 outputs; the paired difference
+  (ours - direct, request by request) is what we add. Bars: added p50 <= 2 ms, added p95 <= 5 ms.
+* txt2img: the same with a 64x64, 1-step txt2img on the tests' random SD1.5-shaped checkpoint.
+* burst: --burst requests of `EmptyImage 64x64 -> SaveImage` sent at once, through our server, then the same number
+  directly (and, with --rounds 2, again in the other order; the best wall time of each side counts). Every answer is
+  checked to carry exactly its own output (each request has its own colour; the PNG's pixels are checked). While the
+  burst runs, a separate process polls our GET /health every 10 ms, and the RSS of our process is sampled (psutil
+  every 20 ms, and the kernel's VmHWM when it can be reset). Bars: no failures or wrong outputs, wall time <= 1.05x
+  the direct run's, peak RSS <= 300 MB, /health p99 <= 20 ms.
+
+The exit status is 0 whatever the bars say, 1 only when something could not be measured. Everything started is
+stopped and removed at the end, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import resource
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    MIB,
+    REPO,
+    BenchError,
+    checkpoint,
+    compare,
+    import_path,
+    log,
+    print_checks,
+    sigterm_exits,
+    write_report,
+)
+
+ADDED_P50_BAR_MS = 2.0
+ADDED_P95_BAR_MS = 5.0
+BURST_WALL_BAR = 1.05
+BURST_RSS_BAR_MIB = 300e6 / MIB  # 300 MB
+HEALTH_P99_BAR_MS = 20.0
+HEALTH_INTERVAL_S = 0.01
+WARM_UP_REQUESTS = 5
+POOL_SIZE = 32  # connections per HTTP client of this process
+REQUEST_TIMEOUT_S = 900.0
+SEQUENTIAL_CASES = ("empty", "txt2img")
+CASES = (*SEQUENTIAL_CASES, "burst")
+PNG_BASE64_START = "iVBORw0KGgo"
+
+
+def percentile(values: list[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1] if len(values) > 1 else values[0]
+
+
+def empty_graph(size: int, color: int) -> dict[str, Any]:
+    return {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}},
+    }
+
+
+def txt2img_graph(seed: int) -> dict[str, Any]:
+    from tests.support.graphs import txt2img
+
+    return txt2img(64, 64, seed=seed)
+
+
+def pixel_color(encoded: str) -> int:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        red, green, blue = image.convert("RGB").getpixel((0, 0))
+    return (red << 16) | (green << 8) | blue
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The /health prober: a process of its own, so that this process's event loop (busy with a thousand answers) does not
+# delay the probes it times.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def probe_health(url: str) -> None:
+    """GET url every HEALTH_INTERVAL_S until stdin closes; then print [[monotonic time, ms, status], ...]."""
+    import httpx
+
+    samples = []
+    with httpx.Client(timeout=30.0) as http:
+        while True:
+            started = time.monotonic()
+            try:
+                status = http.get(url).status_code
+            except httpx.TransportError:
+                status = 0
+            samples.append((started, (time.monotonic() - started) * 1000, status))
+            if select.select([sys.stdin], [], [], HEALTH_INTERVAL_S)[0]:  # readable: end of input
+                break
+    print(json.dumps(samples))
+
+
+class HealthProber:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> HealthProber:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.requests", "--probe", self._url],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def stop(self) -> list[tuple[float, float, int]]:
+        assert self._process is not None
+        stdout, _ = self._process.communicate(timeout=60)
+        if self._process.returncode != 0:
+            raise BenchError(f"the /health prober exited with {self._process.returncode}")
+        return [tuple(sample) for sample in json.loads(stdout)]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The measurements.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class CpuTimes:
+    """CPU seconds (user + system) each named process spent inside the `with` block."""
+
+    def __init__(self, **pids: int) -> None:
+        import psutil
+
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.names = list(pids)
+        self._start: dict[str, float] = {}
+        self._end: dict[str, float] = {}
+
+    def _now(self, name: str) -> float:
+        times = self._processes[name].cpu_times()
+        return times.user + times.system
+
+    def __enter__(self) -> CpuTimes:
+        self._start = {name: self._now(name) for name in self.names}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._end = {name: self._now(name) for name in self.names}
+
+    def used(self, name: str) -> float:
+        return self._end[name] - self._start[name]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        self.args = args
+        self.work = work
+        self.figures: dict[str, float] = {}
+        self.runs: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.server: Any = None
+        self._color = 0x000001  # every prompt of the session gets a colour (or seed) of its own
+
+    def start(self) -> None:
+        from tests.support.server import ApiServer
+
+        log("starting comfyui-api and its ComfyUI")
+        self.server = ApiServer(self.work / "server", checkpoint(), LOG_LEVEL="info")
+        started = time.monotonic()
+        self.server.start()
+        log(f"  healthy in {time.monotonic() - started:.1f} s")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def next_color(self) -> int:
+        self._color += 1
+        return self._color
+
+    async def run(self) -> None:
+        import httpx
+
+        # httpcore's pool scans all its connections whenever a request starts or ends: a client per POOL_SIZE
+        # requests keeps this process's own cost per request flat, so that the burst measures the server.
+        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=60.0, pool=REQUEST_TIMEOUT_S)
+        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False))
+                for _ in range(-(-self.args.burst // POOL_SIZE))
+            ]
+            direct = await stack.enter_async_context(DirectSide(self.server.comfy_url, clients[0]))
+            for case in self.args.cases:
+                try:
+                    if case == "burst":
+                        await self.burst(clients, direct)
+                    else:
+                        await self.sequential(case, clients[0], direct)
+                except Exception as error:  # one case's failure is reported; the others still run
+                    self.errors[case] = f"{type(error).__name__}: {error}"
+                    log(f"ERROR in {case}: {self.errors[case]}\n{self.server.log_tail(20)}")
+                await direct.cleanup(self.server.base / "output")
+
+    async def ours(self, http: Any, graph: dict[str, Any]) -> list[str]:
+        response = await http.post(f"{self.server.url}/prompt", json={"prompt": graph})
+        if response.status_code != 200:
+            raise BenchError(f"POST /prompt answered {response.status_code}: {response.text[:1000]}")
+        return response.json()["images"]
+
+    # sequential ------------------------------------------------------------------------------------------------------
+    async def sequential(self, case: str, http: Any, direct: DirectSide) -> None:
+        def graph() -> dict[str, Any]:
+            return empty_graph(512, self.next_color()) if case == "empty" else txt2img_graph(self.next_color())
+
+        sides: dict[str, Callable[[], Awaitable[list[str]]]] = {
+            "ours": lambda: self.ours(http, graph()),
+            "direct": lambda: direct.comfy.run(graph()),
+        }
+        log(f"{case}: {WARM_UP_REQUESTS} warm-up requests each, then {self.args.requests} pairs")
+        for _ in range(WARM_UP_REQUESTS):
+            for side in sides.values():
+                await side()
+        times: dict[str, list[float]] = {"ours": [], "direct": []}
+        for index in range(self.args.requests):
+            order = ["ours", "direct"] if index % 2 == 0 else ["direct", "ours"]
+            for name in order:
+                started = time.perf_counter()
+                images = await sides[name]()
+                times[name].append((time.perf_counter() - started) * 1000)
+                if len(images) != 1 or not images[0].startswith(PNG_BASE64_START):
+                    raise BenchError(f"{name}: expected one base64 PNG, got {len(images)} outputs")
+            if (index + 1) % 50 == 0:
+                log(f"  {index + 1} pairs")
+        added = [o - d for o, d in zip(times["ours"], times["direct"], strict=True)]
+        self.runs[case] = {**times, "added": added}
+        for name, values in (*times.items(), ("added", added)):
+            for pct in (50, 95, 99):
+                self.figures[f"{case}.{name}_p{pct}_ms"] = percentile(values, pct)
+        f = self.figures
+        log(
+            f"  ours p50 {f[f'{case}.ours_p50_ms']:.2f} ms, direct p50 {f[f'{case}.direct_p50_ms']:.2f} ms; added "
+            f"p50 {f[f'{case}.added_p50_ms']:.2f}, p95 {f[f'{case}.added_p95_ms']:.2f}, "
+            f"p99 {f[f'{case}.added_p99_ms']:.2f} ms"
+        )
+
+    # burst -------------------------------------------------------------------------------------------------------
+    async def burst(self, clients: list[Any], direct: DirectSide) -> None:
+        from .outputs import RssSampler
+
+        count = self.args.burst
+        order = ["ours", "direct", "direct", "ours"][: 2 * self.args.rounds]
+        results: dict[str, list[dict[str, Any]]] = {"ours": [], "direct": []}
+        for name in order:
+            colors = [self.next_color() for _ in range(count)]
+            if name == "ours":
+                run = [
+                    self.ours(clients[index % len(clients)], empty_graph(64, color))
+                    for index, color in enumerate(colors)
+                ]
+            else:
+                run = [direct.comfy.run(empty_graph(64, color)) for color in colors]
+            log(f"burst: {count} requests at once, {name}")
+            with (
+                RssSampler(self.server.process.pid) as rss,
+                HealthProber(f"{self.server.url}/health") as prober,
+                CpuTimes(
+                    server=self.server.process.pid, comfyui=self.server.comfy_process().pid, bench=os.getpid()
+                ) as cpu,
+            ):
+                started = time.monotonic()
+                answers = await asyncio.gather(*run, return_exceptions=True)
+                ended = time.monotonic()
+                health = prober.stop()
+            result = _check_burst(answers, colors)
+            result["wall_s"] = ended - started
+            during = [ms for at, ms, _ in health if started <= at <= ended]
+            # When in the burst the slowest probes were: the arrival of the requests, or their completions.
+            result["health_slowest"] = sorted(
+                ((round(at - started, 3), round(ms, 1)) for at, ms, _ in health if started <= at <= ended),
+                key=lambda sample: -sample[1],
+            )[:20]
+            result["cpu_s"] = {name: cpu.used(name) for name in cpu.names}
+            result["health_samples"] = len(during)
+            result["health_failures"] = sum(1 for at, _, status in health if started <= at <= ended and status != 200)
+            result["health_p50_ms"] = percentile(during, 50) if during else 0.0
+            result["health_p99_ms"] = percentile(during, 99) if during else 0.0
+            result["health_max_ms"] = max(during, default=0.0)
+            result.update(rss.figures())
+            results[name].append(result)
+            log(
+                f"  {result['wall_s']:.2f} s, {result['failures']} failed, {result['wrong']} wrong; /health p50 "
+                f"{result['health_p50_ms']:.1f} ms, p99 {result['health_p99_ms']:.1f} ms, max "
+                f"{result['health_max_ms']:.1f} ms ({len(during)} probes); our RSS peak {rss.peak:.0f} MiB "
+                f"(idle {rss.idle:.0f}); CPU s: "
+                + ", ".join(f"{name} {seconds:.1f}" for name, seconds in result["cpu_s"].items())
+            )
+            log(f"  slowest /health probes (s into the burst, ms): {result['health_slowest'][:8]}")
+            for error in result["errors"][:3]:
+                log(f"  e.g. {error}")
+            await direct.cleanup(self.server.base / "output")
+        self.runs["burst"] = results
+        f = self.figures
+        ours, other = results["ours"], results["direct"]
+        f["burst.requests"] = count
+        f["burst.failures"] = sum(r["failures"] + r["wrong"] for r in ours)
+        f["burst.direct_failures"] = sum(r["failures"] + r["wrong"] for r in other)
+        f["burst.ours_wall_s"] = min(r["wall_s"] for r in ours)
+        f["burst.direct_wall_s"] = min(r["wall_s"] for r in other)
+        f["burst.wall.ratio"] = f["burst.ours_wall_s"] / f["burst.direct_wall_s"]
+        f["burst.peak_rss_mib"] = max(r["peak_rss_mb"] for r in ours)
+        f["burst.idle_rss_mib"] = max(r["idle_rss_mb"] for r in ours)
+        f["burst.health_p50_ms"] = max(r["health_p50_ms"] for r in ours)
+        f["burst.health_p99_ms"] = max(r["health_p99_ms"] for r in ours)
+        f["burst.health_max_ms"] = max(r["health_max_ms"] for r in ours)
+        f["burst.health_failures"] = sum(r["health_failures"] for r in ours)
+
+
+def _check_burst(answers: list[Any], colors: list[int]) -> dict[str, Any]:
+    """Failures (an exception or a refusal) and wrong answers (not exactly one output, of the request's own colour)."""
+    failures, wrong, errors = 0, 0, []
+    for answer, color in zip(answers, colors, strict=True):
+        if isinstance(answer, BaseException):
+            failures += 1
+            errors.append(f"{type(answer).__name__}: {answer}")
+        elif len(answer) != 1 or pixel_color(answer[0]) != color:
+            wrong += 1
+            errors.append(f"expected one image of colour {color:#08x}, got {len(answer)}")
+    return {"failures": failures, "wrong": wrong, "errors": errors[:20]}
+
+
+class DirectSide:
+    """The direct client, its websocket open for the whole run, and the clean-up after each case."""
+
+    def __init__(self, url: str, http: Any) -> None:
+        from .direct import DirectComfy
+
+        self.comfy = DirectComfy(url, http)
+
+    async def __aenter__(self) -> DirectSide:
+        await self.comfy.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.comfy.__aexit__(*exc)
+
+    async def cleanup(self, output_dir: Path) -> None:
+        """Our server deletes its outputs and history entries; the direct client's are removed here."""
+        await self.comfy.forget()
+        await asyncio.to_thread(_remove_files, output_dir)
+
+
+def _remove_files(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Report.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str]) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+
+    def row(case: str, ours: str, reference: str, ratio: str, bar: str, ok: bool | None) -> None:
+        result = "ERROR" if ok is None else "-" if bar == "-" else "PASS" if ok else "FAIL"
+        rows.append({"case": case, "ours": ours, "reference": reference, "ratio": ratio, "bar": bar, "result": result})
+
+    for case in cases:
+        if case in errors:
+            row(f"{case} (all figures)", "-", "-", "-", "-", None)
+            continue
+        f = {name.split(".", 1)[1]: value for name, value in figures.items() if name.startswith(f"{case}.")}
+        if case in SEQUENTIAL_CASES:
+            for pct in (50, 95, 99):
+                row(
+                    f"{case} latency p{pct} ms (ours / direct)",
+                    f"{f[f'ours_p{pct}_ms']:.2f}",
+                    f"{f[f'direct_p{pct}_ms']:.2f}",
+                    f"{f[f'ours_p{pct}_ms'] / f[f'direct_p{pct}_ms']:.2f}x",
+                    "-",
+                    True,
+                )
+            for pct, bar in ((50, ADDED_P50_BAR_MS), (95, ADDED_P95_BAR_MS), (99, None)):
+                value = f[f"added_p{pct}_ms"]
+                row(
+                    f"{case} added p{pct} ms (paired)",
+                    f"{value:.2f}",
+                    "-",
+                    "-",
+                    "-" if bar is None else f"<= {bar:g} ms",
+                    True if bar is None else value <= bar,
+                )
+            continue
+        count = int(f["requests"])
+        row(
+            f"burst of {count}: failed or wrong answers",
+            f"{f['failures']:.0f}",
+            f"{f['direct_failures']:.0f} (direct)",
+            "-",
+            "0",
+            f["failures"] == 0,
+        )
+        row(
+            f"burst of {count}: wall time s",
+            f"{f['ours_wall_s']:.2f}",
+            f"{f['direct_wall_s']:.2f} (direct)",
+            f"{f['wall.ratio']:.3f}x",
+            f"<= {BURST_WALL_BAR:g}x",
+            f["wall.ratio"] <= BURST_WALL_BAR,
+        )
+        row(
+            f"burst of {count}: peak RSS MiB (idle {f['idle_rss_mib']:.0f})",
+            f"{f['peak_rss_mib']:.0f}",
+            "-",
+            "-",
+            f"<= 300 MB ({BURST_RSS_BAR_MIB:.0f} MiB)",
+            f["peak_rss_mib"] <= BURST_RSS_BAR_MIB,
+        )
+        row(
+            f"burst of {count}: GET /health p99 ms (p50 {f['health_p50_ms']:.1f}, max {f['health_max_ms']:.1f})",
+            f"{f['health_p99_ms']:.1f}",
+            "-",
+            "-",
+            f"<= {HEALTH_P99_BAR_MS:g} ms, all 200",
+            f["health_p99_ms"] <= HEALTH_P99_BAR_MS and f["health_failures"] == 0,
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Main.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.requests", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=200, help="sequential pairs per case (200)")
+    parser.add_argument("--burst", type=int, default=1000, help="requests sent at once (1000)")
+    parser.add_argument("--rounds", type=int, choices=(1, 2), default=1, help="burst rounds per side (1)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--json", type=Path, help="write every figure and run to this file")
+    parser.add_argument("--baseline", type=Path, help="a --json file of an earlier run: print the change per figure")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.requests < 2 or args.burst < 1:
+        parser.error("--requests must be >= 2 and --burst >= 1")
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if not cases or cases - set(CASES):
+        parser.error(f"--cases takes a subset of {','.join(CASES)}")
+    args.cases = [c for c in CASES if c in cases]
+    if args.baseline and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
+    return args
+
+
+def _raise_open_files_limit() -> None:
+    """A burst holds a connection per request open in this process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if args.probe:
+        probe_health(args.probe)
+        return 0
+    import_path()
+    from tests.support.services import bypass_proxy_for_loopback
+
+    bypass_proxy_for_loopback()
+    _raise_open_files_limit()
+    started = datetime.now(UTC)
+    with sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
+        bench = Bench(args, Path(folder))
+        try:
+            try:
+                bench.start()
+            except Exception as error:
+                bench.errors["setup"] = str(error)
+                log(f"ERROR in setup: {error}")
+            else:
+                asyncio.run(bench.run())
+        finally:
+            log("cleaning up")
+            bench.stop()
+    checks = _checks(bench.figures, bench.errors, [c for c in args.cases if "setup" not in bench.errors])
+    print()
+    print(f"comfyui-api request benchmark: {args.requests} pairs, bursts of {args.burst}, {os.cpu_count()} CPUs")
+    print_checks(checks, bench.errors, quiet=("PASS", "-"))
+    print("(added = ours - direct, paired request by request; RSS: the comfyui-api process)")
+    if args.baseline:
+        print()
+        print(compare(bench.figures, args.baseline, args.cases))
+    if args.json:
+        settings = {"requests": args.requests, "burst": args.burst, "rounds": args.rounds, "cases": args.cases}
+        write_report(
+            args.json, started, settings, figures=bench.figures, checks=checks, errors=bench.errors, runs=bench.runs
+        )
+    return 1 if bench.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
