@@ -3,8 +3,9 @@
 POST /prompt with a client_id (and a prompt_id of the client's own, so that no completion event can arrive before the
 client knows the id), wait for `executing {node: null}` on the websocket (ComfyUI sends it right after writing the
 history entry), read the entry from /history, fetch each output through /view, and base64-encode it. Everything our
-server adds to a request is measured against this. Like our server, it has at most MAX_CALLS calls to ComfyUI in
-flight at a time (the others wait their turn in FIFO order).
+server adds to a request is measured against this. It talks HTTP through the same lean client as our server
+(comfyui_api.comfy.http, a quarter of httpx's CPU per call) with the same limit of calls in flight, so that neither
+side pays more than the other for the client library.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 from websockets.asyncio.client import ClientConnection, connect
+
+from comfyui_api.comfy.http import LocalHttp
 
 from .common import BenchError
 
@@ -25,14 +27,13 @@ MAX_CALLS = 32
 
 
 class DirectComfy:
-    def __init__(self, url: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, url: str) -> None:
         self._url = url
-        self._http = http
+        self._http = LocalHttp(url, timeout_s=900.0, connect_timeout_s=60.0, max_connections=MAX_CALLS)
         self.client_id = uuid.uuid4().hex
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._slots = asyncio.Semaphore(MAX_CALLS)
 
     async def __aenter__(self) -> DirectComfy:
         ws_url = self._url.replace("http://", "ws://", 1) + f"/ws?clientId={self.client_id}"
@@ -47,6 +48,7 @@ class DirectComfy:
                 await self._reader
         if self._ws is not None:
             await self._ws.close()
+        await self._http.aclose()
 
     async def _read(self, ws: ClientConnection) -> None:
         try:
@@ -70,27 +72,23 @@ class DirectComfy:
         done = asyncio.get_running_loop().create_future()
         self._waiters[prompt_id] = done
         body = {"prompt": graph, "client_id": self.client_id, "prompt_id": prompt_id}
-        response = await self._call("POST", "/prompt", json=body)
-        if response.status_code != 200:
+        response = await self._http.request("POST", "/prompt", json_body=body)
+        if response.status != 200:
             self._waiters.pop(prompt_id, None)
             raise BenchError(f"ComfyUI refused the prompt: {response.status_code} {response.text[:500]}")
         await done
-        entry = (await self._call("GET", f"/history/{prompt_id}")).json().get(prompt_id)
+        entry = (await self._http.request("GET", f"/history/{prompt_id}")).json().get(prompt_id)
         if not entry or not entry.get("status", {}).get("completed"):
             raise BenchError(f"ComfyUI did not complete the prompt: {json.dumps(entry)[:1000]}")
         encoded = []
         for output in entry["outputs"].values():
             for image in output.get("images", []):
-                view = await self._call("GET", "/view", params=image)
-                if view.status_code != 200:
-                    raise BenchError(f"/view answered {view.status_code} for {image}")
-                encoded.append(base64.b64encode(view.content).decode("ascii"))
+                view = await self._http.request("GET", "/view", params=image)
+                if view.status != 200:
+                    raise BenchError(f"/view answered {view.status} for {image}")
+                encoded.append(base64.b64encode(view.body).decode("ascii"))
         return encoded
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        async with self._slots:
-            return await self._http.request(method, f"{self._url}{path}", **kwargs)
 
     async def forget(self) -> None:
         """Clear ComfyUI's history, so that a long run leaves it as it found it."""
-        await self._http.post(f"{self._url}/history", json={"clear": True})
+        await self._http.request("POST", "/history", json_body={"clear": True})

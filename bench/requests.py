@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import os
@@ -65,7 +64,6 @@ BURST_RSS_BAR_MIB = 300e6 / MIB  # 300 MB
 HEALTH_P99_BAR_MS = 20.0
 HEALTH_INTERVAL_S = 0.01
 WARM_UP_REQUESTS = 5
-POOL_SIZE = 32  # connections per HTTP client of this process
 REQUEST_TIMEOUT_S = 900.0
 SEQUENTIAL_CASES = ("empty", "txt2img")
 CASES = (*SEQUENTIAL_CASES, "burst")
@@ -208,33 +206,32 @@ class Bench:
         return self._color
 
     async def run(self) -> None:
-        import httpx
+        from comfyui_api.comfy.http import LocalHttp
 
-        # httpcore's pool scans all its connections whenever a request starts or ends: a client per POOL_SIZE
-        # requests keeps this process's own cost per request flat, so that the burst measures the server.
-        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=60.0, pool=REQUEST_TIMEOUT_S)
-        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
-        async with contextlib.AsyncExitStack() as stack:
-            clients = [
-                await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False))
-                for _ in range(-(-self.args.burst // POOL_SIZE))
-            ]
-            direct = await stack.enter_async_context(DirectSide(self.server.comfy_url, clients[0]))
-            for case in self.args.cases:
-                try:
-                    if case == "burst":
-                        await self.burst(clients, direct)
-                    else:
-                        await self.sequential(case, clients[0], direct)
-                except Exception as error:  # one case's failure is reported; the others still run
-                    self.errors[case] = f"{type(error).__name__}: {error}"
-                    log(f"ERROR in {case}: {self.errors[case]}\n{self.server.log_tail(20)}")
-                await direct.cleanup(self.server.base / "output")
+        # The client of our server is the lean one our server uses for ComfyUI (and the direct side too): a burst
+        # then measures the servers, not httpx's cost per call in this process.
+        http = LocalHttp(
+            self.server.url, timeout_s=REQUEST_TIMEOUT_S, connect_timeout_s=60.0, max_connections=self.args.burst
+        )
+        try:
+            async with DirectSide(self.server.comfy_url) as direct:
+                for case in self.args.cases:
+                    try:
+                        if case == "burst":
+                            await self.burst(http, direct)
+                        else:
+                            await self.sequential(case, http, direct)
+                    except Exception as error:  # one case's failure is reported; the others still run
+                        self.errors[case] = f"{type(error).__name__}: {error}"
+                        log(f"ERROR in {case}: {self.errors[case]}\n{self.server.log_tail(20)}")
+                    await direct.cleanup(self.server.base / "output")
+        finally:
+            await http.aclose()
 
     async def ours(self, http: Any, graph: dict[str, Any]) -> list[str]:
-        response = await http.post(f"{self.server.url}/prompt", json={"prompt": graph})
-        if response.status_code != 200:
-            raise BenchError(f"POST /prompt answered {response.status_code}: {response.text[:1000]}")
+        response = await http.request("POST", "/prompt", json_body={"prompt": graph})
+        if response.status != 200:
+            raise BenchError(f"POST /prompt answered {response.status}: {response.text[:1000]}")
         return response.json()["images"]
 
     # sequential ------------------------------------------------------------------------------------------------------
@@ -274,7 +271,7 @@ class Bench:
         )
 
     # burst -------------------------------------------------------------------------------------------------------
-    async def burst(self, clients: list[Any], direct: DirectSide) -> None:
+    async def burst(self, http: Any, direct: DirectSide) -> None:
         from .outputs import RssSampler
 
         count = self.args.burst
@@ -283,10 +280,7 @@ class Bench:
         for name in order:
             colors = [self.next_color() for _ in range(count)]
             if name == "ours":
-                run = [
-                    self.ours(clients[index % len(clients)], empty_graph(64, color))
-                    for index, color in enumerate(colors)
-                ]
+                run = [self.ours(http, empty_graph(64, color)) for color in colors]
             else:
                 run = [direct.comfy.run(empty_graph(64, color)) for color in colors]
             log(f"burst: {count} requests at once, {name}")
@@ -361,10 +355,10 @@ def _check_burst(answers: list[Any], colors: list[int]) -> dict[str, Any]:
 class DirectSide:
     """The direct client, its websocket open for the whole run, and the clean-up after each case."""
 
-    def __init__(self, url: str, http: Any) -> None:
+    def __init__(self, url: str) -> None:
         from .direct import DirectComfy
 
-        self.comfy = DirectComfy(url, http)
+        self.comfy = DirectComfy(url)
 
     async def __aenter__(self) -> DirectSide:
         await self.comfy.__aenter__()

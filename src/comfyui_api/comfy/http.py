@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import h11
 
@@ -121,7 +121,7 @@ class LocalHttp:
         params: dict[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> Reply:
-        target = self._prefix + path + (f"?{urlencode(params)}" if params else "")
+        target = quote(self._prefix + path, safe="/%:@!$&'()*+,;=~-._") + (f"?{urlencode(params)}" if params else "")
         body = json.dumps(json_body).encode() if json_body is not None else b""
         headers = [(b"host", self._authority), (b"content-length", str(len(body)).encode())]
         if json_body is not None:
@@ -156,6 +156,8 @@ class LocalHttp:
             raise
         if connection.usable:
             self._idle.append(connection)
+        else:
+            connection.close()
         return reply
 
     def _reuse(self) -> _Connection | None:
