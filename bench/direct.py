@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -34,6 +35,9 @@ class DirectComfy:
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
+        # ComfyUI broadcasts its queue's length (pending + running) to every client on each change: whoever
+        # queued the prompts, this shows when a burst has reached ComfyUI's queue.
+        self.on_queue_length: Callable[[int], None] | None = None
 
     async def __aenter__(self) -> DirectComfy:
         ws_url = self._url.replace("http://", "ws://", 1) + f"/ws?clientId={self.client_id}"
@@ -57,7 +61,11 @@ class DirectComfy:
                     continue  # preview images
                 event = json.loads(message)
                 data = event.get("data") or {}
-                if event.get("type") == "executing" and data.get("node") is None:
+                if event.get("type") == "status" and self.on_queue_length is not None:
+                    remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
+                    if isinstance(remaining, int):
+                        self.on_queue_length(remaining)
+                elif event.get("type") == "executing" and data.get("node") is None:
                     waiter = self._waiters.pop(str(data.get("prompt_id")), None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(None)

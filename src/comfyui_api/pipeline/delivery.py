@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 # Read in multiples of 3 bytes, so each chunk's base64 has no padding and chunks concatenate.
 _READ_CHUNK = 3 * 1024 * 1024
+# Outputs up to this size in all are answered in one piece; larger ones are streamed from disk.
+_INLINE_LIMIT = 1024 * 1024
 _IMAGES_SLOT = "\x00images\x00"
 
 
@@ -76,6 +78,11 @@ class Delivery:
             await self._runner.finish(job, request.convert_output)
             if request.upload_block is not None:
                 return JSONResponse({**self._body(job, request, await self._upload(job, request)), **extra})
+            if sum(output.path.stat().st_size for output in job.outputs) <= _INLINE_LIMIT:
+                # Small outputs are encoded at once, in the event loop: a stream (a task per response, a thread
+                # hop per read) costs more than the encoding itself.
+                images = [base64.b64encode(output.path.read_bytes()).decode("ascii") for output in job.outputs]
+                return JSONResponse({**self._body(job, request, images), **extra})
             # The stream closes the job once the last byte is sent.
             streaming = True
             return StreamingResponse(self._stream_base64(job, request, extra), media_type="application/json")

@@ -27,6 +27,9 @@ from .preprocess import Preprocessor, require_saving_node
 
 logger = logging.getLogger(__name__)
 
+# Up to this many files are deleted in the event loop at a job's end; more (or folders) in a worker thread.
+_INLINE_DELETES = 8
+
 
 class PromptRunner:
     def __init__(
@@ -121,7 +124,10 @@ class PromptRunner:
         self._jobs.remove(job)
         for download in job.downloads:
             self._storage.release(download)
-        await asyncio.to_thread(self._delete_job_files, job)
+        if job.input_dirs or len(job.files_to_delete) + len(job.input_files) > _INLINE_DELETES:
+            await asyncio.to_thread(self._delete_job_files, job)
+        else:  # a few unlinks cost less than a thread hop
+            self._delete_job_files(job)
         if job.state in (JobState.QUEUED, JobState.COLLECTING):
             self._pruner.forget(job.prompt_id)
 
