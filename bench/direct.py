@@ -14,8 +14,10 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -27,12 +29,23 @@ from .common import BenchError
 MAX_CALLS = 32
 
 
+@dataclass
+class Outcome:
+    """A prompt's outputs, base64-encoded, and how long ComfyUI executed it: from its `execution_start` event to its
+    `execution_success`, as the client received them (our server reports the same span in stats.comfy_execution)."""
+
+    images: list[str]
+    execution_ms: float
+
+
 class DirectComfy:
     def __init__(self, url: str) -> None:
         self._url = url
         self._http = LocalHttp(url, timeout_s=900.0, connect_timeout_s=60.0, max_connections=MAX_CALLS)
         self.client_id = uuid.uuid4().hex
         self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._started: dict[str, float] = {}
+        self._executions: dict[str, float] = {}
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         # ComfyUI broadcasts its queue's length (pending + running) to every client on each change: whoever
@@ -65,6 +78,12 @@ class DirectComfy:
                     remaining = data.get("status", {}).get("exec_info", {}).get("queue_remaining")
                     if isinstance(remaining, int):
                         self.on_queue_length(remaining)
+                elif event.get("type") == "execution_start":
+                    self._started[str(data.get("prompt_id"))] = time.perf_counter()
+                elif event.get("type") == "execution_success":
+                    started = self._started.pop(str(data.get("prompt_id")), None)
+                    if started is not None:
+                        self._executions[str(data.get("prompt_id"))] = (time.perf_counter() - started) * 1000
                 elif event.get("type") == "executing" and data.get("node") is None:
                     waiter = self._waiters.pop(str(data.get("prompt_id")), None)
                     if waiter is not None and not waiter.done():
@@ -74,7 +93,7 @@ class DirectComfy:
                 if not waiter.done():
                     waiter.set_exception(BenchError("ComfyUI's websocket closed"))
 
-    async def run(self, graph: dict[str, Any]) -> list[str]:
+    async def run(self, graph: dict[str, Any]) -> Outcome:
         """Queue `graph`, wait for it, and return its outputs base64-encoded (in /history's order)."""
         prompt_id = str(uuid.uuid4())
         done = asyncio.get_running_loop().create_future()
@@ -83,7 +102,7 @@ class DirectComfy:
         response = await self._http.request("POST", "/prompt", json_body=body)
         if response.status != 200:
             self._waiters.pop(prompt_id, None)
-            raise BenchError(f"ComfyUI refused the prompt: {response.status_code} {response.text[:500]}")
+            raise BenchError(f"ComfyUI refused the prompt: {response.status} {response.text[:500]}")
         await done
         entry = (await self._http.request("GET", f"/history/{prompt_id}")).json().get(prompt_id)
         if not entry or not entry.get("status", {}).get("completed"):
@@ -95,7 +114,7 @@ class DirectComfy:
                 if view.status != 200:
                     raise BenchError(f"/view answered {view.status} for {image}")
                 encoded.append(base64.b64encode(view.body).decode("ascii"))
-        return encoded
+        return Outcome(encoded, self._executions.pop(prompt_id, 0.0))
 
     async def forget(self) -> None:
         """Clear ComfyUI's history, so that a long run leaves it as it found it."""

@@ -1,12 +1,17 @@
-"""`comfyui-api`: read the environment, log JSON, serve until told to stop."""
+"""`comfyui-api`: read the environment, launch ComfyUI, log JSON, serve until told to stop."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
 
-from .config import ConfigError, load_settings
+from .comfy.process import ComfyProcess, StartupError, child_environment
+from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
+
+logger = logging.getLogger("comfyui_api")
 
 
 def main() -> None:
@@ -14,17 +19,32 @@ def main() -> None:
         settings = load_settings()
     except ConfigError as exc:
         configure_logging("info")
-        logging.getLogger("comfyui_api").critical(str(exc))
+        logger.critical(str(exc))
         sys.exit(1)
     configure_logging(settings.log_level)
-    from .server import serve  # after logging is configured, so import-time logs are JSON too
+    sys.exit(asyncio.run(_run(settings)))
+
+
+async def _run(settings: Settings) -> int:
+    process = ComfyProcess(
+        settings.comfy_command,
+        child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
+    )
+    if settings.manifest is None and settings.manifest_json is None:
+        # ComfyUI takes seconds to boot: launched first, it boots while this server imports and builds itself
+        # (a manifest's installs must come before it, so with one the lifecycle launches it).
+        try:
+            await process.launch()
+        except StartupError as exc:
+            logger.critical(str(exc))
+            return 1
+    from .server import serve  # the heavy imports, after logging is configured so that their logs are JSON too
 
     try:
-        code = serve(settings)
+        return await serve(settings, process)
     except ConfigError as exc:
-        logging.getLogger("comfyui_api").critical(str(exc))
-        code = 1
-    sys.exit(code)
+        logger.critical(str(exc))
+        return 1
 
 
 if __name__ == "__main__":

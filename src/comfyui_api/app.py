@@ -41,8 +41,14 @@ def _exit_without_server(code: int) -> None:
     raise SystemExit(code)
 
 
-def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exit_without_server) -> FastAPI:
-    """`request_exit(code)` asks the hosting server to stop with that exit code (ComfyUI died for good)."""
+def create_app(
+    settings: Settings,
+    *,
+    process: ComfyProcess | None = None,
+    request_exit: Callable[[int], None] = _exit_without_server,
+) -> FastAPI:
+    """`process` is ComfyUI's (launched already or not; by default one built from settings); `request_exit(code)`
+    asks the hosting server to stop with that exit code (ComfyUI died for good)."""
     state = ServerState()
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
@@ -66,10 +72,11 @@ def create_app(settings: Settings, *, request_exit: Callable[[int], None] = _exi
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
     )
-    process = ComfyProcess(
-        settings.comfy_command,
-        child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
-    )
+    if process is None:
+        process = ComfyProcess(
+            settings.comfy_command,
+            child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
+        )
     lifecycle = Lifecycle(
         settings,
         state,

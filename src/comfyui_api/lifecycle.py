@@ -93,7 +93,7 @@ class Lifecycle:
                 await install_before_start(manifest, self._settings, self._storage)
             except ManifestError as exc:
                 raise StartupError(str(exc)) from None
-        await self._launch()
+        await self._launch(first=True)
         self._events.start()
         self._spawn(self._reconciler.run(), "reconciler")
         self._spawn(self._supervise(), "supervisor")
@@ -133,9 +133,10 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _launch(self) -> None:
+    async def _launch(self, *, first: bool = False) -> None:
         self._state.warm = False
-        await self._process.launch()
+        if not (first and self._process.launched):  # at startup it may be booting already (__main__ launched it)
+            await self._process.launch()
         await self._process.wait_ready(
             self._client.probe,
             interval_s=self._settings.startup_check_interval_s,

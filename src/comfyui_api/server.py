@@ -19,7 +19,7 @@ from types import FrameType
 import uvicorn
 
 from .app import create_app, mount_workflows
-from .comfy.process import StartupError
+from .comfy.process import ComfyProcess, StartupError
 from .config import ConfigError, Settings
 
 logger = logging.getLogger(__name__)
@@ -70,24 +70,34 @@ class ApiServer(uvicorn.Server):
                 self.exit_code = 1
                 return
             if not self.should_exit:
-                # Everything built so far (modules, the app, clients) lives as long as the process: kept out of
-                # the collector's reach, a full collection under load takes milliseconds instead of 100+ ms, during
-                # which every request and probe would wait. A larger first generation makes collections rarer
-                # while a burst of requests allocates.
-                gc.collect()
-                gc.freeze()
-                gc.set_threshold(10_000, 10, 10)
                 await self._serve()
 
 
-def serve(settings: Settings) -> int:
+async def serve(settings: Settings, process: ComfyProcess) -> int:
+    """Build the app around `process` (ComfyUI, launched already or not) and serve until told to stop."""
+    # Downloads, uploads and file work run in worker threads; the default pool (cores + 4) is too small
+    # for a few large transfers to run without stalling everything else that needs a thread.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="worker")
+    )
     server: ApiServer | None = None
 
     def request_exit(code: int) -> None:
         assert server is not None
         server.request_exit(code)
 
-    app = create_app(settings, request_exit=request_exit)
+    try:
+        app = create_app(settings, process=process, request_exit=request_exit)
+    except BaseException:
+        await process.stop()
+        raise
+    # Everything built so far (modules, the app, its clients) lives as long as the process: kept out of the
+    # collector's reach, a full collection under load takes milliseconds instead of 100+ ms, during which every
+    # request and probe would wait. A larger first generation makes collections rarer while a burst allocates.
+    # (This runs while ComfyUI boots, off the path to readiness.)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
     lifecycle = app.state.lifecycle
     config = uvicorn.Config(
         app,
@@ -105,16 +115,8 @@ def serve(settings: Settings) -> int:
         await lifecycle.start()
         await mount_workflows(app)
 
-    async def main() -> None:
-        # Downloads, uploads and file work run in worker threads; the default pool (cores + 4) is too small
-        # for a few large transfers to run without stalling everything else that needs a thread.
-        asyncio.get_running_loop().set_default_executor(
-            concurrent.futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="worker")
-        )
-        try:
-            await server.run_app(start)
-        finally:
-            await lifecycle.stop()
-
-    asyncio.run(main())
+    try:
+        await server.run_app(start)
+    finally:
+        await lifecycle.stop()
     return server.exit_code

@@ -20,6 +20,10 @@ except (OSError, AttributeError):  # not Linux
     _prctl = None
 
 
+# The most time between two startup probes (STARTUP_CHECK_INTERVAL_S, when smaller, wins).
+PROBE_PERIOD_S = 0.05
+
+
 class StartupError(RuntimeError):
     pass
 
@@ -63,18 +67,26 @@ class ComfyProcess:
         assert self._process.stdout is not None
         self._forwarder = asyncio.create_task(_forward_output(self._process.stdout), name="comfy-output")
 
+    @property
+    def launched(self) -> bool:
+        return self._process is not None
+
     async def wait_ready(self, probe: Callable[[], Awaitable[bool]], *, interval_s: float, max_tries: int) -> None:
-        """Probe until ComfyUI answers; fail fast if the child exits first."""
-        for _ in range(max_tries):
+        """Probe until ComfyUI answers, within `max_tries * interval_s` (the reference's deadline); fail fast if the
+        child exits first. Probes go out every PROBE_PERIOD_S at most, so that readiness is seen within a few
+        tens of milliseconds of ComfyUI answering rather than up to a whole interval later."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_tries * interval_s
+        period = min(interval_s, PROBE_PERIOD_S)
+        while True:
             if not self.running:
                 raise StartupError(f"ComfyUI exited with code {self.returncode} before it answered")
             if await probe():
                 return
+            if loop.time() >= deadline:
+                raise StartupError(f"ComfyUI did not start after {max_tries * interval_s:g} seconds")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wait(), interval_s)
-        if not self.running:
-            raise StartupError(f"ComfyUI exited with code {self.returncode} before it answered")
-        raise StartupError(f"ComfyUI did not start after {max_tries * interval_s:g} seconds")
+                await asyncio.wait_for(self.wait(), min(period, max(deadline - loop.time(), 0)))
 
     @property
     def returncode(self) -> int | None:
