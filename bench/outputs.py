@@ -32,7 +32,7 @@ server does; the file in the page cache; best of 3), and boto3's `upload_file` o
 with its default transfer settings, in a fresh child process (its client made before the timed part, as the server
 keeps its own; its VmHWM reported for comparison).
 
-Bars: peak RSS < 250 MiB for every case and mode (PASS or FAIL); the throughputs are reported against their
+Bars: peak RSS <= 250 MB (238 MiB) for every case and mode (PASS or FAIL); the throughputs are reported against their
 references, without a bar. The exit status is 0 whatever the bars say, 1 only when something could not be measured.
 Everything started (servers, children, files) is stopped and removed at the end, also on Ctrl-C or SIGTERM.
 """
@@ -66,7 +66,7 @@ from .common import (
     write_report,
 )
 
-RSS_BAR_MIB = 250.0
+RSS_BAR_MIB = 250e6 / MIB  # 250 MB
 SAMPLE_INTERVAL_S = 0.02
 READ_CHUNK = 3 * MIB  # the server's read size for base64 (a multiple of 3)
 ENCODE_PASSES = 3
@@ -525,8 +525,8 @@ def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str])
             f"{f['base64_peak_rss_mib']:.0f}",
             "-",
             "-",
-            f"< {RSS_BAR_MIB:.0f} MiB",
-            f["base64_peak_rss_mib"] < RSS_BAR_MIB,
+            f"<= 250 MB ({RSS_BAR_MIB:.0f} MiB)",
+            f["base64_peak_rss_mib"] <= RSS_BAR_MIB,
         )
         row(
             f"{label} S3 upload MiB/s",
@@ -541,8 +541,8 @@ def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str])
             f"{f['upload_peak_rss_mib']:.0f}",
             f"{f['boto3_peak_rss_mib']:.0f} (boto3)",
             f"{f['upload_peak_rss_mib'] / f['boto3_peak_rss_mib']:.1f}x",
-            f"< {RSS_BAR_MIB:.0f} MiB",
-            f["upload_peak_rss_mib"] < RSS_BAR_MIB,
+            f"<= 250 MB ({RSS_BAR_MIB:.0f} MiB)",
+            f["upload_peak_rss_mib"] <= RSS_BAR_MIB,
         )
     return rows
 
