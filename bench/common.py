@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,40 @@ def compare(
     lines = [f"Against the baseline {baseline_path} (finished {meta.get('finished', '?')}):"]
     lines += [f"NOTE: {note}" for note in (notes(meta) if notes else [])]
     return "\n".join(lines) + "\n" + table(["figure", "baseline", "now", "change", ""], rows)
+
+
+def check_cases_and_baseline(parser: argparse.ArgumentParser, args: argparse.Namespace, known: Sequence[str]) -> None:
+    """`args.cases` (comma-separated) becomes the list of the chosen cases in `known`'s order; --baseline must exist."""
+    chosen = {case.strip() for case in args.cases.split(",") if case.strip()}
+    if not chosen or chosen - set(known):
+        parser.error(f"--cases takes a subset of {','.join(known)}")
+    args.cases = [case for case in known if case in chosen]
+    if args.baseline and not args.baseline.is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
+
+
+def prepare() -> None:
+    """tests.support importable, and loopback never through a proxy (in os.environ: servers and children too)."""
+    import_path()
+    from tests.support.services import bypass_proxy_for_loopback
+
+    bypass_proxy_for_loopback()
+
+
+def run_session(bench: Any, measure: Callable[[], None]) -> None:
+    """`bench.start()`, then `measure()`, then `bench.stop()` whatever happened; a failed start is recorded as
+    `bench.errors["setup"]` (and nothing is measured)."""
+    try:
+        try:
+            bench.start()
+        except Exception as error:
+            bench.errors["setup"] = str(error)
+            log(f"ERROR in setup: {error}")
+        else:
+            measure()
+    finally:
+        log("cleaning up")
+        bench.stop()
 
 
 @contextlib.contextmanager

@@ -46,7 +46,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .common import MIB, REPO, BenchError, compare, import_path, log, print_checks, remove, sigterm_exits, write_report
+from .common import (
+    MIB,
+    REPO,
+    BenchError,
+    compare,
+    import_path,
+    log,
+    prepare,
+    print_checks,
+    remove,
+    sigterm_exits,
+    write_report,
+)
 
 CHILD_TIMEOUT_S = 300.0  # one download of one file, however slow the machine
 THROUGHPUT_BAR = 0.90  # ours / reference
@@ -553,10 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("curl") is None and "http" in args.cases:
         print("curl is not installed: it is the HTTP reference", file=sys.stderr)
         return 1
-    import_path()
-    from tests.support.services import bypass_proxy_for_loopback
-
-    bypass_proxy_for_loopback()  # in os.environ, so curl and the children skip any proxy for 127.0.0.1 too
+    prepare()
     started = datetime.now(UTC)
     with sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
         bench = Bench(args, Path(folder))

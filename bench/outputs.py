@@ -57,11 +57,13 @@ from .common import (
     MIB,
     REPO,
     BenchError,
+    check_cases_and_baseline,
     checkpoint,
     compare,
-    import_path,
     log,
+    prepare,
     print_checks,
+    run_session,
     sigterm_exits,
     write_report,
 )
@@ -562,12 +564,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
-    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if not cases or cases - set(CASES):
-        parser.error(f"--cases takes a subset of {','.join(CASES)}")
-    args.cases = [c for c in CASES if c in cases]
-    if args.baseline and not args.baseline.is_file():
-        parser.error(f"--baseline {args.baseline}: no such file")
+    check_cases_and_baseline(parser, args, CASES)
     return args
 
 
@@ -576,29 +573,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(_child_boto3(json.loads(args.child))))
         return 0
-    import_path()
-    from tests.support.services import bypass_proxy_for_loopback
-
-    bypass_proxy_for_loopback()  # in os.environ, so the server, ComfyUI and the children skip any proxy too
+    prepare()
     started = datetime.now(UTC)
     with sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
         bench = Bench(args, Path(folder))
-        try:
-            try:
-                bench.start()
-            except Exception as error:
-                bench.errors["setup"] = str(error)
-                log(f"ERROR in setup: {error}")
-            else:
-                for case in args.cases:
-                    try:
-                        bench.case(case)
-                    except Exception as error:  # one case's failure is reported; the others still run
-                        bench.errors[case] = f"{type(error).__name__}: {error}"
-                        log(f"ERROR in {case}: {bench.errors[case]}\n{bench.server.log_tail(20)}")
-        finally:
-            log("cleaning up")
-            bench.stop()
+
+        def measure() -> None:
+            for case in args.cases:
+                try:
+                    bench.case(case)
+                except Exception as error:  # one case's failure is reported; the others still run
+                    bench.errors[case] = f"{type(error).__name__}: {error}"
+                    log(f"ERROR in {case}: {bench.errors[case]}\n{bench.server.log_tail(20)}")
+
+        run_session(bench, measure)
     checks = _checks(bench.figures, bench.errors, [c for c in args.cases if "setup" not in bench.errors])
     print()
     print(f"comfyui-api output benchmark: best of {args.runs} requests per case and mode, {os.cpu_count()} CPUs")

@@ -18,8 +18,9 @@ seed), so ComfyUI's cache never skips work for either side.
   Bars: added p50 <= 2 ms, added p95 <= 5 ms. Reported too: the raw latencies' percentiles, and the percentiles of
   the paired differences (request by request, raw and net of the execution).
 * txt2img: the same with a 64x64, 1-step txt2img on the tests' random SD1.5-shaped checkpoint.
-* burst: --burst requests of `EmptyImage 64x64 -> SaveImage` sent at once through our server, then as many directly
-  (--rounds 2, the default: then again in the other order; the best wall time of each side counts). Every answer
+* burst: --burst requests of `EmptyImage 512x512 -> SaveImage` (the trivial graph of the first case) sent at once
+  through our server, then as many directly (--rounds 2, the default: then again in the other order; the best wall
+  time of each side counts). Every answer
   is checked to carry exactly its own output (each request has its own colour; the PNG's pixel is checked). While
   the burst runs, a separate process polls our GET /health every 10 ms and our RSS is sampled (psutil every 20 ms,
   and the kernel's VmHWM when it can be reset). The burst has two phases: arrival, until every request has reached
@@ -58,11 +59,13 @@ from .common import (
     MIB,
     REPO,
     BenchError,
+    check_cases_and_baseline,
     checkpoint,
     compare,
-    import_path,
     log,
+    prepare,
     print_checks,
+    run_session,
     sigterm_exits,
     write_report,
 )
@@ -358,7 +361,7 @@ class Bench:
             ):
                 started = time.monotonic()
                 answers = await asyncio.gather(
-                    *(progress.track(send(empty_graph(64, color))) for color in colors), return_exceptions=True
+                    *(progress.track(send(empty_graph(512, color))) for color in colors), return_exceptions=True
                 )
                 ended = time.monotonic()
                 health = prober.stop()
@@ -567,12 +570,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.requests < 2 or args.burst < 1:
         parser.error("--requests must be >= 2 and --burst >= 1")
-    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
-    if not cases or cases - set(CASES):
-        parser.error(f"--cases takes a subset of {','.join(CASES)}")
-    args.cases = [c for c in CASES if c in cases]
-    if args.baseline and not args.baseline.is_file():
-        parser.error(f"--baseline {args.baseline}: no such file")
+    check_cases_and_baseline(parser, args, CASES)
     return args
 
 
@@ -588,25 +586,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         probe_health(args.probe)
         return 0
-    import_path()
-    from tests.support.services import bypass_proxy_for_loopback
-
-    bypass_proxy_for_loopback()
+    prepare()
     _raise_open_files_limit()
     started = datetime.now(UTC)
     with sigterm_exits(), tempfile.TemporaryDirectory(prefix="comfyui-api-bench-") as folder:
         bench = Bench(args, Path(folder))
-        try:
-            try:
-                bench.start()
-            except Exception as error:
-                bench.errors["setup"] = str(error)
-                log(f"ERROR in setup: {error}")
-            else:
-                asyncio.run(bench.run())
-        finally:
-            log("cleaning up")
-            bench.stop()
+        run_session(bench, lambda: asyncio.run(bench.run()))
     checks = _checks(bench.figures, bench.errors, [c for c in args.cases if "setup" not in bench.errors])
     print()
     print(f"comfyui-api request benchmark: {args.requests} pairs, bursts of {args.burst}, {os.cpu_count()} CPUs")

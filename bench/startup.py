@@ -44,7 +44,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .common import BenchError, checkpoint, compare, import_path, log, print_checks, sigterm_exits, table, write_report
+from .common import (
+    BenchError,
+    checkpoint,
+    compare,
+    log,
+    prepare,
+    print_checks,
+    sigterm_exits,
+    table,
+    write_report,
+)
 
 OVERHEAD_BAR_S = 1.0
 LAUNCH_DEADLINE_S = 240.0
@@ -362,10 +372,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    import_path()
-    from tests.support.services import bypass_proxy_for_loopback
-
-    bypass_proxy_for_loopback()  # in os.environ, so the server, ComfyUI and our polling skip any proxy too
+    prepare()
     started = datetime.now(UTC)
     load_before = os.getloadavg()
     errors: dict[str, str] = {}

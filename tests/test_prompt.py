@@ -82,6 +82,28 @@ def test_two_saving_nodes_come_back_in_a_stable_order(server: ApiServer) -> None
     assert orders[0] == orders[1] == orders[2]
 
 
+def test_outputs_over_a_mebibyte_are_streamed_whole_and_in_order(server: ApiServer) -> None:
+    # Small outputs are answered in one piece; these (noise compresses badly: ~3 MB of PNG each) take the
+    # streamed path, which must give the same JSON with every image whole, each beside its own file name.
+    graph = {
+        "1": node("EmptyImage", width=1024, height=1024, batch_size=1, color=0x808080),
+        "2": node("ImageAddNoise", image=["1", 0], seed=1, strength=0.5),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="noisy"),
+        "4": node("EmptyImage", width=40, height=40, batch_size=1, color=0x00FF00),
+        "5": node("SaveImage", images=["4", 0], filename_prefix="small"),
+    }
+    response = server.http.post("/prompt", json={"prompt": graph, "id": "streamed"})
+    assert response.status_code == 200, response.text
+    assert response.headers.get("transfer-encoding") == "chunked"
+    body = response.json()
+    images = zip(body["filenames"], body["images"], strict=True)
+    sizes = {name.split("_")[1]: decode_image(data).size for name, data in images}
+    assert sizes == {"noisy": (1024, 1024), "small": (40, 40)}
+    assert len(base64.b64decode(body["images"][body["filenames"].index("streamed_noisy_00001_.png")])) > 1024 * 1024
+    assert body["id"] == "streamed" and body["stats"]["comfy_execution"]["duration"] >= 0
+    wait_until(lambda: not server.files_under("output"), 30, "the outputs to be deleted")
+
+
 @pytest.mark.parametrize(
     "encode",
     [

@@ -101,6 +101,15 @@ def test_a_bad_warmup_prompt_stops_startup_with_a_clear_message(make_server: Ser
     assert messages and "WARMUP_PROMPT_FILE" in messages[0] and "class_type" in messages[0]
 
 
+def test_a_cmd_that_cannot_be_launched_stops_startup_with_a_clear_message(make_server: ServerFactory) -> None:
+    server = make_server("bad-cmd", CMD="/nonexistent/comfyui --listen").start(wait="none")
+    assert server.wait_exit(60) == 1
+    messages = [entry.get("msg", "") for entry in server.log_entries() if entry.get("level") == "critical"]
+    assert messages == [
+        "cannot launch CMD '/nonexistent/comfyui': [Errno 2] No such file or directory: '/nonexistent/comfyui'"
+    ]
+
+
 def test_a_lost_websocket_never_blocks_a_request(make_server: ServerFactory) -> None:
     server = make_server("relay")
     relay = Relay(server.comfy_port)

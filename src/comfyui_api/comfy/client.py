@@ -8,11 +8,16 @@ from ..errors import ComfyUnavailable, PromptRejected
 from .http import LocalHttp, Reply, TransportError
 from .sanitize import scrub
 
+# ComfyUI answers its HTTP calls one at a time (one event loop, sharing the GIL with the prompt it runs), so a few
+# calls in flight keep it busy. More would not make it faster, but would let a burst's answers pile up into one
+# event-loop turn of ours: each answered history call completes a request there, and a probe waits behind them all.
+_CALLS_IN_FLIGHT = 8
+
 
 class ComfyClient:
     def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
         # Direct connections only: the local ComfyUI must never be reached through HTTP(S)_PROXY.
-        self._http = LocalHttp(base_url, timeout_s=timeout_s, connect_timeout_s=5.0)
+        self._http = LocalHttp(base_url, timeout_s=timeout_s, connect_timeout_s=5.0, max_connections=_CALLS_IN_FLIGHT)
 
     async def aclose(self) -> None:
         await self._http.aclose()

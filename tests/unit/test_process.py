@@ -1,0 +1,56 @@
+"""The ComfyUI child's startup probe: answers are noticed at once, within the reference's deadline."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from comfyui_api.comfy.process import ComfyProcess, StartupError
+
+# A child that runs until stopped, standing in for a ComfyUI that is booting.
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
+
+
+async def test_the_probe_repeats_until_it_answers_however_long_the_interval() -> None:
+    process = ComfyProcess(SLEEPER, {})
+    await process.launch()
+    answers = iter([False, False, True])
+    calls = 0
+
+    async def probe() -> bool:
+        nonlocal calls
+        calls += 1
+        return next(answers)
+
+    try:
+        # An interval of a minute: the probe still goes out again well before it ends.
+        await process.wait_ready(probe, interval_s=60.0, max_tries=20)
+    finally:
+        await process.stop()
+    assert calls == 3
+
+
+async def test_no_answer_within_interval_times_tries_fails_startup() -> None:
+    process = ComfyProcess(SLEEPER, {})
+    await process.launch()
+
+    async def probe() -> bool:
+        return False
+
+    try:
+        with pytest.raises(StartupError, match=r"^ComfyUI did not start after 0\.3 seconds$"):
+            await process.wait_ready(probe, interval_s=0.1, max_tries=3)
+    finally:
+        await process.stop()
+
+
+async def test_a_child_that_exits_fails_startup_at_once() -> None:
+    process = ComfyProcess([sys.executable, "-c", "raise SystemExit(3)"], {})
+    await process.launch()
+
+    async def probe() -> bool:
+        return False
+
+    with pytest.raises(StartupError, match="exited with code 3 before it answered"):
+        await process.wait_ready(probe, interval_s=60.0, max_tries=20)
