@@ -15,11 +15,15 @@ symlinked in, a fresh SQLite database), one after the other and alternating whic
   answer of any status is when the port opened. Then SIGTERM; our server stops its ComfyUI, and both are waited for
   (killed after 60 s) before the next launch.
 
-Overhead = median over runs of (ours to /ready 200 - ComfyUI alone to its first answer), paired by run; the
-difference of the medians and the worst run are reported too. Where the time goes comes from our server's JSON log
-("time" is wall-clock UTC with ms; launch is taken with time.time() too): "ComfyUI launched" (everything before it,
-Python's imports above all, is ours), ComfyUI's own "To see the GUI go to" (its port is bound), "ComfyUI is up" (our
-startup probe saw it), "connected to ComfyUI websocket", and uvicorn's "Uvicorn running on" (our port is bound).
+Overhead (the bar) = median over runs of (ours to /ready 200 - the time the ComfyUI we launched took, in that same
+launch, from "ComfyUI launched" to its own "To see the GUI go to" line, its port bound and answering): what our
+server adds to the path to readiness, before ComfyUI's launch (imports) and after its answer (probe, websocket,
+routes, our port). Reported beside it: ours to /ready 200 - ComfyUI alone to its first answer, paired by run, whose
+spread is ComfyUI's own boot time varying by about a second from one launch to the next. Where the time goes
+comes from our server's JSON log ("time" is wall-clock UTC with ms; launch is taken with time.time() too):
+"ComfyUI launched" (everything before it, Python's imports above all, is ours), ComfyUI's own "To see the GUI go
+to" (its port is bound), "ComfyUI is up" (our startup probe saw it), "connected to ComfyUI websocket", and
+uvicorn's "Uvicorn running on" (our port is bound).
 
 Bar: overhead <= 1.0 s without a warmup prompt (PASS or FAIL); the breakdown rows carry no bar. The exit status is
 0 whatever the bar says, 1 only when something could not be measured. Everything started (servers, ComfyUIs, files)
@@ -252,8 +256,16 @@ def run_all(args: argparse.Namespace, work: Path, errors: dict[str, str]) -> lis
             errors[f"run {index + 1}"] = f"{type(error).__name__}: {error}"
             log(f"ERROR in run {index + 1}: {errors[f'run {index + 1}']}")
             continue
-        run["overhead_s"] = run["ours"]["ready_s"] - run["comfy"]["first_probe_s"]
-        log(f"  overhead {run['overhead_s']:.3f} s")
+        ours_run = run["ours"]
+        run["overhead_vs_alone_s"] = ours_run["ready_s"] - run["comfy"]["first_probe_s"]
+        if "comfy_launched_s" in ours_run and "comfy_listening_s" in ours_run:
+            # ComfyUI's own time in this very launch: from our launching it to its answering (its port bound).
+            run["comfy_own_s"] = ours_run["comfy_listening_s"] - ours_run["comfy_launched_s"]
+            run["overhead_s"] = ours_run["ready_s"] - run["comfy_own_s"]
+        log(
+            f"  overhead {run.get('overhead_s', float('nan')):.3f} s (against this launch's ComfyUI), "
+            f"{run['overhead_vs_alone_s']:.3f} s (against ComfyUI alone)"
+        )
         runs.append(run)
     return runs
 
@@ -269,18 +281,22 @@ def figures_of(runs: list[dict[str, Any]]) -> dict[str, float]:
         return {}
     comfy = [r["comfy"]["first_probe_s"] for r in runs]
     ready = [r["ours"]["ready_s"] for r in runs]
-    overhead = [r["overhead_s"] for r in runs]
+    overhead = [r["overhead_s"] for r in runs if "overhead_s" in r]
+    vs_alone = [r["overhead_vs_alone_s"] for r in runs]
     f = {
         "startup.comfy_first_probe_s": statistics.median(comfy),
         "startup.comfy_first_probe_max_s": max(comfy),
         "startup.ours_ready_s": statistics.median(ready),
         "startup.ours_ready_max_s": max(ready),
         "startup.ours_port_open_s": statistics.median(r["ours"]["port_open_s"] for r in runs),
-        "startup.overhead_s": statistics.median(overhead),
-        "startup.overhead_max_s": max(overhead),
-        "startup.overhead_min_s": min(overhead),
+        "startup.overhead_vs_alone_s": statistics.median(vs_alone),
+        "startup.overhead_vs_alone_max_s": max(vs_alone),
+        "startup.overhead_vs_alone_min_s": min(vs_alone),
         "startup.overhead_of_medians_s": statistics.median(ready) - statistics.median(comfy),
     }
+    if overhead:
+        f["startup.overhead_s"] = statistics.median(overhead)
+        f["startup.overhead_max_s"] = max(overhead)
     for name in ("comfy_launched_s", "comfy_listening_s", "comfy_up_s", "websocket_s", "uvicorn_s"):
         values = [r["ours"][name] for r in runs if name in r["ours"]]
         if values:
@@ -318,12 +334,20 @@ def _checks(figures: dict[str, float], runs: int) -> list[dict[str, str]]:
         True,
     )
     row(
-        "startup overhead: /ready 200 - ComfyUI alone (median of paired runs)",
+        "startup overhead: /ready 200 - the same launch's ComfyUI to its answer (median)",
         f"{f['overhead_s']:.3f} s",
         f"worst {f['overhead_max_s']:.3f} s",
         "-",
         bar,
         f["overhead_s"] <= OVERHEAD_BAR_S,
+    )
+    row(
+        "startup overhead: /ready 200 - ComfyUI alone (median of paired runs; ComfyUI's boot varies by ~1 s)",
+        f"{f['overhead_vs_alone_s']:.3f} s",
+        f"{f['overhead_vs_alone_min_s']:.3f} to {f['overhead_vs_alone_max_s']:.3f} s",
+        "-",
+        "-",
+        True,
     )
     for name, _, _, label in SPANS:
         if name in f:
@@ -339,13 +363,15 @@ def _runs_table(runs: list[dict[str, Any]]) -> str:
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    headers = ["run", "first", "ComfyUI alone", "ours /ready", "overhead", "our port", "launched", "Comfy bound"]
+    headers = ["run", "first", "ComfyUI alone", "ours /ready", "overhead", "vs alone", "our port", "launched"]
+    headers += ["Comfy bound"]
     headers += ["Comfy up", "websocket", "uvicorn"]
     rows = []
     for r in runs:
         o = r["ours"]
         rows.append(
-            [str(r["run"]), r["order"][0], cell(r["comfy"]["first_probe_s"]), cell(o["ready_s"]), cell(r["overhead_s"])]
+            [str(r["run"]), r["order"][0], cell(r["comfy"]["first_probe_s"]), cell(o["ready_s"])]
+            + [cell(r.get("overhead_s")), cell(r["overhead_vs_alone_s"])]
             + [cell(o.get(name)) for name in ("port_open_s", "comfy_launched_s", "comfy_listening_s", "comfy_up_s")]
             + [cell(o.get(name)) for name in ("websocket_s", "uvicorn_s")]
         )
