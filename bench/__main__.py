@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
                 errors[name] = f"exited with {code} without a report"
                 continue
             reports[name] = report
-            checks += [{**check, "case": f"{name}: {check['case']}"} for check in report.get("checks", [])]
+            checks += [
+                {**check, "case": check["case"] if check["case"].startswith(name) else f"{name}: {check['case']}"}
+                for check in report.get("checks", [])
+            ]
             errors.update({f"{name}: {case}": error for case, error in report.get("errors", {}).items()})
             figures.update({f"{name}.{figure}": value for figure, value in report.get("figures", {}).items()})
     print(f"comfyui-api benchmark suite: {', '.join(args.only)} in {sum(seconds.values()) / 60:.1f} min")
