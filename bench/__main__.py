@@ -15,7 +15,7 @@ servers in front of their own CPU ComfyUI, SeaweedFS, file servers); its progres
 Then one table of every figure with a bar (and the figures they are measured against), and the JSON: `meta`, each
 benchmark's own report under `benchmarks`, and every figure flattened under `figures` as "benchmark.figure", which
 is what --baseline compares. The exit status is 0 whatever the bars say, 1 when a benchmark could not measure
-something. About 10 minutes on a 2-core machine.
+something. About 8 minutes on a 2-core machine.
 """
 
 from __future__ import annotations
