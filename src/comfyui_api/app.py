@@ -19,7 +19,7 @@ from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, RequestContext
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
-from .comfy.process import ComfyProcess, child_environment
+from .comfy.process import ComfyProcess
 from .config import ConfigError, Settings, system_metadata
 from .lifecycle import Lifecycle
 from .pipeline.delivery import Delivery
@@ -44,11 +44,11 @@ def _exit_without_server(code: int) -> None:
 def create_app(
     settings: Settings,
     *,
-    process: ComfyProcess | None = None,
+    process: ComfyProcess,
     request_exit: Callable[[int], None] = _exit_without_server,
 ) -> FastAPI:
-    """`process` is ComfyUI's (launched already or not; by default one built from settings); `request_exit(code)`
-    asks the hosting server to stop with that exit code (ComfyUI died for good)."""
+    """`process` is ComfyUI's (launched already or not); `request_exit(code)` asks the hosting server to stop with
+    that exit code (ComfyUI died for good)."""
     state = ServerState()
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
@@ -72,11 +72,6 @@ def create_app(
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
     )
-    if process is None:
-        process = ComfyProcess(
-            settings.comfy_command,
-            child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
-        )
     lifecycle = Lifecycle(
         settings,
         state,
