@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, compare, log, print_checks, sigterm_exits, write_report
+from .common import REPO, check_cases_and_baseline, compare, log, print_checks, sigterm_exits, write_report
 
 BENCHMARKS = ("startup", "requests", "outputs", "download")
 DEFAULT_REPORT = REPO / "bench" / "results" / "latest.json"
@@ -44,12 +44,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_REPORT, help=f"the report (default {DEFAULT_REPORT})")
     parser.add_argument("--baseline", type=Path, help="a report of an earlier run: print the change per figure")
     args = parser.parse_args(argv)
-    chosen = {name.strip() for name in args.only.split(",") if name.strip()}
-    if not chosen or chosen - set(BENCHMARKS):
-        parser.error(f"--only takes a subset of {','.join(BENCHMARKS)}")
-    args.only = [name for name in BENCHMARKS if name in chosen]
-    if args.baseline and not args.baseline.is_file():
-        parser.error(f"--baseline {args.baseline}: no such file")
+    check_cases_and_baseline(parser, args, BENCHMARKS, option="only")
     return args
 
 

@@ -133,14 +133,44 @@ def compare(
     return "\n".join(lines) + "\n" + table(["figure", "baseline", "now", "change", ""], rows)
 
 
-def check_cases_and_baseline(parser: argparse.ArgumentParser, args: argparse.Namespace, known: Sequence[str]) -> None:
-    """`args.cases` (comma-separated) becomes the list of the chosen cases in `known`'s order; --baseline must exist."""
-    chosen = {case.strip() for case in args.cases.split(",") if case.strip()}
+def check_cases_and_baseline(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, known: Sequence[str], *, option: str = "cases"
+) -> None:
+    """`args.<option>` (comma-separated) becomes the list of the chosen names in `known`'s order; --baseline, when
+    given, must exist."""
+    chosen = {name.strip() for name in getattr(args, option).split(",") if name.strip()}
     if not chosen or chosen - set(known):
-        parser.error(f"--cases takes a subset of {','.join(known)}")
-    args.cases = [case for case in known if case in chosen]
+        parser.error(f"--{option} takes a subset of {','.join(known)}")
+    setattr(args, option, [name for name in known if name in chosen])
     if args.baseline and not args.baseline.is_file():
         parser.error(f"--baseline {args.baseline}: no such file")
+
+
+def run_child(module: str, spec: dict[str, Any], env: dict[str, str], *, timeout_s: float, what: str) -> dict[str, Any]:
+    """`python -m <module> --child <spec as JSON>` in a fresh process (so that its peak RSS is its own) with `env`
+    added to the environment; the JSON object on its last line of output. Killed after `timeout_s`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", module, "--child", json.dumps(spec)],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise BenchError(f"{what} took over {timeout_s:g} s") from None
+    except BaseException:
+        process.kill()
+        process.communicate()
+        raise
+    if process.returncode != 0:
+        raise BenchError(f"{what} failed (exit {process.returncode}):\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def prepare() -> None:

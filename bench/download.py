@@ -48,7 +48,6 @@ from urllib.parse import unquote, urlsplit
 
 from .common import (
     MIB,
-    REPO,
     BenchError,
     compare,
     import_path,
@@ -56,6 +55,7 @@ from .common import (
     prepare,
     print_checks,
     remove,
+    run_child,
     sigterm_exits,
     write_report,
 )
@@ -166,29 +166,7 @@ def _child_main(encoded: str) -> None:
 
 
 def _run_child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
-    command = [sys.executable, "-m", "bench.download", "--child", json.dumps(spec)]
-    process = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=CHILD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.communicate()
-        raise BenchError(f"{spec['tool']} download took over {CHILD_TIMEOUT_S:g} s") from None
-    except BaseException:
-        process.kill()
-        process.communicate()
-        raise
-    if process.returncode != 0:
-        raise BenchError(f"{spec['tool']} download failed (exit {process.returncode}):\n{stderr[-3000:]}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    return run_child("bench.download", spec, env or {}, timeout_s=CHILD_TIMEOUT_S, what=f"{spec['tool']} download")
 
 
 def _curl(url: str, output: str) -> dict[str, Any]:

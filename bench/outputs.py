@@ -44,7 +44,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,7 +54,6 @@ from typing import Any
 
 from .common import (
     MIB,
-    REPO,
     BenchError,
     check_cases_and_baseline,
     checkpoint,
@@ -63,6 +61,7 @@ from .common import (
     log,
     prepare,
     print_checks,
+    run_child,
     run_session,
     sigterm_exits,
     write_report,
@@ -116,24 +115,7 @@ def _child_boto3(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.outputs", "--child", json.dumps(spec)],
-        cwd=REPO,
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        stdout, stderr = process.communicate(timeout=REQUEST_TIMEOUT_S)
-    except BaseException:
-        process.kill()
-        process.communicate()
-        raise
-    if process.returncode != 0:
-        raise BenchError(f"boto3's upload failed (exit {process.returncode}):\n{stderr[-3000:]}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    return run_child("bench.outputs", spec, env, timeout_s=REQUEST_TIMEOUT_S, what="boto3's upload")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
