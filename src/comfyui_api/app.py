@@ -29,7 +29,9 @@ from .pipeline.runner import PromptRunner
 from .state import ServerState
 from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
+from .storage.net import Proxies, UrlGuard
 from .storage.uploads import Uploader
+from .urls import url_origin
 from .webhooks.sender import WebhookSender
 from .webhooks.signing import InvalidWebhookSecret
 from .webhooks.system import SystemWebhooks
@@ -54,23 +56,29 @@ def create_app(
     events = EventStream(settings.comfy_ws_url)
     jobs = JobRegistry()
     events.subscribe(jobs.dispatch)
+    azure = azure_service_client(settings)
+    guard = url_guard(settings, azure.primary_endpoint if azure is not None else None)
     try:
-        webhooks = WebhookSender(settings.webhook_secret, settings.prompt_webhook_retries)
+        webhooks = WebhookSender(
+            settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+            settings.prompt_webhook_retries,
+            guard=guard,
+        )
     except InvalidWebhookSecret as exc:
         raise ConfigError(str(exc)) from None
     system = _system_webhooks(settings, webhooks, jobs)
     storage_events = system.on_storage_event if system is not None else None
     if system is not None:
         events.subscribe(system.on_comfy_event)
-    storage = StorageManager(settings, on_event=storage_events)
+    storage = StorageManager(settings, guard, on_event=storage_events)
     runner = PromptRunner(settings, client, events, jobs, state, storage)
-    azure = azure_service_client(settings)
     delivery = Delivery(
         runner,
         Uploader(storage, on_event=storage_events),
         webhooks,
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
+        guard=guard,
     )
     lifecycle = Lifecycle(
         settings,
@@ -138,6 +146,23 @@ async def mount_workflows(app: FastAPI) -> None:
     settings.workflow_dir.mkdir(parents=True, exist_ok=True)
     workflows = await asyncio.to_thread(discover, settings.workflow_dir)
     mount(app, workflows, markdown_descriptions=settings.markdown_schema_descriptions)
+
+
+def url_guard(settings: Settings, azure_endpoint: str | None) -> UrlGuard:
+    """The URL guard: HTTP_TRUSTED_ORIGINS plus the origins of every URL the operator configured are trusted."""
+    operator = [*settings.operator_origins]
+    if azure_endpoint:
+        operator.append(url_origin(azure_endpoint))
+    try:
+        proxies = Proxies.from_environment()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return UrlGuard(
+        block_private=settings.http_block_private_addresses,
+        trusted_origins=(*settings.http_trusted_origins, *operator),
+        auth_origins=settings.http_auth_allowed_origins,
+        proxies=proxies,
+    )
 
 
 def _system_webhooks(settings: Settings, sender: WebhookSender, jobs: JobRegistry) -> SystemWebhooks | None:

@@ -6,14 +6,17 @@ Everything else receives a `Settings` object, which tests build directly with ke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .urls import parse_origins, redact_url, url_origin
 
 SYSTEM_EVENT_NAMES = (
     "status",
@@ -86,24 +89,30 @@ class Settings(BaseSettings):
     warmup_prompt_file: Path | None = None
     warmup_prompt_url: str | None = None
     manifest: Path | None = None
-    manifest_json: str | None = None
+    manifest_json: SecretStr | None = None
 
     # Downloads, cache and storage providers
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     lru_cache_size_gb: float = Field(0.0, ge=0)
     http_auth_header_name: str | None = None
-    http_auth_header_value: str | None = None
+    http_auth_header_value: SecretStr | None = None
     aws_region: str | None = None
     aws_default_region: str | None = None
-    azure_storage_connection_string: str | None = None
+    azure_storage_connection_string: SecretStr | None = None
     azure_storage_account: str | None = None
-    azure_storage_key: str | None = None
-    azure_storage_sas_token: str | None = None
+    azure_storage_key: SecretStr | None = None
+    azure_storage_sas_token: SecretStr | None = None
     hf_endpoint: str = "https://huggingface.co"
-    hf_token: str | None = None
+    hf_token: SecretStr | None = None
+
+    # Safe outgoing HTTP for request-supplied URLs
+    http_block_private_addresses: bool = True
+    http_trusted_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    http_auth_allowed_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    input_allowed_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
 
     # Webhooks
-    webhook_secret: str | None = None
+    webhook_secret: SecretStr | None = None
     prompt_webhook_retries: int = Field(3, ge=0)
     system_webhook_url: str | None = None
     system_webhook_events: Annotated[tuple[str, ...], NoDecode] = ()
@@ -135,7 +144,25 @@ class Settings(BaseSettings):
         # Manifests often write `NAME: ""` for "not set"; the reference server reads it that way too.
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("always_restart_comfyui", "prepend_filenames", "markdown_schema_descriptions", mode="before")
+    @field_validator("http_trusted_origins", "http_auth_allowed_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        return parse_origins(value) if isinstance(value, str) else value
+
+    @field_validator("input_allowed_dirs", mode="before")
+    @classmethod
+    def _parse_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(item.strip()) for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator(
+        "always_restart_comfyui",
+        "prepend_filenames",
+        "markdown_schema_descriptions",
+        "http_block_private_addresses",
+        mode="before",
+    )
     @classmethod
     def _parse_bool(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -247,8 +274,26 @@ class Settings(BaseSettings):
     @property
     def http_auth_header(self) -> tuple[str, str] | None:
         if self.http_auth_header_name and self.http_auth_header_value:
-            return self.http_auth_header_name, self.http_auth_header_value
+            return self.http_auth_header_name, self.http_auth_header_value.get_secret_value()
         return None
+
+    @property
+    def operator_origins(self) -> tuple[str, ...]:
+        """Origins of the URLs the operator configured (trusted like HTTP_TRUSTED_ORIGINS): the warmup prompt,
+        the system webhook, the Hugging Face endpoint and an S3-compatible endpoint."""
+        urls = (
+            self.warmup_prompt_url,
+            self.system_webhook_url,
+            self.hf_endpoint,
+            os.environ.get("AWS_ENDPOINT_URL_S3"),
+            os.environ.get("AWS_ENDPOINT_URL"),
+        )
+        origins = []
+        for url in urls:
+            if url and url.startswith(("http://", "https://")):
+                with contextlib.suppress(ValueError):
+                    origins.append(url_origin(url))
+        return tuple(dict.fromkeys(origins))
 
 
 def system_metadata(environ: dict[str, str]) -> dict[str, str]:
@@ -274,21 +319,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 def dump_for_log(settings: Settings) -> dict[str, Any]:
     """The settings as loggable JSON, with every secret redacted."""
-    secret_fields = {
-        "http_auth_header_value",
-        "azure_storage_connection_string",
-        "azure_storage_key",
-        "azure_storage_sas_token",
-        "hf_token",
-        "webhook_secret",
-        "manifest_json",
-    }
-    data = json.loads(settings.model_dump_json())
-    for name in secret_fields:
+    data = json.loads(settings.model_dump_json())  # SecretStr fields dump as "**********"
+    for name in ("warmup_prompt_url", "system_webhook_url", "hf_endpoint"):
         if data.get(name):
-            data[name] = "***"
-    # Signed URLs carry their credentials in the query string.
-    for name in ("warmup_prompt_url", "system_webhook_url"):
-        if data.get(name) and "?" in data[name]:
-            data[name] = data[name].split("?", 1)[0] + "?***"
+            data[name] = redact_url(data[name])
     return data

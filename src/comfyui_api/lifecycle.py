@@ -81,6 +81,16 @@ class Lifecycle:
         logger.info("starting", extra={"version": __version__, "settings": dump_for_log(self._settings)})
         if not self._settings.webhook_secret:
             logger.warning("WEBHOOK_SECRET is not set: webhooks will be sent unsigned")
+        if not self._settings.http_block_private_addresses:
+            logger.warning(
+                "HTTP_BLOCK_PRIVATE_ADDRESSES=false: URLs in requests may reach private, loopback and metadata "
+                "addresses; use it only where every caller is trusted"
+            )
+        if self._settings.http_auth_header is not None and not self._settings.http_auth_allowed_origins:
+            logger.warning(
+                "HTTP_AUTH_HEADER_NAME is set but HTTP_AUTH_ALLOWED_ORIGINS is not: the header goes to "
+                "WARMUP_PROMPT_URL and manifest downloads only; list the origins of request URLs that should get it"
+            )
         for folder in (self._settings.inputs_path, self._settings.outputs_path, self._settings.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._warmup_prompt = await load_warmup(self._settings)

@@ -27,6 +27,20 @@ _LEVELS = {
 }
 
 
+_THIRD_PARTY_LOGGERS = (
+    "httpx",
+    "httpcore",
+    "websockets",
+    "boto3",
+    "botocore",
+    "s3transfer",
+    "urllib3",
+    "azure",
+    "huggingface_hub",
+    "filelock",
+)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -56,6 +70,8 @@ def configure_logging(level: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    # Per-request HTTP client chatter would drown the request logs.
-    for name in ("httpx", "httpcore", "websockets"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Per-request HTTP client chatter would drown the request logs, and at debug the SDKs print request signatures
+    # and header dumps (Azure's policy logs headers even at info): they stay at WARNING unless LOG_LEVEL=trace.
+    third_party = logging.DEBUG if level == "trace" else max(logging.WARNING, root.level)
+    for name in _THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(third_party)

@@ -23,10 +23,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .config import ConfigError, Settings
-from .storage.auth import strip_userinfo
 from .storage.base import DownloadError
 from .storage.git import repo_dir_name
 from .storage.manager import StorageManager
+from .urls import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Manifest(_Strict):
 def load_manifest(settings: Settings) -> Manifest | None:
     """The manifest from MANIFEST_JSON (which wins) or the MANIFEST file, or None; raises ConfigError."""
     if settings.manifest_json is not None:
-        return _parse(settings.manifest_json, "json", "MANIFEST_JSON")
+        return _parse(settings.manifest_json.get_secret_value(), "json", "MANIFEST_JSON")
     if settings.manifest is None:
         return None
     path = settings.manifest
@@ -216,10 +216,7 @@ def comfy_node_command(name: str) -> list[str]:
 
 def _safe(text: str) -> str:
     """A URL (or any argument) as fit for logs: no user-info, no query string (signed URLs carry keys there)."""
-    if "://" not in text:
-        return text
-    stripped = strip_userinfo(text)
-    return stripped.split("?", 1)[0] + "?***" if "?" in stripped else stripped
+    return redact_url(text) if "://" in text else text
 
 
 def _shown(command: Sequence[str]) -> str:
@@ -329,7 +326,7 @@ async def _install_custom_node(entry: str, settings: Settings, storage: StorageM
             logger.info("manifest: custom node folder exists; leaving it as is", extra={"path": str(folder)})
         else:
             logger.info("manifest: cloning a custom node", extra={"url": _safe(entry), "path": str(folder)})
-            folder = await storage.clone_repo(entry, nodes_dir)
+            folder = await storage.clone_repo(entry, nodes_dir, trusted=True)
     except (DownloadError, OSError) as exc:
         raise ManifestError(f"manifest custom_nodes: cannot clone {_safe(entry)}: {_reason(exc)}") from None
     requirements = folder / "requirements.txt"
@@ -343,7 +340,7 @@ async def _install_custom_node(entry: str, settings: Settings, storage: StorageM
 
 async def _download_model(model: ModelEntry, storage: StorageManager) -> None:
     target = _model_target(model.local_path)
-    download = await storage.download(model.url, target.parent, filename=target.name)
+    download = await storage.download(model.url, target.parent, filename=target.name, trusted=True)
     storage.release(download)
     logger.info(
         "manifest: model ready",

@@ -4,34 +4,26 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ApiError, BadRequest
-from ..storage.auth import DownloadAuth, strip_userinfo
+from ..storage.auth import DownloadAuth
 from ..storage.base import DownloadError
 from ..storage.manager import StorageManager
+from ..urls import InvalidName, redact_url, safe_leaf_name, url_leaf_name
 from ..workflows.catalog import catalog
 from .deps import ServicesDep
 from .schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])
-
-_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-def _check_filename(name: str) -> str:
-    if not name or name in (".", "..") or _UNSAFE_NAME.search(name) or len(name) > 255:
-        raise ValueError("must be a plain file name: no '/', '\\', control characters, '.' or '..'")
-    return name
 
 
 class DownloadRequest(BaseModel):
@@ -54,7 +46,10 @@ class DownloadRequest(BaseModel):
     @field_validator("filename")
     @classmethod
     def _plain_name(cls, value: str | None) -> str | None:
-        return None if value is None else _check_filename(value)
+        try:
+            return None if value is None else safe_leaf_name(value)
+        except InvalidName as exc:
+            raise ValueError(str(exc)) from None
 
 
 class DownloadResponse(BaseModel):
@@ -64,14 +59,6 @@ class DownloadResponse(BaseModel):
     status: str
     size: int | None = None
     duration: float | None = None
-
-
-def _default_name(url: str) -> str | None:
-    name = PurePosixPath(unquote(urlsplit(url).path)).name
-    try:
-        return _check_filename(name)
-    except ValueError:
-        return None
 
 
 @router.post(
@@ -88,11 +75,12 @@ async def download(body: DownloadRequest, services: ServicesDep, background: Bac
             f"Unknown model type: {body.model_type}. Available types: {', '.join(types)}", location="model_type"
         )
     try:
+        await services.storage.check_url(body.url, body.auth)
         services.storage.provider_for(body.url)
     except DownloadError as exc:
         raise BadRequest(str(exc), location="url") from None
-    filename = body.filename or _default_name(body.url)
-    echo: dict[str, Any] = {"url": strip_userinfo(body.url), "model_type": body.model_type}
+    filename = body.filename or url_leaf_name(body.url)
+    echo: dict[str, Any] = {"url": redact_url(body.url), "model_type": body.model_type}
     if not body.wait:
         background.add_task(_download_in_background, services.storage, body, model_dir / body.model_type, filename)
         return JSONResponse({**echo, "filename": filename, "status": "started"}, status_code=202)
@@ -123,7 +111,7 @@ async def _download_in_background(
     try:
         result = await storage.download(body.url, target, filename=filename, auth=body.auth)
     except DownloadError as exc:
-        logger.error("background download failed", extra={"url": strip_userinfo(body.url), "error": str(exc)})
+        logger.error("background download failed", extra={"url": redact_url(body.url), "error": str(exc)})
         return
     storage.release(result)
-    logger.info("background download complete", extra={"url": strip_userinfo(body.url), "path": str(result.link)})
+    logger.info("background download complete", extra={"url": redact_url(body.url), "path": str(result.link)})

@@ -47,12 +47,18 @@ class ComfyClient:
             return False
         return response.ok
 
-    async def queue_prompt(self, prompt: dict[str, Any], *, prompt_id: str, client_id: str) -> None:
+    async def queue_prompt(self, prompt: dict[str, Any], *, prompt_id: str, client_id: str) -> str:
+        """Queue `prompt` under `prompt_id`; the id ComfyUI echoes (an older build may choose its own)."""
         response = await self._request(
             "POST", "/prompt", json_body={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
         )
         if response.status == 200:
-            return
+            try:
+                echoed = response.json().get("prompt_id")
+            except (ValueError, AttributeError):
+                echoed = None
+            # No echo at all (not seen in any build): the prompt is queued under the id we sent.
+            return echoed if isinstance(echoed, str) and echoed else prompt_id
         try:
             body = response.json()
         except ValueError:

@@ -20,8 +20,10 @@ from typing import Any
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from ..api.schemas import PromptRequest
-from ..errors import ApiError
+from ..errors import ApiError, BadRequest
+from ..storage.auth import S3Auth
 from ..storage.base import DownloadError, UploadError
+from ..storage.net import UnsafeUrl, UrlGuard
 from ..storage.uploads import UploadBlock, Uploader, upload_url
 from ..webhooks import payloads
 from ..webhooks.sender import WebhookSender
@@ -52,7 +54,9 @@ class Delivery:
         *,
         hf_endpoint: str,
         azure_base: str | None,
+        guard: UrlGuard,
     ) -> None:
+        self._guard = guard
         self._runner = runner
         self._uploader = uploader
         self._webhooks = webhooks
@@ -66,6 +70,7 @@ class Delivery:
         `extra` fields are added to the response (a workflow endpoint's validated `input`).
         """
         extra = extra or {}
+        await self._check_urls(request)
         job = await self._runner.start(request)
         if request.is_async:
             if request.webhook:
@@ -89,6 +94,23 @@ class Delivery:
         finally:
             if not streaming:
                 await self._runner.close(job)
+
+    async def _check_urls(self, request: PromptRequest) -> None:
+        """A 400 at the field for a webhook, upload or credentials endpoint URL the server must not reach, before
+        any work starts (a refusal after the 202 could only be logged). Each connection is checked again."""
+        urls = [("webhook", request.webhook), ("webhook_v2", request.webhook_v2)]
+        if request.http_upload is not None:
+            urls.append(("http_upload.url_prefix", request.http_upload.url_prefix))
+        for index, credential in enumerate(request.credentials or ()):
+            if isinstance(credential.auth, S3Auth):
+                urls.append((f"credentials.{index}.auth.endpoint", credential.auth.endpoint))
+        for location, url in urls:
+            if url is None:
+                continue
+            try:
+                await self._guard.check(url, field=location)
+            except UnsafeUrl as exc:
+                raise BadRequest(f"{location}: {exc}", location=location) from None
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
         """Let background deliveries finish (bounded), so an async request is not lost at shutdown."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import re
 import uuid
@@ -31,10 +32,24 @@ class InputError(Exception):
 
 
 class MediaInputs:
-    def __init__(self, input_dir: Path, output_dir: Path, fetch_url: UrlFetcher | None = None) -> None:
+    def __init__(
+        self,
+        input_dir: Path,
+        output_dir: Path,
+        fetch_url: UrlFetcher | None = None,
+        allowed_dirs: tuple[Path, ...] = (),
+    ) -> None:
         self._dirs = {"input": input_dir, "output": output_dir}
         self._input_dir = input_dir
         self._fetch_url = fetch_url
+        # Absolute paths may name files under these folders only (any other readable file would reach a loader).
+        self._allowed_roots = tuple(folder.resolve() for folder in (input_dir, output_dir, *allowed_dirs))
+
+    def fetching_with(self, fetch_url: UrlFetcher) -> MediaInputs:
+        """The same folders and rules, downloading URLs with `fetch_url` (one request's downloads)."""
+        media = copy.copy(self)
+        media._fetch_url = fetch_url
+        return media
 
     def existing_name(self, value: str) -> Path | None:
         """The file a ComfyUI-style name refers to (`x.png`, `sub/x.png`, `x.png [output]`), if present."""
@@ -47,10 +62,20 @@ class MediaInputs:
         return candidate if candidate is not None and candidate.is_relative_to(base) else None
 
     def existing_path(self, value: str) -> Path | None:
-        """The file an absolute or ./-relative path names, if present (reference compatibility)."""
+        """The file an absolute or ./-relative path names, if present (reference compatibility). InputError when
+        it lies outside INPUT_DIR, OUTPUT_DIR and INPUT_ALLOWED_DIRS (symlinks resolved)."""
         if not value.startswith(("/", "./", "../")) or "\x00" in value or len(value) >= _MAX_PATH:
             return None
-        return _existing_file(Path(value))
+        try:
+            resolved = Path(value).resolve()
+        except (OSError, RuntimeError):  # a name too long, a symlink loop
+            return None
+        if not any(resolved.is_relative_to(root) for root in self._allowed_roots):
+            raise InputError(
+                f"Local file not allowed: {value}: only files under INPUT_DIR, OUTPUT_DIR or INPUT_ALLOWED_DIRS "
+                "can be used"
+            )
+        return resolved if resolved.is_file() else None
 
     async def resolve(self, value: str, dest_dir: Path | None = None) -> tuple[str, Path | None]:
         """The value to give ComfyUI, and the file written for this request (to delete later), if any."""

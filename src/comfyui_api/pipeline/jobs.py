@@ -35,6 +35,7 @@ class JobState(enum.Enum):
 @dataclass
 class Job:
     id: str
+    # ComfyUI 0.25 and later take a client-chosen prompt id only as a lowercase UUID (str(uuid4()) is one).
     prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     received_at: int = field(default_factory=now_ms)
     state: JobState = JobState.PREPROCESSING
@@ -102,6 +103,12 @@ class JobRegistry:
         self._by_id[job.id] = job
         self._by_prompt[job.prompt_id] = job
         self._idle.clear()
+
+    def rekey(self, job: Job, prompt_id: str) -> None:
+        """Route ComfyUI's events for `prompt_id` to `job` (the id ComfyUI echoed differs from the one sent)."""
+        self._by_prompt.pop(job.prompt_id, None)
+        job.prompt_id = prompt_id
+        self._by_prompt[prompt_id] = job
 
     def remove(self, job: Job) -> None:
         self._by_id.pop(job.id, None)

@@ -5,6 +5,8 @@ Nodes are visited in key order and each matches at most one rule, as in the refe
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from ..errors import BadRequest
 from ..storage.auth import Credential, match_credentials
 from ..storage.base import DownloadError
 from ..storage.manager import StorageManager
+from ..storage.staging import stage_file
+from ..urls import redact_url
 from .inputs import InputError, MediaInputs
 from .jobs import Job
 from .models import GIT_LOADERS, MODEL_LOADERS, MODEL_URL_SCHEMES
@@ -53,18 +57,20 @@ class Preprocessor:
         model_dir: Path,
         prepend_filenames: bool,
         storage: StorageManager | None = None,
+        allowed_dirs: tuple[Path, ...] = (),
     ) -> None:
         self._input_dir = input_dir
         self._output_dir = output_dir
         self._model_dir = model_dir
         self._prepend = prepend_filenames
         self._storage = storage
+        self._media = MediaInputs(input_dir, output_dir, allowed_dirs=allowed_dirs)
 
     async def run(
         self, prompt: dict[str, dict[str, Any]], job: Job, credentials: list[Credential] | None = None
     ) -> None:
         """Rewrite `prompt` in place; files and downloads are recorded on the job for cleanup."""
-        run = _Run(job, credentials, self._input_dir, self._output_dir, self._model_dir, self._storage)
+        run = _Run(job, credentials, self._input_dir, self._model_dir, self._storage, self._media)
         for node_id, node in prompt.items():
             inputs: dict[str, Any] = node["inputs"]
             class_type = node["class_type"]
@@ -90,23 +96,31 @@ class _Run:
         job: Job,
         credentials: list[Credential] | None,
         input_dir: Path,
-        output_dir: Path,
         model_dir: Path,
         storage: StorageManager | None,
+        media: MediaInputs,
     ) -> None:
         self._job = job
         self._credentials = credentials
         self._input_dir = input_dir
         self._model_dir = model_dir
         self._storage = storage
-        self._media = MediaInputs(input_dir, output_dir, self._fetch)
+        self._media = media.fetching_with(self._stage)
 
-    async def _fetch(self, url: str, folder: Path) -> Path:
+    async def _download(self, url: str, folder: Path, *, stage: bool) -> Path:
         if self._storage is None:
-            raise DownloadError(f"No storage provider found for URL: {url}")
-        download = await self._storage.download(url, folder, auth=match_credentials(url, self._credentials))
+            raise DownloadError(f"No storage provider found for URL: {redact_url(url)}")
+        download = await self._storage.download(
+            url, folder, auth=match_credentials(url, self._credentials), stage=stage
+        )
         self._job.downloads.append(download)
+        if download.staged:
+            self._job.input_files.append(download.link)
         return download.link
+
+    async def _stage(self, url: str, folder: Path) -> Path:
+        """A media input: a hard link or copy of the request's own in the input folder (never a symlink)."""
+        return await self._download(url, folder, stage=True)
 
     async def model_inputs(self, node_id: str, class_type: str, inputs: dict[str, Any]) -> None:
         for name, folder in MODEL_LOADERS[class_type].items():
@@ -120,7 +134,7 @@ class _Run:
                         raise DownloadError(f"No storage provider found for URL: {value}")
                     inputs[name] = (await self._storage.clone_repo(value, target)).name
                 else:
-                    inputs[name] = (await self._fetch(value, target)).name
+                    inputs[name] = (await self._download(value, target, stage=False)).name
             except DownloadError as exc:
                 raise BadRequest(
                     f"Failed to process model for node {node_id}: {exc}", location=f"prompt.{node_id}.inputs"
@@ -145,14 +159,16 @@ class _Run:
 
     async def directory_input(self, node_id: str, inputs: dict[str, Any]) -> None:
         job = self._job
-        folder = self._input_dir / job.id
+        # A folder of this request's own, created here (so never one that existed before, e.g. `clipspace`), with
+        # a name no other request can have; it is deleted when the request ends.
+        self._input_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=f"{job.id}-", dir=self._input_dir))
         job.input_dirs.append(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         for entry in inputs["directory"]:
             try:
                 existing = self._media.existing_name(entry) or self._media.existing_path(entry)
                 if existing is not None:
-                    (folder / existing.name).symlink_to(existing)
+                    await asyncio.to_thread(stage_file, existing, folder, existing.name, exclusive=True)
                     continue
                 value, _ = await self._media.resolve(entry, folder)
                 if value == entry:
@@ -162,7 +178,7 @@ class _Run:
                     f"Failed to download images for node {node_id}: {exc}",
                     location=f"prompt.{node_id}.inputs.directory",
                 ) from None
-        inputs["directory"] = job.id
+        inputs["directory"] = folder.name
 
 
 def _is_string_list(value: Any) -> bool:

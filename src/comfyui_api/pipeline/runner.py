@@ -53,6 +53,7 @@ class PromptRunner:
             model_dir=settings.models_path,
             prepend_filenames=settings.prepend_filenames,
             storage=storage,
+            allowed_dirs=settings.input_allowed_dirs,
         )
         self._pruner = HistoryPruner(client)
 
@@ -73,7 +74,16 @@ class PromptRunner:
             async with self._deadline(job):
                 await self._wait_for_comfy(job)
                 job.state = JobState.SUBMITTING
-                await self._client.queue_prompt(graph, prompt_id=job.prompt_id, client_id=self._events.client_id)
+                accepted = await self._client.queue_prompt(
+                    graph, prompt_id=job.prompt_id, client_id=self._events.client_id
+                )
+                if accepted != job.prompt_id:
+                    # A ComfyUI older than 0.25 ignores the id we send: follow the one it chose.
+                    logger.info(
+                        "ComfyUI chose its own prompt id",
+                        extra={"request_id": job.id, "sent": job.prompt_id, "prompt_id": accepted},
+                    )
+                    self._jobs.rekey(job, accepted)
                 job.state = JobState.QUEUED
                 logger.debug("prompt queued", extra={"request_id": job.id, "prompt_id": job.prompt_id})
                 if job.interrupt_requested:

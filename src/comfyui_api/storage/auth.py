@@ -8,7 +8,9 @@ from functools import lru_cache
 from typing import Annotated, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from ..urls import origin_of
 
 
 class _Auth(BaseModel):
@@ -17,32 +19,32 @@ class _Auth(BaseModel):
 
 class BearerAuth(_Auth):
     type: Literal["bearer"]
-    token: str
+    token: SecretStr
 
 
 class BasicAuth(_Auth):
     type: Literal["basic"]
     username: str
-    password: str
+    password: SecretStr
 
 
 class HeaderAuth(_Auth):
     type: Literal["header"]
     header_name: str
-    header_value: str
+    header_value: SecretStr
 
 
 class QueryAuth(_Auth):
     type: Literal["query"]
     query_param: str
-    query_value: str
+    query_value: SecretStr
 
 
 class S3Auth(_Auth):
     type: Literal["s3"]
-    access_key_id: str
-    secret_access_key: str
-    session_token: str | None = None
+    access_key_id: SecretStr
+    secret_access_key: SecretStr
+    session_token: SecretStr | None = None
     endpoint: str | None = None
     region: str | None = None
 
@@ -85,37 +87,56 @@ def match_credentials(url: str, credentials: list[Credential] | None) -> Downloa
     return None
 
 
-def http_request_target(
+class Credentials:
+    """Credentials bound to the origin they were given for: headers and a query parameter, sent there only."""
+
+    def __init__(self, origin: str, headers: dict[str, str], query: tuple[str, str] | None = None) -> None:
+        self.origin = origin
+        self.headers = headers
+        self.query = query
+
+    def for_url(self, url: str) -> tuple[str, dict[str, str]]:
+        """The URL to request and the credential headers for it: all of them on the origin, none elsewhere (and
+        the query credential taken out of a URL on another origin that repeats it)."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if origin_of(parts) != self.origin:
+            if self.query is not None and self.query in query:
+                query.remove(self.query)
+                url = urlunsplit(parts._replace(query=urlencode(query)))
+            return url, {}
+        if self.query is not None and self.query not in query:
+            url = urlunsplit(parts._replace(query=urlencode([*query, self.query])))
+        return url, dict(self.headers)
+
+
+def http_credentials(
     url: str, auth: DownloadAuth | None, env_header: tuple[str, str] | None
-) -> tuple[str, dict[str, str]]:
-    """The URL to request and its headers. Precedence: per-request auth, URL user-info, env header."""
+) -> tuple[str, Credentials | None]:
+    """The URL to request (without user-info) and its credentials. Precedence: per-request auth, URL user-info,
+    env header."""
     parts = urlsplit(url)
-    headers: dict[str, str] = {}
     userinfo, _, host = parts.netloc.rpartition("@")
-    clean_url = urlunsplit(parts._replace(netloc=host)) if userinfo else url
+    clean = parts._replace(netloc=host)
+    headers: dict[str, str] = {}
+    query: tuple[str, str] | None = None
     if auth is not None:
         if isinstance(auth, BearerAuth):
-            headers["Authorization"] = f"Bearer {auth.token}"
+            headers["Authorization"] = f"Bearer {auth.token.get_secret_value()}"
         elif isinstance(auth, BasicAuth):
-            headers["Authorization"] = _basic(auth.username, auth.password)
+            headers["Authorization"] = _basic(auth.username, auth.password.get_secret_value())
         elif isinstance(auth, HeaderAuth):
-            headers[auth.header_name] = auth.header_value
+            headers[auth.header_name] = auth.header_value.get_secret_value()
         elif isinstance(auth, QueryAuth):
-            clean = urlsplit(clean_url)
-            query = [*parse_qsl(clean.query, keep_blank_values=True), (auth.query_param, auth.query_value)]
-            clean_url = urlunsplit(clean._replace(query=urlencode(query)))
+            query = (auth.query_param, auth.query_value.get_secret_value())
     elif userinfo:
         username, _, password = userinfo.partition(":")
         headers["Authorization"] = _basic(unquote(username), unquote(password))
     elif env_header is not None:
         headers[env_header[0]] = env_header[1]
-    return clean_url, headers
-
-
-def strip_userinfo(url: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=host))
+    if not headers and query is None:
+        return urlunsplit(clean), None
+    return urlunsplit(clean), Credentials(origin_of(clean), headers, query)
 
 
 def _basic(username: str, password: str) -> str:

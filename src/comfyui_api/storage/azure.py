@@ -11,6 +11,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from ..config import Settings
+from ..urls import redact_url
 from .auth import BearerAuth, DownloadAuth, QueryAuth
 from .base import AccessDenied, DownloadError, UploadError
 
@@ -21,14 +22,15 @@ def azure_service_client(settings: Settings) -> BlobServiceClient | None:
     """The environment's Azure client, by the reference's precedence; None when Azure is not configured."""
     account = settings.azure_storage_account
     if settings.azure_storage_connection_string:
-        return BlobServiceClient.from_connection_string(settings.azure_storage_connection_string)
+        return BlobServiceClient.from_connection_string(settings.azure_storage_connection_string.get_secret_value())
     if not account:
         return None
     url = f"https://{account}.blob.core.windows.net"
     if settings.azure_storage_key:
-        return BlobServiceClient(url, credential={"account_name": account, "account_key": settings.azure_storage_key})
+        key = settings.azure_storage_key.get_secret_value()
+        return BlobServiceClient(url, credential={"account_name": account, "account_key": key})
     if settings.azure_storage_sas_token:
-        return BlobServiceClient(url, credential=settings.azure_storage_sas_token.lstrip("?"))
+        return BlobServiceClient(url, credential=settings.azure_storage_sas_token.get_secret_value().lstrip("?"))
     from azure.identity import DefaultAzureCredential  # optional extra: comfyui-api[azure-identity]
 
     return BlobServiceClient(url, credential=DefaultAzureCredential())
@@ -50,7 +52,7 @@ def parse_blob_url(url: str) -> tuple[str, str]:
     if not (parts.hostname or "").endswith(".blob.core.windows.net"):
         segments = segments[1:]
     if len(segments) < 2 or not segments[0] or not segments[-1]:
-        raise DownloadError(f"Invalid Azure Blob URL (expected .../container/blob): {url}")
+        raise DownloadError(f"Invalid Azure Blob URL (expected .../container/blob): {redact_url(url)}")
     return segments[0], "/".join(segments[1:])
 
 
@@ -75,14 +77,25 @@ class AzureProvider:
     def matches(self, url: str) -> bool:
         return is_azure_url(url)
 
+    def outgoing_urls(self, url: str, auth: DownloadAuth | None) -> list[str]:
+        # With the URL's own SAS or the request's credentials, the URL's host is contacted; otherwise the
+        # environment's account endpoint is.
+        return [url] if self._names_host(url, auth) else []
+
+    @staticmethod
+    def _names_host(url: str, auth: DownloadAuth | None) -> bool:
+        return isinstance(auth, QueryAuth | BearerAuth) or (auth is None and "sig=" in urlsplit(url).query)
+
     def _blob(self, url: str, auth: DownloadAuth | None) -> BlobClient:
         if auth is None and "sig=" in urlsplit(url).query:
             return BlobClient.from_blob_url(url)  # the URL carries its own SAS
         if isinstance(auth, QueryAuth):
             separator = "&" if urlsplit(url).query else "?"
-            return BlobClient.from_blob_url(f"{url}{separator}{urlencode({auth.query_param: auth.query_value})}")
+            return BlobClient.from_blob_url(
+                f"{url}{separator}{urlencode({auth.query_param: auth.query_value.get_secret_value()})}"
+            )
         if isinstance(auth, BearerAuth):
-            return BlobClient.from_blob_url(url, credential=_StaticToken(auth.token))
+            return BlobClient.from_blob_url(url, credential=_StaticToken(auth.token.get_secret_value()))
         if auth is not None:
             raise DownloadError(f"Auth type {auth.type!r} does not apply to Azure Blob URLs (use query or bearer)")
         container, blob = parse_blob_url(url)
@@ -119,12 +132,12 @@ class AzureProvider:
         try:
             await asyncio.to_thread(function)
         except ResourceNotFoundError:
-            raise DownloadError(f"Azure blob not found: {url}") from None
+            raise DownloadError(f"Azure blob not found: {redact_url(url)}") from None
         except ClientAuthenticationError as exc:
-            raise AccessDenied(f"Azure access denied for {url}: {exc.reason or exc.message}") from None
+            raise AccessDenied(f"Azure access denied for {redact_url(url)}: {exc.reason or exc.message}") from None
         except HttpResponseError as exc:
             if exc.status_code in (401, 403):
-                raise AccessDenied(f"Azure access denied for {url}: {exc.reason}") from None
-            raise DownloadError(f"Azure error for {url}: {exc.status_code} {exc.reason}") from None
+                raise AccessDenied(f"Azure access denied for {redact_url(url)}: {exc.reason}") from None
+            raise DownloadError(f"Azure error for {redact_url(url)}: {exc.status_code} {exc.reason}") from None
         except AzureError as exc:
-            raise DownloadError(f"Azure error for {url}: {exc.message}") from None
+            raise DownloadError(f"Azure error for {redact_url(url)}: {exc.message}") from None

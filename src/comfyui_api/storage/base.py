@@ -41,6 +41,11 @@ class Provider(Protocol):
 
     def matches(self, url: str) -> bool: ...
 
+    def outgoing_urls(self, url: str, auth: DownloadAuth | None) -> list[str]:
+        """The request-named http(s) URLs this provider would connect to for `url` (checked by the URL guard);
+        none when it only talks to an endpoint the operator configured."""
+        ...
+
     async def download(self, url: str, destination: Path, auth: DownloadAuth | None) -> str | None:
         """Write the object at `url` to `destination`; return a file extension when the response names one."""
         ...

@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .auth import DownloadAuth, strip_userinfo
+from ..urls import redact_url
+from .auth import DownloadAuth
 from .base import AccessDenied, Provider, url_extension
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ class DownloadCache:
             self.root.mkdir(parents=True, exist_ok=True)
             hint = await provider.download(url, partial, auth)
             path = self.root / f"{key}{url_extension(url) or hint or ''}"
-            meta = {"authRequired": auth is not None, "url": strip_userinfo(url), "cachedAt": _now_iso()}
+            meta = {"authRequired": auth is not None, "url": redact_url(url), "cachedAt": _now_iso()}
             await asyncio.to_thread(_write_meta, path, meta)
             os.replace(partial, path)
         except BaseException as exc:
@@ -127,7 +128,7 @@ class DownloadCache:
         logger.info(
             "downloaded",
             extra={
-                "url": strip_userinfo(url),
+                "url": redact_url(url),
                 "path": str(path),
                 "size": path.stat().st_size,
                 "duration_s": round(time.monotonic() - started, 3),
@@ -140,7 +141,7 @@ class DownloadCache:
         if not meta.get("authRequired"):
             return
         if auth is None:
-            raise AccessDenied(f"Authentication required to access cached file for URL: {strip_userinfo(url)}")
+            raise AccessDenied(f"Authentication required to access cached file for URL: {redact_url(url)}")
         await provider.check_access(url, auth)
 
     # eviction ----------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ..urls import redact_url
 from .base import DownloadError
 
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
@@ -41,11 +42,29 @@ def repo_dir_name(url: str) -> str:
     base, _ = parse_git_url(url)
     name = base.rstrip("/").rsplit("/", 1)[-1].removesuffix(".git")
     if not name or name in (".", ".."):
-        raise DownloadError(f"Cannot name a folder after the git URL {url}")
+        raise DownloadError(f"Cannot name a folder after the git URL {redact_url(url)}")
     return name
 
 
-async def _git(*args: str, cwd: Path | None = None) -> None:
+# For URLs named in a request: http(s) only (no file://, ssh or ext:: helpers), and no redirects (whose target
+# would escape the URL guard's check).
+REQUEST_URL_CONFIG = {
+    "protocol.allow": "never",
+    "protocol.http.allow": "always",
+    "protocol.https.allow": "always",
+    "http.followRedirects": "false",
+}
+
+
+def _config_env(config: dict[str, str]) -> dict[str, str]:
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for index, (key, value) in enumerate(config.items()):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
+async def _git(*args: str, cwd: Path | None = None, config: dict[str, str] | None = None) -> None:
     process = await asyncio.create_subprocess_exec(
         "git",
         *args,
@@ -54,7 +73,7 @@ async def _git(*args: str, cwd: Path | None = None) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         # Never wait for a password on a terminal nobody watches.
-        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **_config_env(config or {})},
     )
     output, _ = await process.communicate()
     if process.returncode != 0:
@@ -62,19 +81,20 @@ async def _git(*args: str, cwd: Path | None = None) -> None:
         raise DownloadError(f"git {args[0]} failed: {message[-1] if message else process.returncode}")
 
 
-async def clone(url: str, destination: Path) -> None:
-    """A shallow clone of `url` at its ref into `destination` (which must not exist); atomic."""
+async def clone(url: str, destination: Path, *, config: dict[str, str] | None = None) -> None:
+    """A shallow clone of `url` at its ref into `destination` (which must not exist); atomic. `config` is git
+    configuration for every git command of the clone."""
     base, ref = parse_git_url(url)
     staging = destination.with_name(f".{destination.name}.{uuid.uuid4().hex}.part")
     try:
         if ref is None or not _SHA.match(ref):
             branch = ["--branch", ref] if ref else []
-            await _git("clone", "--depth", "1", "--quiet", *branch, base, str(staging))
+            await _git("clone", "--depth", "1", "--quiet", *branch, base, str(staging), config=config)
         else:
             staging.mkdir(parents=True)
             await _git("init", "--quiet", cwd=staging)
             await _git("remote", "add", "origin", base, cwd=staging)
-            await _git("fetch", "--depth", "1", "--quiet", "origin", ref, cwd=staging)
+            await _git("fetch", "--depth", "1", "--quiet", "origin", ref, cwd=staging, config=config)
             await _git("checkout", "--quiet", "FETCH_HEAD", cwd=staging)
         staging.rename(destination)
     finally:

@@ -20,6 +20,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from ..urls import redact_url
 from .auth import BearerAuth, DownloadAuth
 from .base import AccessDenied, DownloadError, UploadError
 
@@ -41,14 +42,14 @@ def parse_hub_url(url: str, endpoint: str) -> HubFile:
             rest = urlsplit(url[len(base) :]).path.lstrip("/")
             break
     else:
-        raise DownloadError(f"Not a Hugging Face URL: {url}")
+        raise DownloadError(f"Not a Hugging Face URL: {redact_url(url)}")
     repo_type = "model"
     for prefix, kind in (("datasets/", "dataset"), ("spaces/", "space")):
         if rest.startswith(prefix):
             repo_type, rest = kind, rest[len(prefix) :]
     segments = rest.split("/")
     if len(segments) < 5 or segments[2] != "resolve" or not segments[-1]:
-        raise DownloadError(f"Invalid Hugging Face URL (expected <repo>/resolve/<revision>/<path>): {url}")
+        raise DownloadError(f"Invalid Hugging Face URL (expected <repo>/resolve/<revision>/<path>): {redact_url(url)}")
     return HubFile(
         repo_id=f"{segments[0]}/{segments[1]}",
         repo_type=repo_type,
@@ -68,9 +69,12 @@ class HuggingFaceProvider:
     def matches(self, url: str) -> bool:
         return url.startswith((PUBLIC_HUB + "/", self._endpoint + "/"))
 
+    def outgoing_urls(self, url: str, auth: DownloadAuth | None) -> list[str]:
+        return []  # every Hub URL is fetched from HF_ENDPOINT, which the operator configured
+
     def _token_for(self, auth: DownloadAuth | None) -> str | bool | None:
         if isinstance(auth, BearerAuth):
-            return auth.token
+            return auth.token.get_secret_value()
         if auth is not None:
             raise DownloadError(f"Auth type {auth.type!r} does not apply to Hugging Face URLs (use bearer)")
         return self._token or None
@@ -133,13 +137,13 @@ async def _call(url: str, function: Callable[[], object]) -> None:
     except (GatedRepoError, RepositoryNotFoundError) as exc:
         # The Hub answers 401/404 alike for a private repo without access and for a missing one.
         raise AccessDenied(
-            f"Hugging Face repository not found or access denied: {url} ({type(exc).__name__})"
+            f"Hugging Face repository not found or access denied: {redact_url(url)} ({type(exc).__name__})"
         ) from None
     except RevisionNotFoundError:
-        raise DownloadError(f"Hugging Face revision not found: {url}") from None
+        raise DownloadError(f"Hugging Face revision not found: {redact_url(url)}") from None
     except EntryNotFoundError:
-        raise DownloadError(f"Hugging Face file not found: {url}") from None
+        raise DownloadError(f"Hugging Face file not found: {redact_url(url)}") from None
     except HfHubHTTPError as exc:
-        raise DownloadError(f"Hugging Face error for {url}: {exc}") from None
+        raise DownloadError(f"Hugging Face error for {redact_url(url)}: {exc}") from None
     except OSError as exc:
-        raise DownloadError(f"Hugging Face download failed for {url}: {exc}") from None
+        raise DownloadError(f"Hugging Face download failed for {redact_url(url)}: {exc}") from None

@@ -3,45 +3,51 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from .auth import DownloadAuth, strip_userinfo
+from ..urls import InvalidUrl, redact_url, split_url
+from .auth import DownloadAuth
 from .azure import AzureProvider, azure_service_client
 from .base import DownloadError, Provider, name_extension
 from .cache import DownloadCache, EventHook
-from .git import clone, repo_dir_name
+from .git import REQUEST_URL_CONFIG, clone, repo_dir_name
 from .http import HttpProvider
 from .huggingface import HuggingFaceProvider
+from .net import UnsafeUrl, UrlGuard
 from .s3 import S3Provider
-
-logger = logging.getLogger(__name__)
+from .staging import stage_file, symlink, unique_name
 
 
 @dataclass(frozen=True)
 class Download:
     link: Path  # where the file appears for ComfyUI
-    target: Path  # the cache file it points to
+    target: Path  # the cache file it points to (or was staged from)
     size: int
     duration_s: float
     downloaded: bool
+    staged: bool = False  # a hard link or copy of the request's own, to delete when the request ends
 
 
 class StorageManager:
-    def __init__(self, settings: Settings, on_event: EventHook | None = None) -> None:
+    def __init__(self, settings: Settings, guard: UrlGuard, on_event: EventHook | None = None) -> None:
         # Storage events (file_downloaded here, file_deleted from the cache) for the system webhook.
         self._on_event = on_event
+        self._guard = guard
         self.cache = DownloadCache(
             settings.cache_dir, limit_bytes=int(settings.lru_cache_size_gb * 1024**3), on_event=on_event
         )
-        self._http = HttpProvider(settings.http_auth_header)
+        self._http = HttpProvider(guard, settings.http_auth_header)
+        # Operator-configured URLs (manifest models) skip the address check; redirects keep their rules.
+        self._operator_http = HttpProvider(guard.for_operator(), settings.http_auth_header)
         providers: list[Provider] = [
             S3Provider(settings.aws_region_name),
-            HuggingFaceProvider(settings.hf_endpoint, settings.hf_token, settings.cache_dir / ".huggingface"),
+            HuggingFaceProvider(
+                settings.hf_endpoint,
+                settings.hf_token.get_secret_value() if settings.hf_token else None,
+                settings.cache_dir / ".huggingface",
+            ),
         ]
         azure = azure_service_client(settings)
         if azure is not None:
@@ -52,57 +58,76 @@ class StorageManager:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._operator_http.aclose()
 
-    def provider_for(self, url: str) -> Provider:
+    def provider_for(self, url: str, *, trusted: bool = False) -> Provider:
         for provider in self.providers:
             if provider.matches(url):
-                return provider
-        raise DownloadError(f"No storage provider found for URL: {url}")
+                return self._operator_http if trusted and provider is self._http else provider
+        raise DownloadError(f"No storage provider found for URL: {redact_url(url)}")
+
+    async def check_url(self, url: str, auth: DownloadAuth | None = None) -> None:
+        """Refuse a request-supplied URL the server must not fetch (UnsafeUrl, a DownloadError): a malformed URL,
+        a scheme other than http, https and s3, or a host the URL guard refuses."""
+        try:
+            scheme = split_url(url).scheme.lower()
+        except InvalidUrl as exc:
+            raise UnsafeUrl(f"{redact_url(url)} is not a valid URL: {exc}") from None
+        if scheme not in ("http", "https", "s3"):
+            raise UnsafeUrl(f"{redact_url(url)}: only http, https and s3 URLs are allowed, not {scheme or '?'}:")
+        for outgoing in self.provider_for(url).outgoing_urls(url, auth):
+            await self._guard.check(outgoing)
 
     async def download(
-        self, url: str, target_dir: Path, *, filename: str | None = None, auth: DownloadAuth | None = None
+        self,
+        url: str,
+        target_dir: Path,
+        *,
+        filename: str | None = None,
+        auth: DownloadAuth | None = None,
+        stage: bool = False,
+        trusted: bool = False,
     ) -> Download:
-        """Fetch `url` into the cache and link it as `target_dir/<filename or cache name>`.
+        """Fetch `url` into the cache and place it in `target_dir`: as a symlink `<filename or cache name>`, or
+        with `stage` as a hard link or copy under a name of its own (inputs; delete it when the request ends).
 
-        A `filename` without an extension gets the cache file's (found from the response, e.g. its
-        Content-Disposition). The cache file stays pinned (safe from eviction) until `release(download)`.
+        `trusted`: the URL is the operator's (no address check). A `filename` without an extension gets the cache
+        file's (found from the response, e.g. its Content-Disposition). The cache file stays pinned (safe from
+        eviction) until `release(download)`.
         """
-        entry = await self.cache.fetch(url, self.provider_for(url), auth)
+        if not trusted:
+            await self.check_url(url, auth)
+        entry = await self.cache.fetch(url, self.provider_for(url, trusted=trusted), auth)
         try:
             if filename and not name_extension(filename):
                 filename += entry.path.suffix
-            link = target_dir / (filename or entry.path.name)
-            _link(link, entry.path)
+            if stage:
+                link = await asyncio.to_thread(
+                    stage_file, entry.path, target_dir, filename or unique_name(entry.path)
+                )
+            else:
+                link = target_dir / (filename or entry.path.name)
+                symlink(link, entry.path)
         except BaseException:
             self.cache.unpin(entry.path)
             raise
         if entry.downloaded and self._on_event is not None:
             self._on_event(
                 "file_downloaded",
-                {"url": strip_userinfo(url), "local_path": str(link), "size": entry.size, "duration": entry.duration_s},
+                {"url": redact_url(url), "local_path": str(link), "size": entry.size, "duration": entry.duration_s},
             )
-        return Download(link, entry.path, entry.size, entry.duration_s, entry.downloaded)
+        return Download(link, entry.path, entry.size, entry.duration_s, entry.downloaded, staged=stage)
 
     def release(self, download: Download) -> None:
         self.cache.unpin(download.target)
 
-    async def clone_repo(self, url: str, target_dir: Path) -> Path:
-        """A git repository as a folder of `target_dir` (kept, not cached: ComfyUI loads it in place)."""
+    async def clone_repo(self, url: str, target_dir: Path, *, trusted: bool = False) -> Path:
+        """A git repository as a folder of `target_dir` (kept, not cached: ComfyUI loads it in place). A request's
+        URL passes the URL guard and is cloned over http(s) only, without redirects."""
+        if not trusted:
+            await self._guard.check(url, field="a git repository")
         destination = target_dir / repo_dir_name(url)
         async with self._repo_locks.setdefault(destination, asyncio.Lock()):
             if not destination.exists():
-                await clone(url, destination)
+                await clone(url, destination, config=None if trusted else REQUEST_URL_CONFIG)
         return destination
-
-
-def _link(link: Path, target: Path) -> None:
-    """Point `link` at `target`, replacing a stale link atomically; a real file there is left alone."""
-    if link.is_symlink() and os.readlink(link) == str(target):
-        return
-    if link.exists() and not link.is_symlink():
-        logger.warning("a file already has the link's name; leaving it", extra={"path": str(link)})
-        return
-    link.parent.mkdir(parents=True, exist_ok=True)
-    temporary = link.with_name(f".{link.name}.{uuid.uuid4().hex}.link")
-    temporary.symlink_to(target)
-    os.replace(temporary, link)

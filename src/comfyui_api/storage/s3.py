@@ -13,6 +13,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..urls import redact_url
 from .auth import DownloadAuth, S3Auth
 from .base import AccessDenied, DownloadError, UploadError
 
@@ -30,7 +31,7 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
     if not bucket or not key:
-        raise DownloadError(f"Invalid S3 URL (expected s3://bucket/key): {url}")
+        raise DownloadError(f"Invalid S3 URL (expected s3://bucket/key): {redact_url(url)}")
     return bucket, key
 
 
@@ -45,13 +46,17 @@ class S3Provider:
     def matches(self, url: str) -> bool:
         return url.startswith("s3://")
 
+    def outgoing_urls(self, url: str, auth: DownloadAuth | None) -> list[str]:
+        # The environment's endpoint is the operator's; an endpoint in the request's credentials is not.
+        return [auth.endpoint] if isinstance(auth, S3Auth) and auth.endpoint else []
+
     def _client_for(self, auth: DownloadAuth | None) -> Any:
         if isinstance(auth, S3Auth):
             return boto3.session.Session().client(
                 "s3",
-                aws_access_key_id=auth.access_key_id,
-                aws_secret_access_key=auth.secret_access_key,
-                aws_session_token=auth.session_token,
+                aws_access_key_id=auth.access_key_id.get_secret_value(),
+                aws_secret_access_key=auth.secret_access_key.get_secret_value(),
+                aws_session_token=auth.session_token.get_secret_value() if auth.session_token else None,
                 endpoint_url=auth.endpoint,
                 region_name=auth.region or self._region,
                 config=_CLIENT_CONFIG,
@@ -94,17 +99,17 @@ class S3Provider:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
-                raise DownloadError(f"S3 object not found: {url}") from None
+                raise DownloadError(f"S3 object not found: {redact_url(url)}") from None
             if code in ("403", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "ExpiredToken"):
-                raise AccessDenied(f"S3 access denied for {url}: {code}") from None
-            raise DownloadError(f"S3 error for {url}: {code} {error.get('Message', '')}".strip()) from None
+                raise AccessDenied(f"S3 access denied for {redact_url(url)}: {code}") from None
+            raise DownloadError(f"S3 error for {redact_url(url)}: {code} {error.get('Message', '')}".strip()) from None
         except S3UploadFailedError as exc:
             # upload_file wraps the service's error in text: "... An error occurred (<Code>) when ..."
             message = str(exc)
             if "(AccessDenied)" in message or "(SignatureDoesNotMatch)" in message:
-                raise AccessDenied(f"S3 access denied for {url}: {message}") from None
+                raise AccessDenied(f"S3 access denied for {redact_url(url)}: {message}") from None
             if "(NoSuchBucket)" in message:
-                raise DownloadError(f"S3 bucket not found for {url}: {message}") from None
-            raise DownloadError(f"S3 error for {url}: {message}") from None
+                raise DownloadError(f"S3 bucket not found for {redact_url(url)}: {message}") from None
+            raise DownloadError(f"S3 error for {redact_url(url)}: {message}") from None
         except BotoCoreError as exc:
-            raise DownloadError(f"S3 error for {url}: {exc}") from None
+            raise DownloadError(f"S3 error for {redact_url(url)}: {exc}") from None

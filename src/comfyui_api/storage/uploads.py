@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .auth import strip_userinfo
+from ..urls import redact_url
 from .base import UploadError, content_type_for
 from .manager import StorageManager
 
@@ -113,12 +113,12 @@ class Uploader:
             if self._in_flight.get(url) is task:
                 del self._in_flight[url]
         size = os.stat(path).st_size
-        logger.info("uploaded", extra={"url": strip_userinfo(url), "size": size})
+        logger.info("uploaded", extra={"url": redact_url(url), "size": size})
         if self._on_event is not None:
             self._on_event(
                 "file_uploaded",
                 {
-                    "url": strip_userinfo(url),
+                    "url": redact_url(url),
                     "local_path": str(path),
                     "size": size,
                     "duration": time.monotonic() - started,

@@ -15,10 +15,11 @@ import logging
 import random
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
+from ..storage.net import Redirects, UrlGuard, describe_http_error, send_async
+from ..urls import redact_url
 from .signing import Signer
 
 logger = logging.getLogger(__name__)
@@ -37,19 +38,6 @@ def backoff_delay(failed_attempts: int, base_s: float, max_s: float) -> float:
     return _rng.uniform(0.0, ceiling)
 
 
-def safe_url(url: str) -> str:
-    """The URL for logs: no user-info, query or fragment (signed URLs and tokens live there)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        return f"{parts.scheme}://{host}{port}{parts.path}"
-    except ValueError:
-        return "<unparseable url>"
-
-
 def encode_body(payload: dict[str, Any]) -> str:
     """Compact JSON like the reference's JSON.stringify: no spaces, non-ASCII kept as is."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
@@ -58,8 +46,9 @@ def encode_body(payload: dict[str, Any]) -> str:
 class WebhookSender:
     """Sends webhooks over one shared HTTP client.
 
-    The client trusts the environment, so HTTP_PROXY/HTTPS_PROXY/NO_PROXY apply to webhooks (the receivers are
-    remote; only ComfyUI connections must bypass proxies), and follows redirects as the reference does.
+    The client is the URL guard's (storage/net.py): a request's webhook URL reaches public addresses only (the
+    system webhook's origin is trusted), HTTP_PROXY/HTTPS_PROXY/NO_PROXY apply, and redirects are followed with
+    the guard's rules.
     """
 
     def __init__(
@@ -67,6 +56,7 @@ class WebhookSender:
         secret: str | None,
         retries: int,
         *,
+        guard: UrlGuard,
         timeout_s: float = 10.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
@@ -76,7 +66,7 @@ class WebhookSender:
         self._timeout_s = timeout_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
-        self._client = httpx.AsyncClient(trust_env=True, follow_redirects=True, timeout=timeout_s)
+        self._client = guard.async_client(httpx.Timeout(timeout_s))
         # Strong references: the event loop only keeps weak ones, and a collected task would vanish mid-delivery.
         self._tasks: set[asyncio.Task[bool]] = set()
         # Set by aclose(): pending retries stop waiting out their backoff, so shutdown is not held up by sleeps.
@@ -101,7 +91,7 @@ class WebhookSender:
         `signed=False` sends no webhook-* headers at all (the legacy `webhook` field). `message_id` (default: a
         random UUID) is the `webhook-id`; receivers dedupe on it.
         """
-        target = safe_url(url)
+        target = redact_url(url)
         if self._retries <= 0:
             # PROMPT_WEBHOOK_RETRIES=0 means no attempt at all.
             logger.debug("webhook not sent: retries is 0", extra={"url": target})
@@ -128,10 +118,10 @@ class WebhookSender:
             try:
                 # httpx's timeout bounds each phase; this bounds the whole attempt (a receiver trickling bytes).
                 async with asyncio.timeout(self._timeout_s):
-                    response = await self._client.post(url, content=content, headers=headers)
+                    response = await send_async(self._client, Redirects("POST", url, headers=headers), content)
             except Exception as exc:  # any failure is a failed attempt: this method never raises
                 last_status = None
-                last_error = _describe(exc, url, target)
+                last_error = "timeout" if isinstance(exc, TimeoutError) else describe_http_error(exc)
             else:
                 if response.is_success:
                     return True
@@ -178,11 +168,3 @@ class WebhookSender:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._closing.wait()
-
-
-def _describe(exc: BaseException, url: str, target: str) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    # Some httpx messages quote the URL; keep its query string (possibly a token) out of the log.
-    text = str(exc).replace(url, target)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
