@@ -266,7 +266,7 @@ def test_dump_for_log_redacts_every_secret() -> None:
     dumped = dump_for_log(settings)
 
     for name in secrets:
-        assert dumped[name] == "***"
+        assert dumped[name] == "**********"
     assert "secret" not in repr(dumped).replace("webhook_secret", "")
     assert dumped["http_auth_header_name"] == "X-Key"
     assert dumped["port"] == 3000

@@ -15,6 +15,7 @@ from comfyui_api.storage.auth import BasicAuth
 from comfyui_api.storage.base import AccessDenied, DownloadError
 from comfyui_api.storage.cache import DownloadCache, cache_key
 from comfyui_api.storage.http import HttpProvider
+from comfyui_api.storage.net import UrlGuard
 from tests.support.files import FileServer
 
 MB = 1024 * 1024
@@ -34,7 +35,7 @@ def files(tmp_path: Path) -> Iterator[FileServer]:
 
 @pytest.fixture
 async def provider() -> Any:
-    provider = HttpProvider()
+    provider = HttpProvider(UrlGuard(block_private=False))  # the file server listens on loopback
     yield provider
     await provider.aclose()
 

@@ -182,16 +182,88 @@ async def test_a_url_is_fetched_into_the_input_folder(input_dir: Path, output_di
     assert written is None  # the storage layer owns downloaded files
 
 
-async def test_an_absolute_path_to_an_existing_file_passes_through(media: MediaInputs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("folder", ["input", "output"])
+async def test_an_absolute_path_under_the_input_or_output_folder_passes_through(
+    media: MediaInputs, tmp_path: Path, folder: str
+) -> None:
+    inside = _touch(tmp_path / folder / "sub" / "x.png")
+
+    assert await media.resolve(str(inside)) == (str(inside.resolve()), None)
+
+
+async def test_an_absolute_path_under_an_allowed_folder_passes_through(
+    input_dir: Path, output_dir: Path, tmp_path: Path
+) -> None:
+    shared = _touch(tmp_path / "shared" / "x.png")
+    media = MediaInputs(input_dir, output_dir, allowed_dirs=(tmp_path / "shared",))
+
+    assert await media.resolve(str(shared)) == (str(shared.resolve()), None)
+
+
+async def test_a_relative_path_is_resolved_from_the_current_folder(
+    media: MediaInputs, input_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inside = _touch(input_dir / "x.png")
+    monkeypatch.chdir(input_dir / "..")
+
+    assert await media.resolve("./input/x.png") == (str(inside.resolve()), None)
+    monkeypatch.chdir(input_dir)
+    with pytest.raises(InputError, match=r"^Local file not allowed: \.\./x\.png: "):
+        await media.resolve("../x.png")
+
+
+def _not_allowed(value: str) -> str:
+    return re.escape(
+        f"Local file not allowed: {value}: only files under INPUT_DIR, OUTPUT_DIR or INPUT_ALLOWED_DIRS can be used"
+    )
+
+
+async def test_an_absolute_path_outside_the_allowed_folders_is_refused(media: MediaInputs, tmp_path: Path) -> None:
     elsewhere = _touch(tmp_path / "elsewhere" / "x.png")
 
-    assert await media.resolve(str(elsewhere)) == (str(elsewhere.resolve()), None)
+    assert media.existing_path(str(elsewhere)) is None
+    with pytest.raises(InputError, match=f"^{_not_allowed(str(elsewhere))}$"):
+        await media.resolve(str(elsewhere))
 
 
-async def test_a_missing_absolute_path_is_an_input_error(media: MediaInputs, tmp_path: Path) -> None:
+async def test_a_missing_path_outside_the_allowed_folders_is_refused_too(media: MediaInputs, tmp_path: Path) -> None:
+    """Whether a file exists outside the allowed folders is not for the client to learn."""
     missing = tmp_path / "nowhere" / "x.png"
 
-    with pytest.raises(InputError, match=re.escape(f"Local file not found: {missing}")):
+    with pytest.raises(InputError, match=f"^{_not_allowed(str(missing))}$"):
+        await media.resolve(str(missing))
+    with pytest.raises(InputError, match=f"^{_not_allowed('/etc/passwd')}$"):
+        await media.resolve("/etc/passwd")
+
+
+async def test_a_path_that_climbs_out_of_the_input_folder_is_refused(
+    media: MediaInputs, input_dir: Path, tmp_path: Path
+) -> None:
+    _touch(tmp_path / "secret.png")
+    climbing = f"{input_dir}/../secret.png"
+
+    with pytest.raises(InputError, match=f"^{_not_allowed(climbing)}$"):
+        await media.resolve(climbing)
+
+
+async def test_a_symlink_in_the_input_folder_to_a_file_outside_is_refused(
+    media: MediaInputs, input_dir: Path, tmp_path: Path
+) -> None:
+    outside = _touch(tmp_path / "secret.png")
+    link = input_dir / "link.png"
+    link.symlink_to(outside)
+
+    assert media.existing_path(str(link)) is None
+    with pytest.raises(InputError, match=f"^{_not_allowed(str(link))}$"):
+        await media.resolve(str(link))
+
+
+async def test_a_missing_absolute_path_inside_the_allowed_folders_is_not_found(
+    media: MediaInputs, input_dir: Path
+) -> None:
+    missing = input_dir / "nowhere" / "x.png"
+
+    with pytest.raises(InputError, match=f"^{re.escape(f'Local file not found: {missing}')}$"):
         await media.resolve(str(missing))
 
 

@@ -8,12 +8,20 @@ from comfyui_api.storage.auth import (
     BasicAuth,
     BearerAuth,
     Credential,
+    DownloadAuth,
     HeaderAuth,
     QueryAuth,
-    http_request_target,
+    http_credentials,
     match_credentials,
-    strip_userinfo,
 )
+
+
+def http_request_target(
+    url: str, auth: DownloadAuth | None, env_header: tuple[str, str] | None
+) -> tuple[str, dict[str, str]]:
+    """The URL and headers of the first request: the credentials applied to the URL they were given for."""
+    target, credentials = http_credentials(url, auth, env_header)
+    return credentials.for_url(target) if credentials is not None else (target, {})
 
 
 def credential(pattern: str, token: str = "t") -> Credential:
@@ -42,8 +50,9 @@ def test_glob_matching(pattern: str, url: str, matches: bool) -> None:
 
 def test_the_first_matching_credential_wins() -> None:
     credentials = [credential("https://a.com/private/*", "first"), credential("https://a.com/**", "second")]
-    assert match_credentials("https://a.com/private/x", credentials) == BearerAuth(type="bearer", token="first")
-    assert match_credentials("https://a.com/public/x", credentials) == BearerAuth(type="bearer", token="second")
+    first, second = (match_credentials(f"https://a.com/{path}/x", credentials) for path in ("private", "public"))
+    assert isinstance(first, BearerAuth) and first.token.get_secret_value() == "first"
+    assert isinstance(second, BearerAuth) and second.token.get_secret_value() == "second"
     assert match_credentials("https://b.com/x", credentials) is None
     assert match_credentials("https://b.com/x", None) is None
 
@@ -74,6 +83,22 @@ def test_each_auth_type_becomes_its_header_or_query() -> None:
     assert http_request_target("https://h/f?x=1", query, None) == ("https://h/f?x=1&sig=a+b", {})
 
 
-def test_strip_userinfo() -> None:
-    assert strip_userinfo("https://u:p@h.com:8080/f?q") == "https://h.com:8080/f?q"
-    assert strip_userinfo("s3://bucket/key") == "s3://bucket/key"
+def test_credentials_go_to_their_origin_only() -> None:
+    query = QueryAuth(type="query", query_param="sig", query_value="secret")
+    _, credentials = http_credentials("https://h.com/f", query, None)
+    assert credentials is not None
+    # Another origin that repeats the query credential gets it taken out; its own parameters stay.
+    assert credentials.for_url("https://other.com/f?sig=secret&x=1") == ("https://other.com/f?x=1", {})
+    # Back on the origin the credential was given for, it is sent again (also when the redirect dropped it).
+    assert credentials.for_url("https://h.com/g") == ("https://h.com/g?sig=secret", {})
+    bearer = BearerAuth(type="bearer", token="tok")
+    _, credentials = http_credentials("https://h.com/f", bearer, None)
+    assert credentials is not None
+    assert credentials.for_url("https://h.com:443/g") == ("https://h.com:443/g", {"Authorization": "Bearer tok"})
+    assert credentials.for_url("http://h.com/g") == ("http://h.com/g", {})  # another scheme is another origin
+    assert credentials.for_url("https://h.com.evil/g") == ("https://h.com.evil/g", {})
+
+
+def test_secrets_do_not_show_in_a_repr() -> None:
+    auth = BasicAuth(type="basic", username="user", password="canary-password")
+    assert "canary-password" not in repr(auth) and "canary-password" not in str(auth.model_dump())

@@ -14,6 +14,7 @@ from comfyui_api.config import Settings
 from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.cache import cache_key
 from comfyui_api.storage.manager import StorageManager
+from comfyui_api.storage.net import UrlGuard
 from tests.support.files import FileServer
 
 
@@ -32,6 +33,7 @@ async def storage(tmp_path: Path) -> AsyncIterator[tuple[StorageManager, list[tu
     events: list[tuple[str, dict[str, Any]]] = []
     manager = StorageManager(
         Settings(cache_dir=tmp_path / "cache", comfy_home=tmp_path / "comfy"),
+        UrlGuard(block_private=False),  # the file server and git repositories are local
         on_event=lambda name, data: events.append((name, data)),
     )
     yield manager, events

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from comfyui_api.config import SYSTEM_EVENT_NAMES
+from comfyui_api.storage.net import UrlGuard
 from comfyui_api.webhooks.sender import WebhookSender
 from comfyui_api.webhooks.system import SystemWebhooks
 from tests.support.receiver import Received, WebhookReceiver
@@ -54,7 +55,14 @@ async def make_system() -> AsyncIterator[Callable[..., SystemWebhooks]]:
     def factory(
         url: str, events: tuple[str, ...] = ALL, *, retries: int = 3, start: bool = True, **kwargs: Any
     ) -> SystemWebhooks:
-        sender = WebhookSender(SECRET, retries, timeout_s=5.0, backoff_base_s=0.01, backoff_max_s=0.05)
+        sender = WebhookSender(
+            SECRET,
+            retries,
+            guard=UrlGuard(block_private=False),  # the receiver listens on loopback
+            timeout_s=5.0,
+            backoff_base_s=0.01,
+            backoff_max_s=0.05,
+        )
         system = SystemWebhooks(url, events, META, sender, REQUEST_IDS.get, **kwargs)
         if start:
             system.start()

@@ -62,20 +62,30 @@ class MediaInputs:
         return candidate if candidate is not None and candidate.is_relative_to(base) else None
 
     def existing_path(self, value: str) -> Path | None:
-        """The file an absolute or ./-relative path names, if present (reference compatibility). InputError when
-        it lies outside INPUT_DIR, OUTPUT_DIR and INPUT_ALLOWED_DIRS (symlinks resolved)."""
+        """The file an absolute or ./-relative path names (reference compatibility), if present under INPUT_DIR,
+        OUTPUT_DIR or INPUT_ALLOWED_DIRS (symlinks resolved): any other readable file would reach a loader."""
+        resolved = self._path(value)
+        return resolved if resolved is not None and self._allowed(resolved) and resolved.is_file() else None
+
+    def _path(self, value: str) -> Path | None:
         if not value.startswith(("/", "./", "../")) or "\x00" in value or len(value) >= _MAX_PATH:
             return None
         try:
-            resolved = Path(value).resolve()
+            return Path(value).resolve()
         except (OSError, RuntimeError):  # a name too long, a symlink loop
             return None
-        if not any(resolved.is_relative_to(root) for root in self._allowed_roots):
-            raise InputError(
+
+    def _allowed(self, path: Path) -> bool:
+        return any(path.is_relative_to(root) for root in self._allowed_roots)
+
+    def _path_error(self, value: str) -> InputError:
+        resolved = self._path(value)
+        if resolved is not None and not self._allowed(resolved):
+            return InputError(
                 f"Local file not allowed: {value}: only files under INPUT_DIR, OUTPUT_DIR or INPUT_ALLOWED_DIRS "
                 "can be used"
             )
-        return resolved if resolved.is_file() else None
+        return InputError(f"Local file not found: {value}")
 
     async def resolve(self, value: str, dest_dir: Path | None = None) -> tuple[str, Path | None]:
         """The value to give ComfyUI, and the file written for this request (to delete later), if any."""
@@ -96,7 +106,7 @@ class MediaInputs:
             path = await asyncio.to_thread(self._write_inline, value, dest_dir or self._input_dir)
             return str(path), path
         if value.startswith(("/", "./", "../")):
-            raise InputError(f"Local file not found: {value}")
+            raise self._path_error(value)
         # Anything else is a name for ComfyUI to validate, with its own error if it is wrong.
         return value, None
 
