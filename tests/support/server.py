@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import psutil
 
+from comfyui_api.urls import url_origin
+
 from .paths import CHECKPOINT_NAME, COMFY_PYTHON, COMFY_TREE, REPO
 
 # Generous: a 2-core CI machine running other work can take long to start ComfyUI and load models.
@@ -27,6 +29,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def trusting(*urls: str) -> dict[str, str]:
+    """Server environment that trusts the origins of these loopback test services (HTTP_TRUSTED_ORIGINS), as an
+    operator lists an in-cluster service: the URL guard refuses loopback addresses otherwise."""
+    return {"HTTP_TRUSTED_ORIGINS": ",".join(dict.fromkeys(url_origin(url) for url in urls))}
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ from comfyui_api.manifest import (
 )
 from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.git import repo_dir_name
-from comfyui_api.storage.manager import Download
+from comfyui_api.storage.manager import Download, StorageManager
+from comfyui_api.storage.net import UrlGuard
 
 FULL_YAML = """\
 apt: [libgl1, "ffmpeg"]
@@ -347,15 +349,16 @@ async def test_a_missing_program_is_a_manifest_error(tmp_path: Path) -> None:
 
 
 class FakeStorage:
-    """Records clones and downloads; URLs containing "fail" fail."""
+    """Records clones and downloads; URLs containing "fail" fail. The manifest's URLs are the operator's: it must
+    pass `trusted=True` (no address check, file:// clones allowed), which the recorded calls show."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.calls: list[tuple[str, ...]] = []
         self.released: list[Path] = []
 
-    async def clone_repo(self, url: str, target_dir: Path) -> Path:
-        self.calls.append(("clone", url, str(target_dir)))
+    async def clone_repo(self, url: str, target_dir: Path, *, trusted: bool = False) -> Path:
+        self.calls.append(("clone", url, str(target_dir), f"trusted={trusted}"))
         if "fail" in url:
             raise DownloadError("git clone failed: repository not found")
         folder = target_dir / repo_dir_name(url)
@@ -363,8 +366,17 @@ class FakeStorage:
         (folder / "requirements.txt").write_text("tqdm\n")
         return folder
 
-    async def download(self, url: str, target_dir: Path, *, filename: str | None = None, auth: Any = None) -> Download:
-        self.calls.append(("download", url, str(target_dir), filename or ""))
+    async def download(
+        self,
+        url: str,
+        target_dir: Path,
+        *,
+        filename: str | None = None,
+        auth: Any = None,
+        stage: bool = False,
+        trusted: bool = False,
+    ) -> Download:
+        self.calls.append(("download", url, str(target_dir), filename or "", f"stage={stage}", f"trusted={trusted}"))
         if "fail" in url:
             raise DownloadError("Error downloading file: 404 Not Found")
         link = target_dir / (filename or "x")
@@ -419,8 +431,8 @@ async def test_before_start_runs_every_step_in_order(
     assert commands[-1][2] == home / "custom_nodes" / "node-a"
     # Relative local paths resolve against the current folder, whose missing parents are created.
     assert storage.calls == [
-        ("clone", "https://github.com/user/node-a@v1", str(home / "custom_nodes")),
-        ("download", "https://h/m.bin", str(tmp_path / "rel" / "dir"), "m.bin"),
+        ("clone", "https://github.com/user/node-a@v1", str(home / "custom_nodes"), "trusted=True"),
+        ("download", "https://h/m.bin", str(tmp_path / "rel" / "dir"), "m.bin", "stage=False", "trusted=True"),
     ]
     assert (tmp_path / "rel" / "dir").is_dir()
     assert storage.released == [tmp_path / "rel" / "dir" / "m.bin"]
@@ -499,7 +511,41 @@ async def test_after_start_failures_are_logged_and_never_fatal(
 
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
-    assert errors[0].url == "https://h/fail.bin?***"  # type: ignore[attr-defined]
+    assert errors[0].url == "https://h/fail.bin?<redacted>"  # type: ignore[attr-defined]
     assert "404" in errors[0].error  # type: ignore[attr-defined]
     assert "secret" not in str(errors[0].__dict__) and "abc" not in str(errors[0].__dict__)
     assert storage.released == [tmp_path / "m" / "b.bin"]
+    assert {call[-1] for call in storage.calls} == {"trusted=True"}
+
+
+@pytest.fixture
+def node_repository(tmp_path: Path) -> Path:
+    """A bare git repository of a custom node with a requirements.txt."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "requirements.txt").write_text("tqdm\n")
+    for args in (
+        ["init", "--quiet"],
+        ["add", "."],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+    ):
+        subprocess.run(["git", *args], cwd=work, check=True, capture_output=True)
+    bare = tmp_path / "node-c.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(work), str(bare)], check=True, capture_output=True)
+    return bare
+
+
+async def test_a_file_url_custom_node_is_cloned_as_the_operators(
+    tmp_path: Path, commands: list[tuple[str, list[str], Path | None]], node_repository: Path
+) -> None:
+    """A request may not clone file:// URLs; the manifest, which the operator wrote, may (with the default guard)."""
+    bare = node_repository
+    home = tmp_path / "home"
+    storage = StorageManager(Settings(cache_dir=tmp_path / "cache", comfy_home=home), UrlGuard())
+
+    await install_before_start(Manifest(custom_nodes=[f"file://{bare}"]), settings(comfy_home=home), storage)
+    await storage.aclose()
+
+    node_dir = home / "custom_nodes" / "node-c"
+    assert (node_dir / "requirements.txt").read_text() == "tqdm\n"
+    assert [(step, cwd) for step, _, cwd in commands] == [("custom_nodes (node-c requirements)", node_dir)]

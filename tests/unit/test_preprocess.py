@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
+import os
+import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from comfyui_api.config import Settings
 from comfyui_api.errors import BadRequest
 from comfyui_api.pipeline.jobs import Job
 from comfyui_api.pipeline.preprocess import (
@@ -18,6 +22,10 @@ from comfyui_api.pipeline.preprocess import (
     rewrite_prefix,
     saves_output,
 )
+from comfyui_api.storage.cache import cache_key
+from comfyui_api.storage.manager import StorageManager
+from comfyui_api.storage.net import UrlGuard
+from tests.support.files import FileServer
 from tests.support.graphs import node
 from tests.unit.samples import image_bytes
 
@@ -192,6 +200,98 @@ async def test_an_image_url_without_a_provider_names_thenode(preprocessor: Prepr
     )
 
 
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[StorageManager]:
+    manager = StorageManager(
+        Settings(cache_dir=tmp_path / "cache", comfy_home=tmp_path / "comfy"),
+        UrlGuard(block_private=False),  # the file server listens on loopback
+    )
+    yield manager
+    await manager.aclose()
+
+
+async def test_a_media_url_is_staged_in_the_input_folder_and_a_model_url_is_linked(
+    input_dir: Path, output_dir: Path, tmp_path: Path, storage: StorageManager, job: Job
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cat.png").write_bytes(image_bytes("PNG"))
+    (served / "model.safetensors").write_bytes(b"weights")
+    preprocessor = Preprocessor(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=tmp_path / "models",
+        prepend_filenames=True,
+        storage=storage,
+    )
+    with FileServer(served) as files:
+        image_url, model_url = f"{files.url}/cat.png", f"{files.url}/model.safetensors"
+        prompt = {
+            "3": node("LoadImage", image=image_url),
+            "4": node("CheckpointLoaderSimple", ckpt_name=model_url),
+        }
+        await preprocessor.run(prompt, job)
+
+    # The image: a hard link or copy of the request's own, `<cache name stem>-<uuid hex><ext>`, deleted at the end.
+    staged = Path(prompt["3"]["inputs"]["image"])
+    assert staged.parent == input_dir
+    assert re.fullmatch(rf"{cache_key(image_url)}-[0-9a-f]{{32}}\.png", staged.name)
+    assert not staged.is_symlink() and staged.read_bytes() == (served / "cat.png").read_bytes()
+    assert job.input_files == [staged]
+    # The model: a symlink into the cache, as before.
+    model = tmp_path / "models" / "checkpoints" / prompt["4"]["inputs"]["ckpt_name"]
+    assert model.is_symlink() and model.read_bytes() == b"weights"
+    assert [(download.link, download.staged) for download in job.downloads] == [(staged, True), (model, False)]
+    assert os.path.samefile(staged, job.downloads[0].target)  # a hard link to the cache file (one file system)
+
+
+async def test_each_request_stages_its_own_copy_of_a_url(
+    input_dir: Path, output_dir: Path, tmp_path: Path, storage: StorageManager
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "cat.png").write_bytes(image_bytes("PNG"))
+    preprocessor = Preprocessor(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=tmp_path / "models",
+        prepend_filenames=True,
+        storage=storage,
+    )
+    jobs = [Job(id="a"), Job(id="b")]
+    with FileServer(served) as files:
+        for one in jobs:
+            await preprocessor.run({"3": node("LoadImage", image=f"{files.url}/cat.png")}, one)
+        assert files.count("/cat.png") == 1  # one download, through the cache
+
+    first, second = (one.input_files[0] for one in jobs)
+    assert first != second and first.parent == second.parent == input_dir
+    first.unlink()  # one request's cleanup leaves the other's file alone
+    assert second.read_bytes() == (served / "cat.png").read_bytes()
+
+
+async def test_a_media_url_to_a_private_address_is_refused(
+    input_dir: Path, output_dir: Path, tmp_path: Path, job: Job
+) -> None:
+    storage = StorageManager(Settings(cache_dir=tmp_path / "cache", comfy_home=tmp_path / "comfy"), UrlGuard())
+    preprocessor = Preprocessor(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=tmp_path / "models",
+        prepend_filenames=True,
+        storage=storage,
+    )
+    prompt = {"3": node("LoadImage", image="http://127.0.0.1:9/cat.png?sig=secret")}
+
+    error = await _bad_request(preprocessor, prompt, job)
+    await storage.aclose()
+
+    assert error.location == "prompt.3.inputs.image"
+    assert error.message.startswith("Failed to download image for node 3: http://127.0.0.1:9/cat.png?<redacted> ")
+    assert "loopback" in error.message and "secret" not in error.message
+    assert job.input_files == [] and job.downloads == [] and list(input_dir.iterdir()) == []
+
+
 async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: Job, input_dir: Path) -> None:
     prompt = {"4": node("LoadAudio", audio=_b64(WAV))}
 
@@ -204,13 +304,49 @@ async def test_load_audio_writes_inline_audio(preprocessor: Preprocessor, job: J
     assert job.input_files == [written]
 
 
-async def test_a_bad_audio_input_names_the_audio_location(preprocessor: Preprocessor, job: Job) -> None:
+async def test_a_bad_audio_input_names_the_audio_location(
+    preprocessor: Preprocessor, job: Job, input_dir: Path
+) -> None:
+    missing = input_dir / "no" / "such" / "file.wav"
+    prompt = {"4": node("LoadAudio", audio=str(missing))}
+
+    error = await _bad_request(preprocessor, prompt, job)
+
+    assert error.location == "prompt.4.inputs.audio"
+    assert error.message == f"Failed to download audio for node 4: Local file not found: {missing}"
+
+
+async def test_a_path_outside_the_allowed_folders_is_refused(preprocessor: Preprocessor, job: Job) -> None:
     prompt = {"4": node("LoadAudio", audio="/no/such/file.wav")}
 
     error = await _bad_request(preprocessor, prompt, job)
 
     assert error.location == "prompt.4.inputs.audio"
-    assert error.message.startswith("Failed to download audio for node 4: Local file not found: /no/such/file.wav")
+    assert error.message == (
+        "Failed to download audio for node 4: Local file not allowed: /no/such/file.wav: "
+        "only files under INPUT_DIR, OUTPUT_DIR or INPUT_ALLOWED_DIRS can be used"
+    )
+
+
+async def test_a_path_under_an_allowed_folder_is_used_in_place(
+    input_dir: Path, output_dir: Path, tmp_path: Path, job: Job
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "clip.wav").write_bytes(WAV)
+    preprocessor = Preprocessor(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=tmp_path / "models",
+        prepend_filenames=True,
+        allowed_dirs=(shared,),
+    )
+    prompt = {"4": node("LoadAudio", audio=str(shared / "clip.wav"))}
+
+    await preprocessor.run(prompt, job)
+
+    assert prompt["4"]["inputs"]["audio"] == str((shared / "clip.wav").resolve())
+    assert job.input_files == []  # not the request's to delete
 
 
 @pytest.mark.parametrize("input_name", ["video", "file"])
@@ -253,27 +389,79 @@ async def test_media_inputs_of_other_node_classes_are_left_alone(preprocessor: P
     assert job.input_files == []
 
 
+def _job_folder(job: Job, input_dir: Path) -> Path:
+    """The one folder the job's directory input got: new, in the input folder, named `<job id>-<random>`."""
+    (folder,) = job.input_dirs
+    assert folder.parent == input_dir
+    assert folder.name.startswith(f"{job.id}-") and folder.name != f"{job.id}-"
+    return folder
+
+
 async def test_directory_nodes_get_a_job_folder_of_files(
-    preprocessor: Preprocessor, job: Job, input_dir: Path, tmp_path: Path
+    input_dir: Path, output_dir: Path, tmp_path: Path, job: Job
 ) -> None:
     (input_dir / "existing.png").write_bytes(image_bytes("PNG"))
-    elsewhere = tmp_path / "elsewhere.gif"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    elsewhere = shared / "elsewhere.gif"
     elsewhere.write_bytes(image_bytes("GIF"))
     inline = image_bytes("JPEG")
+    preprocessor = Preprocessor(
+        input_dir=input_dir,
+        output_dir=output_dir,
+        model_dir=tmp_path / "models",
+        prepend_filenames=True,
+        allowed_dirs=(shared,),
+    )
     prompt = {"8": node("VHS_LoadImages", directory=["existing.png", str(elsewhere), _b64(inline)])}
 
     await preprocessor.run(prompt, job)
 
-    folder = input_dir / "job1"
-    assert prompt["8"]["inputs"]["directory"] == "job1"
-    assert job.input_dirs == [folder]
+    folder = _job_folder(job, input_dir)
+    assert prompt["8"]["inputs"]["directory"] == folder.name
     entries = sorted(folder.iterdir())
     assert len(entries) == 3
-    assert (folder / "existing.png").resolve() == (input_dir / "existing.png").resolve()
-    assert (folder / "elsewhere.gif").resolve() == elsewhere.resolve()
+    assert not any(entry.is_symlink() for entry in entries)  # hard links or copies, never symlinks
+    assert (folder / "existing.png").read_bytes() == (input_dir / "existing.png").read_bytes()
+    assert (folder / "elsewhere.gif").read_bytes() == elsewhere.read_bytes()
     written = [entry for entry in entries if entry.suffix == ".jpg"]
     assert len(written) == 1
     assert written[0].read_bytes() == inline
+
+
+async def test_a_directory_entry_outside_the_allowed_folders_is_refused(
+    preprocessor: Preprocessor, job: Job, input_dir: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere.gif"
+    elsewhere.write_bytes(image_bytes("GIF"))
+    prompt = {"8": node("VHS_LoadImages", directory=[str(elsewhere)])}
+
+    error = await _bad_request(preprocessor, prompt, job)
+
+    assert error.location == "prompt.8.inputs.directory"
+    assert error.message.startswith(f"Failed to download images for node 8: Local file not allowed: {elsewhere}: ")
+    assert list(_job_folder(job, input_dir).iterdir()) == []
+
+
+async def test_a_directory_input_never_reuses_an_existing_folder(preprocessor: Preprocessor, input_dir: Path) -> None:
+    """Folders that were there before (ComfyUI's clipspace, one named like the job) are left alone."""
+    (input_dir / "a.png").write_bytes(image_bytes("PNG"))
+    for name in ("clipspace", "job1"):
+        (input_dir / name).mkdir()
+        (input_dir / name / "a.png").write_bytes(b"theirs")
+    folders = []
+    for directory in (["a.png"], ["a.png"]):  # two requests with the same job id and the same list
+        job = Job(id="job1")
+        prompt = {"8": node("VHS_LoadImages", directory=directory)}
+        await preprocessor.run(prompt, job)
+        folders.append(_job_folder(job, input_dir))
+        assert prompt["8"]["inputs"]["directory"] == folders[-1].name
+
+    assert len(set(folders)) == 2
+    assert not {input_dir / "clipspace", input_dir / "job1"} & set(folders)
+    for name in ("clipspace", "job1"):
+        assert [path.name for path in (input_dir / name).iterdir()] == ["a.png"]
+        assert (input_dir / name / "a.png").read_bytes() == b"theirs"
 
 
 async def test_an_unknown_directory_entry_names_the_node_and_input(
@@ -286,7 +474,7 @@ async def test_an_unknown_directory_entry_names_the_node_and_input(
     assert error.location == "prompt.8.inputs.directory"
     assert error.message.startswith("Failed to download images for node 8: ")
     assert "missing.png" in error.message
-    assert job.input_dirs == [input_dir / "job1"]  # recorded for cleanup even on failure
+    assert _job_folder(job, input_dir).is_dir()  # recorded for cleanup even on failure
 
 
 async def test_a_duplicated_directory_entry_is_a_bad_request(
@@ -307,4 +495,4 @@ async def test_a_directory_given_as_a_name_is_left_alone(preprocessor: Preproces
 
     assert prompt["8"]["inputs"]["directory"] == "my_frames"
     assert job.input_dirs == []
-    assert not (input_dir / "job1").exists()
+    assert list(input_dir.iterdir()) == []  # no job folder made
