@@ -18,7 +18,7 @@ from PIL import Image
 from tests.support.files import FileServer
 from tests.support.graphs import img2img, solid, txt2img
 from tests.support.receiver import Received, WebhookReceiver
-from tests.support.server import ApiServer, free_port, wait_until
+from tests.support.server import ApiServer, free_port, trusting, wait_until
 from tests.support.services import Azurite, FakeHub, SeaweedS3
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes, fixed").decode()
@@ -39,6 +39,20 @@ def legacy_receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="module")
+def flaky_receiver() -> Iterator[WebhookReceiver]:
+    """A receiver of its own for the retry test (which counts every request it gets), started before the server so
+    that the server can trust its origin."""
+    with WebhookReceiver(secret=SECRET) as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
+def down_url() -> str:
+    """A webhook URL on a loopback port where nothing listens: a receiver that is down."""
+    return f"http://127.0.0.1:{free_port()}/hook"
+
+
+@pytest.fixture(scope="module")
 def uploads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
     with FileServer(tmp_path_factory.mktemp("uploads")) as files:
         yield files
@@ -48,6 +62,10 @@ def uploads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FileServer]:
 def delivery_server(
     make_server: Callable[..., ApiServer],
     receiver: WebhookReceiver,
+    legacy_receiver: WebhookReceiver,
+    flaky_receiver: WebhookReceiver,
+    down_url: str,
+    uploads: FileServer,
     s3_server: SeaweedS3,
     azurite: Azurite,
     fake_hub: FakeHub,
@@ -66,6 +84,10 @@ def delivery_server(
         "SYSTEM_WEBHOOK_URL": receiver.url_for("/system"),
         "SYSTEM_WEBHOOK_EVENTS": "execution_start, executing, execution_success, executed, file_uploaded",
         "SYSTEM_META_deployment": "tests",
+        # The loopback receivers and the upload target are services the operator trusts (the signed receiver is
+        # trusted already, as the system webhook's origin). The down receiver too, so that its failure is the
+        # refused connection, not the URL guard.
+        **trusting(legacy_receiver.url, flaky_receiver.url, down_url, uploads.url),
     }
     return make_server("delivery", **env).start()
 
@@ -245,12 +267,14 @@ def test_a_batch_of_four_makes_four_uploads_four_legacy_webhooks_and_one_v2(
     assert v2.verified and len(v2.json()["images"]) == 4 and len(v2.json()["filenames"]) == 4
 
 
-def test_a_receiver_that_fails_twice_gets_the_webhook_once_with_one_id(delivery_server: ApiServer) -> None:
-    with WebhookReceiver(secret=SECRET) as flaky:
-        flaky.fail_next(2, status=500)
-        assert post(delivery_server, solid(8, 8), id="retried", webhook_v2=flaky.url).status_code == 202
-        (delivered,) = hooks(flaky, "/hook", "retried")
-        attempts = flaky.requests
+def test_a_receiver_that_fails_twice_gets_the_webhook_once_with_one_id(
+    delivery_server: ApiServer, flaky_receiver: WebhookReceiver
+) -> None:
+    flaky = flaky_receiver
+    flaky.fail_next(2, status=500)
+    assert post(delivery_server, solid(8, 8), id="retried", webhook_v2=flaky.url).status_code == 202
+    (delivered,) = hooks(flaky, "/hook", "retried")
+    attempts = flaky.requests
     assert [r.status for r in attempts] == [500, 500, 200]
     assert {r.headers["webhook-id"] for r in attempts} == {"retried"}
     assert len({r.headers["webhook-signature"] for r in attempts}) == 1
@@ -258,8 +282,10 @@ def test_a_receiver_that_fails_twice_gets_the_webhook_once_with_one_id(delivery_
     assert delivered.json()["type"] == "prompt.complete"
 
 
-def test_a_receiver_that_is_down_gets_every_retry_then_an_error_is_logged(delivery_server: ApiServer) -> None:
-    down = f"http://127.0.0.1:{free_port()}/hook"
+def test_a_receiver_that_is_down_gets_every_retry_then_an_error_is_logged(
+    delivery_server: ApiServer, down_url: str
+) -> None:
+    down = down_url
     assert post(delivery_server, solid(8, 8), id="nobody-home", webhook_v2=down).status_code == 202
 
     def failure_logged() -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from comfyui_api.storage.cache import cache_key
 from tests.support.files import FileServer
 from tests.support.graphs import img2img, img2img_with_lora, lora_bytes, png_bytes, txt2img
 from tests.support.paths import CHECKPOINT_NAME
-from tests.support.server import ApiServer, free_port, wait_until
+from tests.support.server import ApiServer, free_port, trusting, wait_until
 from tests.support.services import Azurite, FakeHub, SeaweedS3
 
 
@@ -32,6 +33,8 @@ class Sources:
     s3: SeaweedS3
     azurite: Azurite
     hub: FakeHub
+    # A loopback origin where nothing listens (its port reserved here, so the server can trust it up front).
+    dead: str
 
     def urls(self, kind: str, name: str) -> str:
         return {
@@ -69,13 +72,15 @@ def sources(
         FileServer(root, dispositions={"/api/models/77": "detail.safetensors"}, drop={"/drops.png"}) as files,
         FileServer(private_root, basic=("alice", "s3cret")) as private,
     ):
-        yield Sources(files, private, s3_server, azurite, fake_hub)
+        yield Sources(files, private, s3_server, azurite, fake_hub, f"http://127.0.0.1:{free_port()}")
 
 
 @pytest.fixture(scope="module")
 def storage_server(make_server: Callable[..., ApiServer], sources: Sources) -> ApiServer:
     env = {**sources.s3.env(), **sources.azurite.env(), **sources.hub.env()}
-    server = make_server("storage", **env)
+    # The plain HTTP file servers are loopback services the operator trusts, as it would an in-cluster one; so is
+    # the dead origin, so that a connection to it fails as a connection error rather than at the URL guard.
+    server = make_server("storage", **env, **trusting(sources.files.url, sources.private.url, sources.dead))
     for folder in ("loras", "vae", "diffusers"):
         (server.base / "models" / folder).mkdir(parents=True, exist_ok=True)
     return server.start()
@@ -102,9 +107,12 @@ def test_each_provider_feeds_a_load_image_and_a_lora(storage_server: ApiServer, 
     link = storage_server.base / "models" / "loras" / lora_name
     assert link.is_symlink() and link.resolve().parent == (storage_server.base / "cache").resolve()
     assert link.read_bytes() == lora_bytes(1)
-    # The image input is a link into the input folder, to the same kind of cache file.
+    # The image input is the request's own hard link or copy of the cache file in the input folder, named after
+    # the URL's hash plus a random part, and deleted when the request ends.
     image_path = Path(body["prompt"]["8"]["inputs"]["image"])
-    assert image_path.parent == storage_server.base / "input" and image_path.name.startswith(cache_key(image_url))
+    assert image_path.parent == storage_server.base / "input"
+    assert re.fullmatch(rf"{re.escape(cache_key(image_url))}-[0-9a-f]{{32}}\.png", image_path.name), image_path.name
+    wait_until(lambda: not image_path.exists(), 10, "the staged input to be deleted")
     if kind == "huggingface":
         assert any(r["path"] == "/org/inputs/resolve/main/style%20lora.safetensors" for r in sources.hub.requests)
 
@@ -177,7 +185,7 @@ def test_wrong_s3_credentials_are_a_400_at_the_loader(storage_server: ApiServer,
     ("make_url", "cause"),
     [
         (lambda s: f"{s.files.url}/missing.png", "404"),
-        (lambda s: f"http://127.0.0.1:{free_port()}/cat.png", "ConnectError"),
+        (lambda s: f"{s.dead}/cat.png", "ConnectError"),
         (lambda s: "s3://inputs/missing.png", "S3 object not found"),
         (lambda s: f"{s.azurite.blob_endpoint}/inputs/missing.png", "Azure blob not found"),
         (lambda s: "https://huggingface.co/org/inputs/resolve/main/missing.png", "Hugging Face file not found"),
@@ -278,7 +286,7 @@ def test_download_with_auth(storage_server: ApiServer, sources: Sources) -> None
         ({"url": "not a url", "model_type": "loras"}, "url", "http(s)"),
         ({"url": "https://example.com/x", "model_type": "loras", "filename": "../escape.bin"}, "filename", "plain"),
         ({"url": "https://example.com/x", "model_type": "loras", "filename": "a/b.bin"}, "filename", "plain"),
-        ({"url": "https://example.com/x", "model_type": "loras", "filename": ".."}, "filename", "plain"),
+        ({"url": "https://example.com/x", "model_type": "loras", "filename": ".."}, "filename", "'.' or '..'"),
         ({"model_type": "loras"}, "url", "Field required"),
     ],
 )

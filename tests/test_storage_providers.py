@@ -3,6 +3,7 @@ Azure SAS and wrong keys, and URL inputs of every media kind (audio, video, imag
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode
 import pytest
 from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
+from comfyui_api.app import url_guard
 from comfyui_api.config import Settings
 from comfyui_api.pipeline.jobs import Job
 from comfyui_api.pipeline.preprocess import Preprocessor
@@ -95,8 +97,10 @@ def media_files(tmp_path: Path) -> Iterator[FileServer]:
 
 
 @pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[StorageManager]:
-    manager = StorageManager(Settings(cache_dir=tmp_path / "cache", comfy_home=tmp_path))
+async def storage(tmp_path: Path, media_files: FileServer) -> AsyncIterator[StorageManager]:
+    # The loopback file server is trusted (HTTP_TRUSTED_ORIGINS), as an operator lists an in-cluster service.
+    settings = Settings(cache_dir=tmp_path / "cache", comfy_home=tmp_path, http_trusted_origins=media_files.url)
+    manager = StorageManager(settings, url_guard(settings, None))
     yield manager
     await manager.aclose()
 
@@ -120,10 +124,24 @@ async def test_every_media_input_kind_accepts_urls(
     }
     job = Job(id="media")
     await preprocessor.run(prompt, job)
-    assert prompt["1"]["inputs"]["audio"] == str(input_dir / f"{cache_key(url + '/voice.flac')}.flac")
-    assert prompt["2"]["inputs"]["file"] == str(input_dir / f"{cache_key(url + '/clip.mp4')}.mp4")
-    assert prompt["3"]["inputs"]["directory"] == "media"
-    assert sorted(path.name for path in (input_dir / "media").iterdir()) == sorted(
-        f"{cache_key(f'{url}/{name}')}.png" for name in ("a.png", "b.png")
-    )
+
+    def assert_staged(path: Path, name: str) -> None:
+        """A file of this request's own (to delete when it ends): the URL's cache name plus a random part, a hard
+        link or copy of the cached bytes, not a symlink."""
+        key = cache_key(f"{url}/{name}")
+        assert re.fullmatch(rf"{re.escape(key)}-[0-9a-f]{{32}}{re.escape(Path(name).suffix)}", path.name), path.name
+        assert not path.is_symlink() and path.read_bytes() == (media_files.root / name).read_bytes()
+        assert path in job.input_files
+
+    audio, video = Path(prompt["1"]["inputs"]["audio"]), Path(prompt["2"]["inputs"]["file"])
+    assert audio.parent == video.parent == input_dir
+    assert_staged(audio, "voice.flac")
+    assert_staged(video, "clip.mp4")
+    # The directory is a fresh folder of the request's own, `<request id>-<random>`, holding staged files.
+    directory = input_dir / prompt["3"]["inputs"]["directory"]
+    assert directory.name.startswith("media-") and job.input_dirs == [directory]
+    entries = {path.name[: len(cache_key(url))]: path for path in directory.iterdir()}
+    assert sorted(entries) == sorted(cache_key(f"{url}/{name}") for name in ("a.png", "b.png"))
+    for name in ("a.png", "b.png"):
+        assert_staged(entries[cache_key(f"{url}/{name}")], name)
     assert len(job.downloads) == 4

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from PIL import Image
 from tests.support.graphs import png_bytes
 from tests.support.paths import CHECKPOINT_NAME, REPO
 from tests.support.receiver import WebhookReceiver
-from tests.support.server import ApiServer
+from tests.support.server import ApiServer, trusting
 from tests.support.services import SeaweedS3
 
 ECHO = """
@@ -45,8 +45,18 @@ async def generate_workflow(input: RequestSchema) -> dict:
 
 
 @pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    """The webhook test's receiver, started before the server so that the server can trust its loopback origin."""
+    with WebhookReceiver() as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
 def workflow_server(
-    make_server: Callable[..., ApiServer], tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedS3
+    make_server: Callable[..., ApiServer],
+    tmp_path_factory: pytest.TempPathFactory,
+    s3_server: SeaweedS3,
+    receiver: WebhookReceiver,
 ) -> ApiServer:
     folder = tmp_path_factory.mktemp("workflows")
     shutil.copytree(REPO / "workflows", folder, dirs_exist_ok=True)
@@ -57,7 +67,7 @@ def workflow_server(
         "from pydantic import BaseModel\nclass RequestSchema(BaseModel):\n    x: int\n"
     )
     s3_server.create_bucket("workflow-outputs")
-    return make_server("workflows", WORKFLOW_DIR=str(folder), **s3_server.env()).start()
+    return make_server("workflows", WORKFLOW_DIR=str(folder), **s3_server.env(), **trusting(receiver.url)).start()
 
 
 def post(server: ApiServer, route: str, **body: Any) -> httpx.Response:
@@ -171,14 +181,11 @@ def test_a_workflow_request_takes_an_upload_block(workflow_server: ApiServer, s3
     assert Image.open(io.BytesIO(s3_server.get("workflow-outputs", "wf/wf-upload_echo_00001_.png"))).size == (16, 16)
 
 
-def test_a_workflow_request_takes_a_webhook(workflow_server: ApiServer) -> None:
-    with WebhookReceiver() as receiver:
-        response = post(
-            workflow_server, "tests/deep/er/solid", id="wf-hook", input={"size": 8}, webhook_v2=receiver.url
-        )
-        assert response.status_code == 202
-        assert response.json()["input"] == {"size": 8, "fail": False}
-        (hook,) = receiver.wait_for(lambda requests: len(requests) >= 1, timeout_s=60)
+def test_a_workflow_request_takes_a_webhook(workflow_server: ApiServer, receiver: WebhookReceiver) -> None:
+    response = post(workflow_server, "tests/deep/er/solid", id="wf-hook", input={"size": 8}, webhook_v2=receiver.url)
+    assert response.status_code == 202
+    assert response.json()["input"] == {"size": 8, "fail": False}
+    (hook,) = receiver.wait_for(lambda requests: len(requests) >= 1, timeout_s=60)
     assert hook.json()["type"] == "prompt.complete" and hook.json()["id"] == "wf-hook"
 
 

@@ -46,10 +46,18 @@ def origin_of(parts: SplitResult) -> str:
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").rstrip(".").lower()
     if ":" in host:
-        host = f"[{ipaddress.ip_address(host.split('%', 1)[0]).compressed}]"
+        host = f"[{show_address(host.split('%', 1)[0])}]"
     port = parts.port
     suffix = f":{port}" if port is not None and port != _DEFAULT_PORTS.get(scheme) else ""
     return f"{scheme}://{host}{suffix}"
+
+
+def show_address(address: str) -> str:
+    """An IP address in its usual spelling: compressed, IPv4-mapped IPv6 with its IPv4 part dotted."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return ip.compressed
 
 
 def url_origin(url: str) -> str:

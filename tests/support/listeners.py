@@ -1,16 +1,26 @@
 """A loopback HTTP listener that records every connection and request, for the URL guard's tests.
 
-`Listener()` binds 127.0.0.1 (or `host="::1"`) on a free port. It answers 200 with `body` (an image by default), or a
-redirect for the paths given to `redirect(path, location, status)`. `connections` counts accepted TCP connections
-(so a test can prove none was opened), `requests` has (method, path, headers) of each request.
+`Listener()` binds 127.0.0.1 (or `host="::1"`) on a free port. It answers 200 with `body`, or a redirect for the
+paths given to `redirect(path, location, status)`. `connections` counts accepted TCP connections (so a test can
+prove none was opened); `requests` has (method, path, headers) and `bodies` the body of each request. With
+`tls=self_signed_certificate(folder)` it speaks https.
 """
 
 from __future__ import annotations
 
+import datetime
 import http.server
+import ipaddress
 import socket
+import ssl
 import threading
+from pathlib import Path
 from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -28,8 +38,44 @@ class _Server(http.server.ThreadingHTTPServer):
         return accepted
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and localhost (and its key), valid for a day: the server under test trusts it
+    through SSL_CERT_FILE."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "listener.crt", folder / "listener.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
 class Listener:
-    def __init__(self, *, host: str = "127.0.0.1", body: bytes = b"", content_type: str = "image/png") -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        body: bytes = b"",
+        content_type: str = "image/png",
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.lock = threading.Lock()
         self.connections = 0
         self.requests: list[tuple[str, str, dict[str, str]]] = []
@@ -70,9 +116,13 @@ class Listener:
 
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._server = _Server(self, (host, 0), Handler, family)
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{shown}:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -14,6 +14,8 @@ import httpcore
 import httpx
 import pytest
 
+from comfyui_api.app import url_guard
+from comfyui_api.config import ConfigError, load_settings
 from comfyui_api.storage.auth import BasicAuth, BearerAuth, DownloadAuth, HeaderAuth, QueryAuth
 from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.http import HttpProvider
@@ -388,3 +390,31 @@ def test_httpx_transports_still_keep_their_pool_where_the_guard_replaces_it() ->
     for transport in client._mounts.values():
         assert type(transport._pool._network_backend).__name__ == "_GuardedBackend"  # type: ignore[union-attr]
     client.close()
+
+
+# --- operator configuration -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["HTTP_TRUSTED_ORIGINS", "HTTP_AUTH_ALLOWED_ORIGINS"])
+def test_a_malformed_origin_stops_startup_naming_the_variable(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{name}: .*'minio:9000' is not an http\(s\) origin"):
+        load_settings(**{name.lower(): "http://ok.test,minio:9000"})
+
+
+def test_operator_configured_urls_are_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://seaweed.internal:8333")
+    settings = load_settings(
+        system_webhook_url="http://hooks.internal:9000/system?token=x",
+        hf_endpoint="http://hub.internal",
+        http_trusted_origins="https://minio.internal:9000",
+    )
+    guard = url_guard(settings, "http://127.0.0.1:10000/devstoreaccount1")
+    assert guard.trusted_origins == {
+        "https://minio.internal:9000",
+        "http://hooks.internal:9000",
+        "http://hub.internal",
+        "http://seaweed.internal:8333",
+        "http://127.0.0.1:10000",
+    }
+    assert guard.block_private
+    assert not load_settings(http_block_private_addresses="false").http_block_private_addresses

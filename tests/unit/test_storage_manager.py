@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 
 from comfyui_api.config import Settings
+from comfyui_api.storage import manager as manager_module
 from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.cache import cache_key
+from comfyui_api.storage.git import REQUEST_URL_CONFIG, clone, pinned_resolve
 from comfyui_api.storage.manager import StorageManager
 from comfyui_api.storage.net import UnsafeUrl, UrlGuard
 from tests.support.files import FileServer
@@ -309,3 +311,33 @@ async def test_a_request_git_url_to_a_private_address_is_refused(tmp_path: Path)
         await manager.clone_repo("http://user:pw@127.0.0.1:9/repo.git", tmp_path / "diffusers")
     await manager.aclose()
     assert not (tmp_path / "diffusers").exists()
+
+
+async def test_git_connects_to_the_address_the_guard_checked(tmp_path: Path, repository: tuple[Path, str]) -> None:
+    """git resolves names itself; the pin (libcurl's resolve list) makes it use the checked address. `git.test`
+    has no DNS entry at all, so only the pin can make this clone work."""
+    bare, _ = repository
+    with GitServer(bare.parent) as server:
+        port = server.url.rsplit(":", 1)[1]
+        url = f"http://git.test:{port}/{bare.name}"
+        await clone(url, tmp_path / "pinned", config={**REQUEST_URL_CONFIG, **pinned_resolve(url, "127.0.0.1")})
+    assert (tmp_path / "pinned" / "model_index.json").read_text() == '{"version": 2}'
+
+
+async def test_a_request_git_url_is_pinned_to_its_checked_public_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cloning from a public address cannot run here (no traffic leaves loopback), so the clone itself is replaced
+    by a recorder: what is checked is the configuration git would get."""
+    recorded: list[dict[str, str] | None] = []
+
+    async def record(url: str, destination: Path, *, config: dict[str, str] | None = None) -> None:
+        recorded.append(config)
+        destination.mkdir(parents=True)
+
+    monkeypatch.setattr(manager_module, "clone", record)
+    guard = UrlGuard(resolver=lambda host, port: ["93.184.216.34"])
+    manager = StorageManager(Settings(cache_dir=tmp_path / "cache", comfy_home=tmp_path / "comfy"), guard)
+    await manager.clone_repo("https://models.test/org/diffusion-model.git@v1", tmp_path / "diffusers")
+    await manager.aclose()
+    assert recorded == [{**REQUEST_URL_CONFIG, "http.curloptResolve": "models.test:443:93.184.216.34"}]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ..storage.base import DownloadError
+from ..urls import redact_url
 from .media import InvalidInlineData, decode_inline, is_data_url, looks_like_base64, sniff_extension
 
 # Downloads a URL into a folder and returns the file's path; provided by the storage layer.
@@ -93,7 +94,7 @@ class MediaInputs:
             return value, None
         if is_url(value):
             if self._fetch_url is None:
-                raise InputError(f"No storage provider found for URL: {value}")
+                raise InputError(f"No storage provider found for URL: {redact_url(value)}")
             try:
                 path = await self._fetch_url(value, dest_dir or self._input_dir)
             except DownloadError as exc:

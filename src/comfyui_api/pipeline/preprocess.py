@@ -131,7 +131,7 @@ class _Run:
             try:
                 if class_type in GIT_LOADERS:
                     if self._storage is None:
-                        raise DownloadError(f"No storage provider found for URL: {value}")
+                        raise DownloadError(f"No storage provider found for URL: {redact_url(value)}")
                     inputs[name] = (await self._storage.clone_repo(value, target)).name
                 else:
                     inputs[name] = (await self._download(value, target, stage=False)).name

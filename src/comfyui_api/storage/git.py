@@ -8,6 +8,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..urls import redact_url
 from .base import DownloadError
@@ -54,6 +55,18 @@ REQUEST_URL_CONFIG = {
     "protocol.https.allow": "always",
     "http.followRedirects": "false",
 }
+
+
+def pinned_resolve(url: str, address: str | None) -> dict[str, str]:
+    """git (libcurl) configuration that connects to `address`, the one the URL guard checked, for the URL's host:
+    git resolves names itself, and a second answer could point elsewhere (DNS rebinding). Nothing for None."""
+    if address is None:
+        return {}
+    base, _ = parse_git_url(url)
+    parts = urlsplit(base)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    shown = f"[{address}]" if ":" in address else address
+    return {"http.curloptResolve": f"{parts.hostname}:{port}:{shown}"}
 
 
 def _config_env(config: dict[str, str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ from .auth import DownloadAuth
 from .azure import AzureProvider, azure_service_client
 from .base import DownloadError, Provider, name_extension
 from .cache import DownloadCache, EventHook
-from .git import REQUEST_URL_CONFIG, clone, repo_dir_name
+from .git import REQUEST_URL_CONFIG, clone, pinned_resolve, repo_dir_name
 from .http import HttpProvider
 from .huggingface import HuggingFaceProvider
 from .net import UnsafeUrl, UrlGuard
@@ -124,10 +124,12 @@ class StorageManager:
     async def clone_repo(self, url: str, target_dir: Path, *, trusted: bool = False) -> Path:
         """A git repository as a folder of `target_dir` (kept, not cached: ComfyUI loads it in place). A request's
         URL passes the URL guard and is cloned over http(s) only, without redirects."""
+        config = None
         if not trusted:
-            await self._guard.check(url, field="a git repository")
+            address = await self._guard.check(url, field="a git repository")
+            config = {**REQUEST_URL_CONFIG, **pinned_resolve(url, address)}
         destination = target_dir / repo_dir_name(url)
         async with self._repo_locks.setdefault(destination, asyncio.Lock()):
             if not destination.exists():
-                await clone(url, destination, config=None if trusted else REQUEST_URL_CONFIG)
+                await clone(url, destination, config=config)
         return destination

@@ -31,7 +31,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from ..urls import InvalidUrl, origin_of, redact_url, split_url, url_origin
+from ..urls import InvalidUrl, origin_of, redact_url, show_address, split_url, url_origin
 from .auth import Credentials
 from .base import DownloadError
 
@@ -216,11 +216,12 @@ class UrlGuard:
         except ValueError as exc:  # an IPv6 host that ipaddress rejects
             raise UnsafeUrl(f"{redact_url(url)} is not a valid URL: {exc}") from None
 
-    async def check(self, url: str, *, field: str = "URL") -> None:
-        """Refuse `url` now (for a clear 400 before any work starts). Connections are checked again when opened."""
+    async def check(self, url: str, *, field: str = "URL") -> str | None:
+        """Refuse `url` now (for a clear 400 before any work starts); the checked address to connect to, or None
+        when the origin is not checked. Connections made here are checked again when opened."""
         origin = self.parse(url, field=field)
         if not self.checks(origin):
-            return
+            return None
         parts = split_url(url)
         host = (parts.hostname or "").rstrip(".")
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
@@ -231,6 +232,7 @@ class UrlGuard:
             raise UnsafeUrl(f"{redact_url(url)} {exc.reason()}") from None
         except OSError as exc:
             raise UnsafeUrl(f"{redact_url(url)}: cannot resolve {host}: {exc}") from None
+        return addresses[0]
 
     def pin(self, scheme: str, host: str, port: int) -> str:
         """The address to connect to for (scheme, host, port): resolved once, every answer checked."""
@@ -250,7 +252,7 @@ class UrlGuard:
     @staticmethod
     def _literal(host: str) -> list[str]:
         try:
-            return [str(ipaddress.ip_address(host.strip("[]")))]
+            return [show_address(host.strip("[]"))]
         except ValueError:
             return []
 
