@@ -37,11 +37,13 @@ class Sources:
     dead: str
 
     def urls(self, kind: str, name: str) -> str:
+        # A space is percent-encoded: a raw one makes the URL malformed (a 400 at its field).
+        name = name.replace(" ", "%20")
         return {
             "http": f"{self.files.url}/{name}",
             "s3": f"s3://inputs/{name}",
             "azure": f"{self.azurite.blob_endpoint}/inputs/{name}",
-            "huggingface": f"https://huggingface.co/org/inputs/resolve/main/{name.replace(' ', '%20')}",
+            "huggingface": f"https://huggingface.co/org/inputs/resolve/main/{name}",
         }[kind]
 
 
@@ -189,7 +191,7 @@ def test_wrong_s3_credentials_are_a_400_at_the_loader(storage_server: ApiServer,
         (lambda s: "s3://inputs/missing.png", "S3 object not found"),
         (lambda s: f"{s.azurite.blob_endpoint}/inputs/missing.png", "Azure blob not found"),
         (lambda s: "https://huggingface.co/org/inputs/resolve/main/missing.png", "Hugging Face file not found"),
-        (lambda s: "ftp://example.com/cat.png", "No storage provider found for URL"),
+        (lambda s: "ftp://example.com/cat.png", "only http, https and s3 URLs are allowed, not ftp:"),
     ],
 )
 def test_unreachable_inputs_are_a_400_naming_the_input(
