@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command: every benchmark, one table of its bars, one JSON file of its figures.
 
-    .venv/bin/python -m bench [--only startup,requests,outputs,download] [--json bench/results/latest.json]
+    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard] [--json bench/results/latest.json]
                               [--baseline earlier.json]
 
 Run from the repository root after scripts/setup.sh. Each benchmark runs in a process of its own, one after the other
@@ -11,6 +11,7 @@ servers in front of their own CPU ComfyUI, SeaweedFS, file servers); its progres
 * requests: sequential latency added to a prompt, and a burst of 1,000 prompts at once (bench/requests.py)
 * outputs:  a 4096x4096 PNG and a ~200 MB output as base64 and as S3 upload: peak RSS (bench/outputs.py)
 * download: HTTP and S3 downloads against curl and boto3 (bench/download.py)
+* guard:    a cached URL input with the URL guard on and off, and direct ComfyUI (bench/guard.py)
 
 Then one table of every figure with a bar (and the figures they are measured against), and the JSON: `meta`, each
 benchmark's own report under `benchmarks`, and every figure flattened under `figures` as "benchmark.figure", which
@@ -32,7 +33,7 @@ from typing import Any
 
 from .common import REPO, check_cases_and_baseline, compare, log, print_checks, sigterm_exits, write_report
 
-BENCHMARKS = ("startup", "requests", "outputs", "download")
+BENCHMARKS = ("startup", "requests", "outputs", "download", "guard")
 DEFAULT_REPORT = REPO / "bench" / "results" / "latest.json"
 
 

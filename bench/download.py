@@ -96,14 +96,24 @@ def _vm_hwm_mib() -> float:
 
 
 def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
+    from comfyui_api.app import url_guard
     from comfyui_api.config import Settings
     from comfyui_api.storage.manager import StorageManager
+    from comfyui_api.urls import url_origin
 
     baseline_rss = _rss_now_mib()
 
     async def run() -> dict[str, Any]:
-        settings = Settings(cache_dir=spec["cache_dir"], comfy_home=spec["comfy_home"], aws_region="us-east-1")
-        manager = StorageManager(settings)
+        # The file server listens on loopback: its origin is trusted, as an operator lists in-cluster storage (the
+        # S3 endpoint, AWS_ENDPOINT_URL, is trusted as operator configuration).
+        trusted = (url_origin(spec["url"]),) if spec["url"].startswith("http") else ()
+        settings = Settings(
+            cache_dir=spec["cache_dir"],
+            comfy_home=spec["comfy_home"],
+            aws_region="us-east-1",
+            http_trusted_origins=trusted,
+        )
+        manager = StorageManager(settings, url_guard(settings, None))
         target = Path(spec["target_dir"])
         try:
             started = time.perf_counter()
