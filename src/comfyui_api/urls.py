@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import posixpath
+import re
 import unicodedata
 from urllib.parse import SplitResult, unquote, urlsplit
 
@@ -100,6 +101,14 @@ def redact_url(url: str) -> str:
     host = parts.netloc.rpartition("@")[2]
     query = _REDACTED_QUERY if parts.query else ""
     return f"{parts.scheme}://{host}{parts.path}{query}"
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """`text` (an SDK's or HTTP client's error message) with every URL in it redacted."""
+    return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
 
 
 class InvalidName(ValueError):

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from .api.schemas import PromptRequest
 from .config import ConfigError, Settings
+from .storage.net import describe_http_error
 
 
 def parse_warmup(text: str, source: str) -> dict[str, Any]:
@@ -38,7 +39,7 @@ async def load_warmup(settings: Settings) -> dict[str, Any] | None:
         async with httpx.AsyncClient(follow_redirects=True, timeout=60) as http:
             response = await http.get(settings.warmup_prompt_url, headers=headers)
     except httpx.HTTPError as exc:
-        raise ConfigError(f"WARMUP_PROMPT_URL could not be fetched: {type(exc).__name__}: {exc}") from None
+        raise ConfigError(f"WARMUP_PROMPT_URL could not be fetched: {describe_http_error(exc)}") from None
     if not response.is_success:
         raise ConfigError(f"WARMUP_PROMPT_URL answered {response.status_code}")
     return parse_warmup(response.text, "WARMUP_PROMPT_URL")

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+
 import pytest
 
-from comfyui_api.urls import InvalidName, parse_origins, redact_url, safe_leaf_name, url_leaf_name, url_origin
+from comfyui_api.logs import configure_logging
+from comfyui_api.urls import (
+    InvalidName,
+    parse_origins,
+    redact_url,
+    redact_urls_in,
+    safe_leaf_name,
+    url_leaf_name,
+    url_origin,
+)
 
 
 @pytest.mark.parametrize(
@@ -99,3 +111,34 @@ def test_url_leaf_names() -> None:
     assert url_leaf_name("https://h.test/models/a%20b.safetensors?x=1") == "a b.safetensors"
     assert url_leaf_name("https://h.test/models/..%2F..%2Fetc%2Fpasswd") == "passwd"  # only the leaf survives
     assert url_leaf_name("https://h.test/") is None
+
+
+def test_urls_inside_a_message_are_redacted() -> None:
+    message = "GET https://acct.blob.core.windows.net/c/b.png?sv=1&sig=secret failed; retry http://u:p@h.test/x?t=1."
+    assert redact_urls_in(message) == (
+        "GET https://acct.blob.core.windows.net/c/b.png?<redacted> failed; retry http://h.test/x?<redacted>"
+    )
+
+
+SDK_LOGGERS = ("botocore", "boto3", "s3transfer", "urllib3", "azure", "httpx", "huggingface_hub")
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state: put it back for the tests that follow."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, {name: logging.getLogger(name).level for name in SDK_LOGGERS})
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in saved[2].items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.parametrize(
+    ("level", "sdk_level"),
+    [("debug", logging.WARNING), ("info", logging.WARNING), ("trace", logging.DEBUG), ("error", logging.ERROR)],
+)
+def test_sdk_loggers_stay_at_warning_unless_trace(restored_logging: None, level: str, sdk_level: int) -> None:
+    configure_logging(level)
+    for name in SDK_LOGGERS:
+        assert logging.getLogger(name).level == sdk_level, name

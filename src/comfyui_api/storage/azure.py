@@ -11,7 +11,7 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from ..config import Settings
-from ..urls import redact_url
+from ..urls import redact_url, redact_urls_in
 from .auth import BearerAuth, DownloadAuth, QueryAuth
 from .base import AccessDenied, DownloadError, UploadError
 
@@ -134,10 +134,12 @@ class AzureProvider:
         except ResourceNotFoundError:
             raise DownloadError(f"Azure blob not found: {redact_url(url)}") from None
         except ClientAuthenticationError as exc:
-            raise AccessDenied(f"Azure access denied for {redact_url(url)}: {exc.reason or exc.message}") from None
+            raise AccessDenied(
+                f"Azure access denied for {redact_url(url)}: {redact_urls_in(str(exc.reason or exc.message))}"
+            ) from None
         except HttpResponseError as exc:
             if exc.status_code in (401, 403):
                 raise AccessDenied(f"Azure access denied for {redact_url(url)}: {exc.reason}") from None
             raise DownloadError(f"Azure error for {redact_url(url)}: {exc.status_code} {exc.reason}") from None
         except AzureError as exc:
-            raise DownloadError(f"Azure error for {redact_url(url)}: {exc.message}") from None
+            raise DownloadError(f"Azure error for {redact_url(url)}: {redact_urls_in(str(exc.message))}") from None

@@ -124,7 +124,7 @@ class DownloadCache:
         finally:
             self._in_flight.pop(key, None)
         future.set_result(path)
-        self._urls[path] = url
+        self._urls[path] = redact_url(url)  # for its file_deleted event
         logger.info(
             "downloaded",
             extra={

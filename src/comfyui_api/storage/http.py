@@ -26,9 +26,7 @@ _DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8''|")?([^";]+)"?""", re.I
 class HttpProvider:
     name = "http"
 
-    def __init__(
-        self, guard: UrlGuard, env_header: tuple[str, str] | None = None, *, timeout_s: float = 60.0
-    ) -> None:
+    def __init__(self, guard: UrlGuard, env_header: tuple[str, str] | None = None, *, timeout_s: float = 60.0) -> None:
         self._guard = guard
         self._env_header = env_header
         timeout = httpx.Timeout(timeout_s, connect=15.0)

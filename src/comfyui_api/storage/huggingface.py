@@ -20,7 +20,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ..urls import redact_url
+from ..urls import redact_url, redact_urls_in
 from .auth import BearerAuth, DownloadAuth
 from .base import AccessDenied, DownloadError, UploadError
 
@@ -144,6 +144,6 @@ async def _call(url: str, function: Callable[[], object]) -> None:
     except EntryNotFoundError:
         raise DownloadError(f"Hugging Face file not found: {redact_url(url)}") from None
     except HfHubHTTPError as exc:
-        raise DownloadError(f"Hugging Face error for {redact_url(url)}: {exc}") from None
+        raise DownloadError(f"Hugging Face error for {redact_url(url)}: {redact_urls_in(str(exc))}") from None
     except OSError as exc:
-        raise DownloadError(f"Hugging Face download failed for {redact_url(url)}: {exc}") from None
+        raise DownloadError(f"Hugging Face download failed for {redact_url(url)}: {redact_urls_in(str(exc))}") from None

@@ -102,9 +102,7 @@ class StorageManager:
             if filename and not name_extension(filename):
                 filename += entry.path.suffix
             if stage:
-                link = await asyncio.to_thread(
-                    stage_file, entry.path, target_dir, filename or unique_name(entry.path)
-                )
+                link = await asyncio.to_thread(stage_file, entry.path, target_dir, filename or unique_name(entry.path))
             else:
                 link = target_dir / (filename or entry.path.name)
                 symlink(link, entry.path)

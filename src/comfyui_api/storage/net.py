@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import ipaddress
 import socket
@@ -31,7 +30,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from ..urls import InvalidUrl, origin_of, redact_url, show_address, split_url, url_origin
+from ..urls import InvalidUrl, origin_of, redact_url, redact_urls_in, show_address, split_url, url_origin
 from .auth import Credentials
 from .base import DownloadError
 
@@ -67,9 +66,7 @@ _V6_RANGES: tuple[tuple[str, str], ...] = (
     ("2001:db8::/32", "documentation"),
     ("3fff::/20", "documentation"),
 )
-_NAMED_RANGES = tuple(
-    (ipaddress.ip_network(network), name) for network, name in (*_V4_RANGES, *_V6_RANGES)
-)
+_NAMED_RANGES = tuple((ipaddress.ip_network(network), name) for network, name in (*_V4_RANGES, *_V6_RANGES))
 # IPv6 forms that carry an IPv4 address in their low 32 bits (RFC 6052 NAT64, well-known and local-use prefixes).
 _NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
 
@@ -479,9 +476,7 @@ class Redirects:
         previous = self.current
         UrlGuard.parse(next_url, field="a redirect")
         if previous.url.startswith("https:") and target.scheme == "http":
-            raise UnsafeUrl(
-                f"{redact_url(self._url)}: refused a redirect from https to http ({redact_url(next_url)})"
-            )
+            raise UnsafeUrl(f"{redact_url(self._url)}: refused a redirect from https to http ({redact_url(next_url)})")
         method = previous.method
         if (response.status_code == 303 and method != "HEAD") or (
             response.status_code in (301, 302) and method == "POST"
@@ -544,10 +539,5 @@ async def send_async(client: httpx.AsyncClient, redirects: Redirects, body: Body
 
 def describe_http_error(exc: BaseException) -> str:
     """`Type: message` for an httpx error, without the URLs it may quote (they may carry a signed query)."""
-    text = str(exc)
-    request = None
-    with contextlib.suppress(RuntimeError, AttributeError):
-        request = exc.request  # type: ignore[attr-defined]
-    if request is not None:
-        text = text.replace(str(request.url), redact_url(str(request.url)))
+    text = redact_urls_in(str(exc))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
