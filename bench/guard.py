@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.guard [--requests 200] [--json out.json] [--baseline earlier.json]
 
-Run from the repository root. Two comfyui-api servers start in temporary folders, each in front of its own CPU
-ComfyUI: one with the guard on (the default), one with HTTP_BLOCK_PRIVATE_ADDRESSES=false. Both get the same
+Run from the repository root. Two comfyui-api servers start in temporary folders in front of one CPU ComfyUI (the
+second brings no ComfyUI of its own), so that the two sides differ by the guard alone: one with the guard on (the
+default), one with HTTP_BLOCK_PRIVATE_ADDRESSES=false. Both get the same
 request, `LoadImage(<url>) -> SaveImage` of a 64x64 PNG, alternating between them (and which goes first
 alternating too), --requests times each; ComfyUI's own API is driven directly with the same graph on a file already
 in its input folder, as the reference beside them.
@@ -47,10 +48,9 @@ from .common import (
     write_report,
 )
 from .direct import Outcome
-from .requests import PNG_BASE64_START, percentile
+from .requests import WARM_UP_REQUESTS, alternate, percentile
 
 ADDED_P50_BAR_MS = 1.0
-WARM_UP_REQUESTS = 5
 URL = "http://93.184.216.34/bench/input.png"
 CASES = ("cached_url",)
 
@@ -86,29 +86,33 @@ class Bench:
         from PIL import Image
 
         from comfyui_api.storage.cache import cache_key
-        from tests.support.server import STARTUP_DEADLINE_S, ApiServer, wait_until
+        from tests.support.server import ApiServer
 
         dead_proxy = f"http://127.0.0.1:{closed_port()}"
-        for name, block in (("on", "true"), ("off", "false")):
-            server = ApiServer(
-                self.work / name,
-                checkpoint(),
-                LOG_LEVEL="info",
-                HTTP_BLOCK_PRIVATE_ADDRESSES=block,
-                HTTP_PROXY=dead_proxy,
-                HTTPS_PROXY=dead_proxy,
-            )
+        common = {"LOG_LEVEL": "info", "HTTP_PROXY": dead_proxy, "HTTPS_PROXY": dead_proxy}
+        on = ApiServer(self.work / "on", checkpoint(), HTTP_BLOCK_PRIVATE_ADDRESSES="true", **common)
+        # The same ComfyUI serves both (the second server brings none of its own: its CMD only idles), so that
+        # the two sides differ by the guard alone, not by two ComfyUI processes' luck on two cores.
+        off = ApiServer(
+            self.work / "off",
+            checkpoint(),
+            comfy_port=on.comfy_port,
+            CMD="sleep infinity",
+            INPUT_DIR=str(on.base / "input"),
+            OUTPUT_DIR=str(on.base / "output"),
+            HTTP_BLOCK_PRIVATE_ADDRESSES="false",
+            **common,
+        )
+        self.servers = {"on": on, "off": off}
+        for server in self.servers.values():
             Image.new("RGB", (64, 64), (30, 60, 90)).save(server.base / "cache" / f"{cache_key(URL)}.png")
-            self.servers[name] = server
         # Two files, used in turn: ComfyUI would answer a repeated prompt from its cache without running it.
         for index in range(2):
-            Image.new("RGB", (64, 64), (30, 60, 90 + index)).save(self.servers["on"].base / "input" / f"d{index}.png")
-        log("starting two comfyui-api servers (guard on, guard off), each with its own ComfyUI")
+            Image.new("RGB", (64, 64), (30, 60, 90 + index)).save(on.base / "input" / f"d{index}.png")
+        log("starting two comfyui-api servers (guard on, guard off) in front of one ComfyUI")
         started = time.monotonic()
-        for server in self.servers.values():
-            server.start(wait="none")
-        for server in self.servers.values():
-            wait_until(server.healthy, STARTUP_DEADLINE_S, "the server to become healthy", interval_s=0.2)
+        on.start()
+        off.start()
         log(f"  healthy in {time.monotonic() - started:.1f} s")
 
     def stop(self) -> None:
@@ -151,22 +155,8 @@ class Bench:
             "direct": lambda: direct.comfy.run(graph(f"d{self._turn()}.png")),
         }
         log(f"cached_url: {WARM_UP_REQUESTS} warm-up requests each, then {self.args.requests} rounds")
-        for _ in range(WARM_UP_REQUESTS):
-            for side in sides.values():
-                await side()
-        times: dict[str, list[float]] = {name: [] for name in sides}
-        executions: dict[str, list[float]] = {name: [] for name in sides}
-        for index in range(self.args.requests):
-            order = ["on", "off", "direct"] if index % 2 == 0 else ["off", "on", "direct"]
-            for name in order:
-                started = time.perf_counter()
-                outcome = await sides[name]()
-                times[name].append((time.perf_counter() - started) * 1000)
-                executions[name].append(outcome.execution_ms)
-                if len(outcome.images) != 1 or not outcome.images[0].startswith(PNG_BASE64_START):
-                    raise BenchError(f"{name}: expected one base64 PNG, got {len(outcome.images)} outputs")
-            if (index + 1) % 50 == 0:
-                log(f"  {index + 1} rounds")
+        orders = (["on", "off", "direct"], ["off", "on", "direct"])
+        times, executions = await alternate(sides, self.args.requests, orders)
         net = {name: [t - e for t, e in zip(times[name], executions[name], strict=True)] for name in times}
         paired = [on - off for on, off in zip(net["on"], net["off"], strict=True)]
         self.runs["cached_url"] = {**times, "executions": executions}

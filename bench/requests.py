@@ -109,6 +109,29 @@ def pixel_color(encoded: str) -> int:
     return (red << 16) | (green << 8) | blue
 
 
+async def alternate(
+    sides: dict[str, Callable[[], Awaitable[Outcome]]], rounds: int, orders: tuple[list[str], list[str]]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """WARM_UP_REQUESTS of each side, then `rounds` rounds of one request per side, in `orders[0]` and `orders[1]`
+    by turns; each side's latencies and ComfyUI execution times (ms). Every answer must be one base64 PNG."""
+    for _ in range(WARM_UP_REQUESTS):
+        for side in sides.values():
+            await side()
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    executions: dict[str, list[float]] = {name: [] for name in sides}
+    for index in range(rounds):
+        for name in orders[index % 2]:
+            started = time.perf_counter()
+            outcome = await sides[name]()
+            times[name].append((time.perf_counter() - started) * 1000)
+            executions[name].append(outcome.execution_ms)
+            if len(outcome.images) != 1 or not outcome.images[0].startswith(PNG_BASE64_START):
+                raise BenchError(f"{name}: expected one base64 PNG, got {len(outcome.images)} outputs")
+        if (index + 1) % 50 == 0:
+            log(f"  {index + 1} rounds")
+    return times, executions
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The /health prober: a process of its own, so that this process's event loop (busy with a thousand answers) does not
 # delay the probes it times.
@@ -298,22 +321,7 @@ class Bench:
             "direct": lambda: direct.comfy.run(graph()),
         }
         log(f"{case}: {WARM_UP_REQUESTS} warm-up requests each, then {self.args.requests} pairs")
-        for _ in range(WARM_UP_REQUESTS):
-            for side in sides.values():
-                await side()
-        times: dict[str, list[float]] = {"ours": [], "direct": []}
-        executions: dict[str, list[float]] = {"ours": [], "direct": []}
-        for index in range(self.args.requests):
-            order = ["ours", "direct"] if index % 2 == 0 else ["direct", "ours"]
-            for name in order:
-                started = time.perf_counter()
-                outcome = await sides[name]()
-                times[name].append((time.perf_counter() - started) * 1000)
-                executions[name].append(outcome.execution_ms)
-                if len(outcome.images) != 1 or not outcome.images[0].startswith(PNG_BASE64_START):
-                    raise BenchError(f"{name}: expected one base64 PNG, got {len(outcome.images)} outputs")
-            if (index + 1) % 50 == 0:
-                log(f"  {index + 1} pairs")
+        times, executions = await alternate(sides, self.args.requests, (["ours", "direct"], ["direct", "ours"]))
         # ComfyUI's execution of a prompt varies from one prompt to the next by more than the bars, and it is
         # ComfyUI's time, not ours: each request's execution (from its execution_start event to its
         # execution_success) is taken out, leaving what each side spent around it.
