@@ -21,6 +21,7 @@ from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.http import HttpProvider
 from comfyui_api.storage.net import Redirects, Resolver, UnsafeUrl, UrlGuard, address_problem
 from comfyui_api.urls import url_origin
+from comfyui_api.webhooks.sender import WebhookSender
 from tests.support.listeners import Listener
 
 
@@ -418,3 +419,17 @@ def test_operator_configured_urls_are_trusted(monkeypatch: pytest.MonkeyPatch) -
     }
     assert guard.block_private
     assert not load_settings(http_block_private_addresses="false").http_block_private_addresses
+
+
+async def test_a_webhook_redirected_to_loopback_is_refused_once_not_retried(
+    listeners: tuple[Listener, Listener], caplog: pytest.LogCaptureFixture
+) -> None:
+    hooks, internal = listeners
+    hooks.redirect("/hook", f"{internal.url}/admin", status=307)
+    sender = WebhookSender(None, 3, guard=UrlGuard(trusted_origins=[hooks.url]), backoff_base_s=0.01)
+    assert await sender.send(f"{hooks.url}/hook", {"hello": "world"}) is False
+    await sender.aclose()
+    assert len(hooks.requests) == 1 and internal.connections == 0
+    (failure,) = [record for record in caplog.records if record.getMessage() == "webhook delivery failed"]
+    assert failure.attempts == 1  # type: ignore[attr-defined]
+    assert "which resolves to a loopback address" in failure.last_error  # type: ignore[attr-defined]

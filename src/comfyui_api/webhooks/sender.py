@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from ..storage.net import Redirects, UrlGuard, describe_http_error, send_async
+from ..storage.net import Redirects, UnsafeUrl, UrlGuard, describe_http_error, send_async
 from ..urls import redact_url
 from .signing import Signer
 
@@ -119,6 +119,9 @@ class WebhookSender:
                 # httpx's timeout bounds each phase; this bounds the whole attempt (a receiver trickling bytes).
                 async with asyncio.timeout(self._timeout_s):
                     response = await send_async(self._client, Redirects("POST", url, headers=headers), content)
+            except UnsafeUrl as exc:  # the URL guard refused it (a redirect, or a changed DNS answer): no retry
+                last_status, last_error = None, str(exc)
+                break
             except Exception as exc:  # any failure is a failed attempt: this method never raises
                 last_status = None
                 last_error = "timeout" if isinstance(exc, TimeoutError) else describe_http_error(exc)
@@ -132,7 +135,7 @@ class WebhookSender:
             )
         logger.error(
             "webhook delivery failed",
-            extra={"url": target, "attempts": self._retries, "last_status": last_status, "last_error": last_error},
+            extra={"url": target, "attempts": attempt, "last_status": last_status, "last_error": last_error},
         )
         return False
 
