@@ -37,13 +37,11 @@ class Sources:
     dead: str
 
     def urls(self, kind: str, name: str) -> str:
-        # A space is percent-encoded: a raw one makes the URL malformed (a 400 at its field).
-        name = name.replace(" ", "%20")
         return {
             "http": f"{self.files.url}/{name}",
             "s3": f"s3://inputs/{name}",
             "azure": f"{self.azurite.blob_endpoint}/inputs/{name}",
-            "huggingface": f"https://huggingface.co/org/inputs/resolve/main/{name}",
+            "huggingface": f"https://huggingface.co/org/inputs/resolve/main/{name.replace(' ', '%20')}",
         }[kind]
 
 

@@ -24,16 +24,19 @@ class InvalidUrl(ValueError):
 
 
 def split_url(url: str) -> SplitResult:
-    """`urlsplit`, plus the checks it skips: no control characters or spaces, a sane length and host, a valid port."""
+    """`urlsplit`, plus the checks it skips: no control characters, a sane length and host, a valid port."""
     if len(url) > MAX_URL_LENGTH:
         raise InvalidUrl(f"the URL is longer than {MAX_URL_LENGTH} characters")
-    if any(ord(char) < 0x21 or ord(char) == 0x7F for char in url):
-        raise InvalidUrl("the URL contains a control character or a space")
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in url):
+        raise InvalidUrl("the URL contains a control character")
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
         raise InvalidUrl(f"the URL cannot be parsed ({exc})") from None
+    # A space in a path or query is sent percent-encoded (S3 keys and blob names may have one); never in a host.
+    if " " in parts.netloc:
+        raise InvalidUrl("the URL's host contains a space")
     host = parts.hostname or ""
     if len(host) > MAX_HOST_LENGTH:
         raise InvalidUrl(f"the URL's host is longer than {MAX_HOST_LENGTH} characters")

@@ -433,3 +433,11 @@ async def test_a_webhook_redirected_to_loopback_is_refused_once_not_retried(
     (failure,) = [record for record in caplog.records if record.getMessage() == "webhook delivery failed"]
     assert failure.attempts == 1  # type: ignore[attr-defined]
     assert "which resolves to a loopback address" in failure.last_error  # type: ignore[attr-defined]
+
+
+async def test_a_space_in_a_path_is_fine_but_not_in_a_host() -> None:
+    """S3 keys and blob names may hold a space, sent percent-encoded as before; a host never does."""
+    guard = UrlGuard(block_private=False, connect_hook=never_connect)
+    await guard.check("http://files.test/style lora.safetensors?x=a b")
+    with pytest.raises(UnsafeUrl, match="host contains a space"):
+        await guard.check("http://files .test/a.png")

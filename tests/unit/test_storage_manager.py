@@ -105,7 +105,7 @@ async def test_urls_without_a_provider_are_refused(storage: tuple[StorageManager
         ("ftp://user:pw@h/x?sig=secret", "ftp://h/x?<redacted>: only http, https and s3 URLs are allowed, not ftp:"),
         ("file:///etc/passwd", "file:///etc/passwd: only http, https and s3 URLs are allowed, not file:"),
         ("/etc/passwd", "/etc/passwd: only http, https and s3 URLs are allowed, not ?:"),
-        ("http://exa mple/x", "http://exa mple/x is not a valid URL: the URL contains a control character or a space"),
+        ("http://exa mple/x", "http://exa mple/x is not a valid URL: the URL's host contains a space"),
         ("http://h:99999/x", "is not a valid URL: the URL cannot be parsed"),
     ],
 )
