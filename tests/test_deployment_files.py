@@ -487,7 +487,8 @@ def test_compose_environment_starts_the_server(clean_environment: pytest.MonkeyP
     settings = settings_from(clean_environment, image_env() | compose_env())
     assert settings.comfy_home == Path(COMFY_HOME) and settings.port == API_PORT
     assert settings.system_webhook_url and settings.system_webhook_events
-    Signer(settings.webhook_secret)  # a valid Standard Webhooks secret, or this raises
+    assert settings.webhook_secret is not None
+    Signer(settings.webhook_secret.get_secret_value())  # a valid Standard Webhooks secret, or this raises
     assert settings.webhook_secret
 
 
