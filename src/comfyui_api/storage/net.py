@@ -26,6 +26,7 @@ import ssl
 import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import SplitResult
 
 import httpcore
 import httpx
@@ -196,8 +197,8 @@ class UrlGuard:
             return False
 
     @staticmethod
-    def parse(url: str, *, field: str = "URL") -> str:
-        """The URL's origin after the syntax and scheme checks; UnsafeUrl names what is wrong."""
+    def parse(url: str, *, field: str = "URL") -> tuple[SplitResult, str]:
+        """The URL's parts and origin after the syntax and scheme checks; UnsafeUrl names what is wrong."""
         try:
             parts = split_url(url)
             if parts.scheme.lower() not in _SCHEMES:
@@ -207,7 +208,7 @@ class UrlGuard:
                 )
             if not parts.hostname:
                 raise UnsafeUrl(f"{redact_url(url)}: the URL has no host")
-            return origin_of(parts)
+            return parts, origin_of(parts)
         except InvalidUrl as exc:
             raise UnsafeUrl(f"{redact_url(url)} is not a valid URL: {exc}") from None
         except ValueError as exc:  # an IPv6 host that ipaddress rejects
@@ -216,10 +217,9 @@ class UrlGuard:
     async def check(self, url: str, *, field: str = "URL") -> str | None:
         """Refuse `url` now (for a clear 400 before any work starts); the checked address to connect to, or None
         when the origin is not checked. Connections made here are checked again when opened."""
-        origin = self.parse(url, field=field)
+        parts, origin = self.parse(url, field=field)
         if not self.checks(origin):
             return None
-        parts = split_url(url)
         host = (parts.hostname or "").rstrip(".")
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
         try:
