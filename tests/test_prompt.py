@@ -217,7 +217,7 @@ def test_unknown_fields_are_ignored(server: ApiServer) -> None:
     assert "something_else" not in body
 
 
-@pytest.mark.parametrize("bad_id", ["../escape", "a/b", "a\\b", "tab\there", ""])
+@pytest.mark.parametrize("bad_id", ["../escape", "a/b", "a\\b", "tab\there", "", "\u00e9" * 101])
 def test_an_id_that_could_escape_a_folder_is_a_400(server: ApiServer, bad_id: str) -> None:
     response = server.http.post("/prompt", json={"prompt": solid(8, 8), "id": bad_id})
     assert response.status_code == 400
@@ -273,3 +273,50 @@ def test_every_log_line_is_json_and_request_lines_carry_the_request_id(server: A
     wait_until(lambda: {"prompt completed", "request"} <= messages(), 30, "the request's log lines")
     entries = server.log_entries()
     assert all("raw" not in entry for entry in entries), [e for e in entries if "raw" in e][:3]
+
+
+def nested(depth: int) -> Any:
+    value: Any = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("graph", "location"),
+    [
+        # Nested this deep, an input kills ComfyUI's prompt worker while its HTTP server keeps answering.
+        ({**solid(8, 8), "3": node("PrimitiveNode", value=nested(500))}, "prompt.3.inputs.value"),
+        (
+            {
+                "1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
+                "2": node("SaveImage", images=["1", 0], filename_prefix="a\u0000b"),
+            },
+            "prompt.2.inputs.filename_prefix",
+        ),
+        (
+            {
+                "1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
+                "2": node("SaveImage", images=["1", 0], filename_prefix="../../escape"),
+            },
+            "prompt.2.inputs.filename_prefix",
+        ),
+        ({**solid(8, 8), "3": node("LoadImage", image="")}, "prompt.3.inputs.image"),
+    ],
+    ids=["nested-500", "nul-prefix", "dotdot-prefix", "empty-image"],
+)
+def test_inputs_comfyui_cannot_take_are_a_400_and_the_server_keeps_serving(
+    server: ApiServer, graph: dict[str, Any], location: str
+) -> None:
+    response = server.http.post("/prompt", json={"prompt": graph})
+    assert response.status_code == 400, response.text
+    assert response.json()["location"] == location
+    assert server.files_under("input") == [] and server.files_under("output") == []
+    assert run(server, solid(8, 8, color=0x123456))["images"]  # ComfyUI still runs prompts
+
+
+def test_a_webhook_that_is_not_a_url_is_a_400_before_anything_runs(server: ApiServer) -> None:
+    response = server.http.post("/prompt", json={"prompt": solid(8, 8), "webhook_v2": "not a url"})
+    assert response.status_code == 400, response.text
+    assert response.json()["location"] == "webhook_v2"
+    assert "only http and https URLs are allowed" in response.json()["error"]

@@ -97,6 +97,7 @@ class Lifecycle:
         manifest = load_manifest(self._settings)
         if self._system is not None:
             self._system.start()
+        await asyncio.to_thread(self._storage.cache.sweep_partials)
         await self._storage.cache.enforce_limit()
         if manifest is not None:
             try:

@@ -81,6 +81,7 @@ class Listener:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.bodies: list[bytes] = []
         self.redirects: dict[str, tuple[str, int]] = {}
+        self.extra_headers: dict[str, str] = {}  # sent with every 200 answer
         self.body = body
         self.content_type = content_type
         listener = self
@@ -105,6 +106,8 @@ class Listener:
                 self.send_response(200)
                 self.send_header("Content-Type", listener.content_type)
                 self.send_header("Content-Length", str(len(listener.body)))
+                for name, value in listener.extra_headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(listener.body)

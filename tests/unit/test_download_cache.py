@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import os
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from comfyui_api.storage.cache import DownloadCache, cache_key
 from comfyui_api.storage.http import HttpProvider
 from comfyui_api.storage.net import UrlGuard
 from tests.support.files import FileServer
+from tests.support.listeners import Listener
 
 MB = 1024 * 1024
 
@@ -133,3 +135,26 @@ async def test_eviction_removes_the_least_recently_used_but_never_a_pinned_file(
     limited = DownloadCache(root, limit_bytes=MB)
     await limited.enforce_limit()
     assert third.path.exists() and not first.path.exists()
+
+
+async def test_a_compressed_answer_is_stored_as_the_bytes_it_encodes(tmp_path: Path) -> None:
+    """Downloads ask for identity encoding; a server that gzips anyway is decoded, so the cache never holds a
+    compressed file under an image's name."""
+    image = b"\x89PNG\r\n\x1a\n" + b"pixels" * 1000
+    with Listener(body=gzip.compress(image)) as server:
+        server.extra_headers = {"Content-Encoding": "gzip"}
+        provider = HttpProvider(UrlGuard(block_private=False))  # the server listens on loopback
+        await provider.download(f"{server.url}/a.png", tmp_path / "a.png", None)
+        await provider.aclose()
+    assert (tmp_path / "a.png").read_bytes() == image
+    assert server.requests[0][2]["Accept-Encoding"] == "identity"
+
+
+def test_partial_downloads_left_by_an_earlier_run_are_swept(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    root.mkdir()
+    (root / ".abc.123.part").write_bytes(b"half")
+    (root / "abc.png").write_bytes(b"whole")
+    (root / "abc.png.meta").write_text("{}")
+    assert DownloadCache(root).sweep_partials() == 1
+    assert sorted(path.name for path in root.iterdir()) == ["abc.png", "abc.png.meta"]

@@ -496,3 +496,50 @@ async def test_a_directory_given_as_a_name_is_left_alone(preprocessor: Preproces
     assert prompt["8"]["inputs"]["directory"] == "my_frames"
     assert job.input_dirs == []
     assert list(input_dir.iterdir()) == []  # no job folder made
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_an_input_nested_deeper_than_the_limit_is_a_400_at_the_input(
+    preprocessor: Preprocessor, job: Job
+) -> None:
+    """About 500 levels kill ComfyUI's prompt worker while its HTTP server keeps answering: refused up front."""
+    for depth in (65, 500, 5000):
+        prompt = {"1": node("SaveImage", images=nested(depth), filename_prefix="x")}
+        error = await _bad_request(preprocessor, prompt, job)
+        assert error.location == "prompt.1.inputs.images"
+        assert error.message == "prompt.1.inputs.images: nested deeper than 64 levels"
+    await preprocessor.run({"1": node("SaveImage", images=nested(64), filename_prefix="x")}, Job(id="ok"))
+
+
+@pytest.mark.parametrize("prefix", ["a\x00b", "../escape", "sub/../../escape", "/abs/path", "back\\slash", "a\nb"])
+async def test_a_saving_prefix_that_could_leave_the_output_folder_is_a_400(
+    preprocessor: Preprocessor, job: Job, prefix: str
+) -> None:
+    error = await _bad_request(preprocessor, {"9": node("SaveImage", images=["1", 0], filename_prefix=prefix)}, job)
+    assert error.location == "prompt.9.inputs.filename_prefix"
+
+
+async def test_a_sub_folder_prefix_stays_allowed(preprocessor: Preprocessor, job: Job) -> None:
+    prompt = {"9": node("SaveImage", images=["1", 0], filename_prefix="sub/dir/name")}
+    await preprocessor.run(prompt, job)
+    assert prompt["9"]["inputs"]["filename_prefix"] == "job1_sub/dir/name"
+
+
+async def test_a_prefix_whose_file_name_would_not_fit_is_a_400(preprocessor: Preprocessor) -> None:
+    long_id = "\u00e9" * 100  # 200 bytes in UTF-8: the most an id may have
+    error = await _bad_request(
+        preprocessor, {"9": node("SaveImage", images=["1", 0], filename_prefix="p" * 40)}, Job(id=long_id)
+    )
+    assert error.location == "prompt.9.inputs.filename_prefix"
+    assert "over 255 bytes" in error.message
+
+
+async def test_an_empty_image_is_a_400_at_the_image(preprocessor: Preprocessor, job: Job) -> None:
+    error = await _bad_request(preprocessor, {"8": node("LoadImage", image="")}, job)
+    assert (error.location, error.message) == ("prompt.8.inputs.image", "prompt.8.inputs.image: must not be empty")

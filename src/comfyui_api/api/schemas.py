@@ -71,8 +71,8 @@ class PromptOptions(BaseModel):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
-        if not value or len(value) > 200 or _UNSAFE_ID.search(value):
-            raise ValueError("must be 1-200 characters without '/', '\\', '..' or control characters")
+        if not value or len(value.encode()) > 200 or _UNSAFE_ID.search(value):
+            raise ValueError("must be 1-200 bytes (UTF-8) without '/', '\\', '..' or control characters")
         return value
 
 

@@ -6,6 +6,7 @@ Nodes are visited in key order and each matches at most one rule, as in the refe
 from __future__ import annotations
 
 import asyncio
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -39,9 +40,52 @@ def saves_output(inputs: dict[str, Any]) -> bool:
     return is_saving_node(inputs) and ("save_output" not in inputs or bool(inputs["save_output"]))
 
 
+# Deeper input values kill ComfyUI's prompt worker (its validation recurses), wedging the instance; no real
+# graph comes near this.
+MAX_INPUT_DEPTH = 64
+# What ComfyUI appends to a saving node's prefix: "_00001_.png" and the like, with room for longer extensions.
+_SAVED_NAME_SUFFIX_BYTES = 20
+_UNSAFE_PREFIX_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def require_saving_node(prompt: dict[str, dict[str, Any]]) -> None:
     if not any(saves_output(node["inputs"]) for node in prompt.values()):
         raise BadRequest(NO_SAVING_NODE, location="prompt")
+
+
+def check_inputs(prompt: dict[str, dict[str, Any]]) -> None:
+    """A 400 at the input for what ComfyUI cannot take: values nested deeper than MAX_INPUT_DEPTH, and saving
+    prefixes that could leave the output folder or not fit a file name."""
+    for node_id, node in prompt.items():
+        for name, value in node["inputs"].items():
+            location = f"prompt.{node_id}.inputs.{name}"
+            if _depth(value) > MAX_INPUT_DEPTH:
+                raise BadRequest(f"{location}: nested deeper than {MAX_INPUT_DEPTH} levels", location=location)
+            if name == "filename_prefix" and isinstance(value, str):
+                _check_prefix(value, location)
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth > MAX_INPUT_DEPTH:
+                return depth
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _check_prefix(prefix: str, location: str) -> None:
+    if _UNSAFE_PREFIX_CHAR.search(prefix) or prefix.startswith("/") or ".." in prefix.split("/"):
+        raise BadRequest(
+            f"{location}: must be a file name or a relative sub-folder path, without '..', '\\', a leading '/' "
+            "or control characters",
+            location=location,
+        )
 
 
 def rewrite_prefix(prefix: str, job_id: str, prepend: bool) -> str:
@@ -70,12 +114,22 @@ class Preprocessor:
         self, prompt: dict[str, dict[str, Any]], job: Job, credentials: list[Credential] | None = None
     ) -> None:
         """Rewrite `prompt` in place; files and downloads are recorded on the job for cleanup."""
+        check_inputs(prompt)
         run = _Run(job, credentials, self._input_dir, self._model_dir, self._storage, self._media)
         for node_id, node in prompt.items():
             inputs: dict[str, Any] = node["inputs"]
             class_type = node["class_type"]
             if is_saving_node(inputs):
-                inputs["filename_prefix"] = rewrite_prefix(inputs["filename_prefix"], job.id, self._prepend)
+                inputs["filename_prefix"] = prefix = rewrite_prefix(inputs["filename_prefix"], job.id, self._prepend)
+                if len(prefix.rsplit("/", 1)[-1].encode()) + _SAVED_NAME_SUFFIX_BYTES > 255:
+                    location = f"prompt.{node_id}.inputs.filename_prefix"
+                    raise BadRequest(
+                        f"{location}: with the request id before it, the file name would be over 255 bytes",
+                        location=location,
+                    )
+            elif inputs.get("image") == "":
+                location = f"prompt.{node_id}.inputs.image"
+                raise BadRequest(f"{location}: must not be empty", location=location)
             elif isinstance(inputs.get("image"), str):
                 await run.media_input(node_id, inputs, ("image",), "image", "image")
             elif class_type in DIRECTORY_NODES and _is_string_list(inputs.get("directory")):

@@ -144,6 +144,17 @@ class DownloadCache:
             raise AccessDenied(f"Authentication required to access cached file for URL: {redact_url(url)}")
         await provider.check_access(url, auth)
 
+    def sweep_partials(self) -> int:
+        """Delete partial downloads a stopped process left behind (call it before any download starts)."""
+        swept = 0
+        for path in self.root.glob(f".*{_PART_SUFFIX}") if self.root.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                swept += 1
+        if swept:
+            logger.info("deleted partial downloads left by an earlier run", extra={"count": swept})
+        return swept
+
     # eviction ----------------------------------------------------------------------------------------
     def _schedule_eviction(self) -> None:
         if self._limit > 0 and (self._evicting is None or self._evicting.done()):

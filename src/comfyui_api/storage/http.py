@@ -51,7 +51,11 @@ class HttpProvider:
     ) -> Redirects:
         env_header = self._env_header if self._guard.may_send_env_auth(url) else None
         target, credentials = http_credentials(url, auth, env_header)
-        return Redirects(method, target, credentials=credentials, headers=headers)
+        # The body is stored as received (iter_raw): ask for it uncompressed, or a gzip-encoded image or JSON would
+        # enter the cache under its own name.
+        return Redirects(
+            method, target, credentials=credentials, headers={"Accept-Encoding": "identity", **(headers or {})}
+        )
 
     async def download(self, url: str, destination: Path, auth: DownloadAuth | None) -> str | None:
         redirects = self._redirects("GET", url, auth)
@@ -61,8 +65,10 @@ class HttpProvider:
             try:
                 with contextlib.closing(send(self._sync, redirects)) as response:
                     _raise_for_status(response)
+                    # A server that encodes anyway is decoded: the cache holds the bytes as served, never compressed.
+                    encoded = response.headers.get("content-encoding", "identity").lower() != "identity"
                     with open(destination, "wb") as handle:
-                        for chunk in response.iter_raw():
+                        for chunk in response.iter_bytes() if encoded else response.iter_raw():
                             if cancelled.is_set():
                                 raise DownloadError("Download cancelled")
                             handle.write(chunk)
