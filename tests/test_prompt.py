@@ -308,10 +308,11 @@ def nested(depth: int) -> Any:
 def test_inputs_comfyui_cannot_take_are_a_400_and_the_server_keeps_serving(
     server: ApiServer, graph: dict[str, Any], location: str
 ) -> None:
+    inputs_before = server.files_under("input")
     response = server.http.post("/prompt", json={"prompt": graph})
     assert response.status_code == 400, response.text
     assert response.json()["location"] == location
-    assert server.files_under("input") == [] and server.files_under("output") == []
+    assert server.files_under("input") == inputs_before and server.files_under("output") == []
     assert run(server, solid(8, 8, color=0x123456))["images"]  # ComfyUI still runs prompts
 
 
@@ -320,3 +321,13 @@ def test_a_webhook_that_is_not_a_url_is_a_400_before_anything_runs(server: ApiSe
     assert response.status_code == 400, response.text
     assert response.json()["location"] == "webhook_v2"
     assert "only http and https URLs are allowed" in response.json()["error"]
+
+
+def test_the_same_id_and_graph_sent_twice_both_succeed(server: ApiServer) -> None:
+    """ComfyUI's cache would answer the second run with the first run's outputs, deleted after delivery."""
+    graph = solid(8, 8, color=0x0A0B0C)
+    first, second = (run(server, graph, id="twice") for _ in range(2))
+    assert first["filenames"] == second["filenames"] == ["twice_solid_00001_.png"]
+    assert decode_image(first["images"][0]).tobytes() == decode_image(second["images"][0]).tobytes()
+    assert "comfyui_api_run" not in second["prompt"]["2"]["inputs"]  # the echoed graph is the client's
+    assert server.files_under("output") == []

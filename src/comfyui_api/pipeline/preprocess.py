@@ -53,6 +53,20 @@ def require_saving_node(prompt: dict[str, dict[str, Any]]) -> None:
         raise BadRequest(NO_SAVING_NODE, location="prompt")
 
 
+# An input no node declares: ComfyUI passes it to no node, but its cache key includes it.
+RUN_INPUT = "comfyui_api_run"
+
+
+def unique_to_cache(prompt: dict[str, dict[str, Any]], run_id: str) -> dict[str, dict[str, Any]]:
+    """The graph to queue: each saving node carries this run's id as an extra input, so that ComfyUI's cache never
+    answers a repeated graph (the same id and graph sent twice) with the earlier run's outputs, which were deleted
+    after delivery. File names and the graph echoed to the client stay as they are."""
+    return {
+        node_id: {**node, "inputs": {**node["inputs"], RUN_INPUT: run_id}} if saves_output(node["inputs"]) else node
+        for node_id, node in prompt.items()
+    }
+
+
 def check_inputs(prompt: dict[str, dict[str, Any]]) -> None:
     """A 400 at the input for what ComfyUI cannot take: values nested deeper than MAX_INPUT_DEPTH, and saving
     prefixes that could leave the output folder or not fit a file name."""

@@ -23,7 +23,7 @@ from .convert import ConvertOutput, convert_file, converted_name
 from .history import HistoryPruner, message_time, raise_if_failed
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
-from .preprocess import Preprocessor, require_saving_node
+from .preprocess import Preprocessor, require_saving_node, unique_to_cache
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class PromptRunner:
                 await self._wait_for_comfy(job)
                 job.state = JobState.SUBMITTING
                 accepted = await self._client.queue_prompt(
-                    graph, prompt_id=job.prompt_id, client_id=self._events.client_id
+                    unique_to_cache(graph, job.prompt_id), prompt_id=job.prompt_id, client_id=self._events.client_id
                 )
                 if accepted != job.prompt_id:
                     # A ComfyUI older than 0.25 ignores the id we send: follow the one it chose.
