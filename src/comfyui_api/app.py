@@ -123,7 +123,7 @@ def create_app(
     app.include_router(models.router)
     _add_doc_routes(app)
     # Outermost first: the request id must be set before anything logs.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
     app.add_middleware(RequestContext)
     return app
 

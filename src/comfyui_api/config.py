@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     port: int = Field(3000, ge=0, lt=65536)
     log_level: str = "info"
     max_body_size_mb: int = Field(100, gt=0)
+    body_read_timeout_s: float = Field(30.0, gt=0)
     max_queue_depth: int = Field(0, ge=0)
     prepend_filenames: bool = True
     prompt_timeout_s: float | None = Field(None, gt=0)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from comfyui_api.api.handlers import install_error_handlers
@@ -194,3 +198,58 @@ async def test_an_unexpected_error_is_500_without_details(client: httpx.AsyncCli
 
     assert response.status_code == 500
     assert response.json() == {"error": "Internal error: RuntimeError"}
+
+
+async def test_a_body_shorter_than_its_content_length_is_a_400_after_the_read_timeout() -> None:
+    """Through a real uvicorn: the connection is answered, not held open for ever."""
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BYTES, read_timeout_s=0.5)
+
+    @app.post("/prompt")
+    async def prompt(graph: Graph) -> dict[str, Any]:
+        return {"nodes": sorted(graph.prompt)}
+
+    # A socket listening before uvicorn starts: the connection waits in its backlog, no polling for readiness.
+    listening = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    try:
+        reader, writer = await asyncio.open_connection(*listening.getsockname())
+        writer.write(
+            b"POST /prompt HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            b'{"prompt":'
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        length = int(next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))[15:])
+        body = json.loads(await reader.readexactly(length))
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 400")
+        assert body == {
+            "error": "The request body stopped arriving: 10 of 100 bytes received, then nothing for 0.5 s",
+            "location": "body",
+        }
+    finally:
+        server.should_exit = True
+        await serving
+
+
+async def test_a_streaming_response_is_not_cut_by_the_read_timeout() -> None:
+    """After the whole body, receive() waits for a disconnect for as long as a response streams: no timeout."""
+    app = FastAPI()
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BYTES, read_timeout_s=0.2)
+
+    @app.post("/slow")
+    async def slow() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for index in range(4):
+                await asyncio.sleep(0.15)
+                yield str(index).encode()
+
+        return StreamingResponse(chunks())
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.post("/slow", content=b"{}")
+    assert (response.status_code, response.content) == (200, b"0123")

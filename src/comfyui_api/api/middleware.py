@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -52,11 +53,13 @@ class RequestContext:
 
 
 class BodySizeLimit:
-    """413 for bodies over the limit, checked on Content-Length and again while the body streams in."""
+    """413 for bodies over the limit, checked on Content-Length and again while the body streams in; 400 for a body
+    that stops arriving (shorter than its Content-Length, or a client gone quiet) for `read_timeout_s`."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float = 30.0) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.read_timeout_s = read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,16 +71,24 @@ class BodySizeLimit:
             await self._reject(send)
             return
         received = 0
-        too_large = False
+        too_large = stalled = complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received, too_large
-            message = await receive()
+            nonlocal received, too_large, stalled, complete
+            if complete:  # after the body, receive() waits for a disconnect as long as a response streams
+                return await receive()
+            try:
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                stalled = complete = True
+                # Whatever the app makes of the truncated body, its response is replaced below.
+                return {"type": "http.request", "body": b"", "more_body": False}
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    too_large = True
-                    # Whatever the app makes of the truncated body, its response is replaced below.
+                    too_large = complete = True
                     return {"type": "http.request", "body": b"", "more_body": False}
             return message
 
@@ -85,24 +96,38 @@ class BodySizeLimit:
 
         async def guarded_send(message: Message) -> None:
             nonlocal replaced
-            if too_large:
+            if too_large or stalled:
                 if not replaced:
                     replaced = True
-                    await self._reject(send)
+                    if too_large:
+                        await self._reject(send)
+                    else:
+                        await self._stalled(send, received, declared)
                 return
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": f"Request body is larger than {self.max_bytes / (1024 * 1024):g} MB", "location": "body"}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
+        message = f"Request body is larger than {self.max_bytes / (1024 * 1024):g} MB"
+        await _send_error(send, 413, message)
+
+    async def _stalled(self, send: Send, received: int, declared: bytes | None) -> None:
+        expected = f" of {declared.decode('latin-1')}" if declared else ""
+        message = (
+            f"The request body stopped arriving: {received}{expected} bytes received, then nothing for "
+            f"{self.read_timeout_s:g} s"
         )
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(send, 400, message)
+
+
+async def _send_error(send: Send, status: int, message: str) -> None:
+    body = json.dumps({"error": message, "location": "body"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
