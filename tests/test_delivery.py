@@ -352,3 +352,43 @@ def test_credentials_never_appear_in_a_response_or_webhook(
     hooks(receiver, "/hook", "secretive")
     assert all(TOKEN not in r.body for r in receiver.requests)
     assert TOKEN not in json.dumps(delivery_server.log_entries())
+
+
+def test_an_async_upload_that_fails_without_a_webhook_is_logged_with_its_cause(
+    delivery_server: ApiServer, down_url: str
+) -> None:
+    """After the 202 nobody is listening: the error line is the failure's only trace, so it must name it."""
+    prefix = down_url.removesuffix("/hook")
+    body = {"url_prefix": f"{prefix}/uploads/", "async": True}
+    assert post(delivery_server, solid(8, 8), id="silent-upload", http_upload=body).status_code == 202
+
+    def failure_logged() -> list[dict[str, Any]]:
+        return [
+            e
+            for e in delivery_server.log_entries()
+            if e.get("msg") == "async request failed" and e.get("request_id") == "silent-upload"
+        ]
+
+    (entry,) = wait_until(failure_logged, 120, "the failed upload to be logged")
+    assert entry["level"] == "error" and entry["status"] == 502
+    assert entry["error"].startswith("Upload failed: ") and "ConnectError" in entry["error"]
+    assert delivery_server.files_under("output") == []
+
+
+@pytest.mark.parametrize(
+    ("block", "location"),
+    [
+        ({"s3": {"bucket": "not a bucket", "prefix": "x"}}, "s3.bucket"),
+        ({"s3": {"bucket": "a/b", "prefix": "x"}}, "s3.bucket"),
+        ({"azure_blob_upload": {"container": "Upper_Case"}}, "azure_blob_upload.container"),
+        ({"hf_upload": {"repo": "no-owner"}}, "hf_upload.repo"),
+    ],
+    ids=["s3-space", "s3-slash", "azure-container", "hf-repo"],
+)
+def test_an_invalid_upload_block_is_a_400_before_the_prompt_runs(
+    delivery_server: ApiServer, block: dict[str, Any], location: str
+) -> None:
+    response = post(delivery_server, solid(8, 8), **block)
+    assert response.status_code == 400, response.text
+    assert response.json()["location"] == location
+    assert delivery_server.files_under("output") == []

@@ -331,3 +331,11 @@ def test_the_same_id_and_graph_sent_twice_both_succeed(server: ApiServer) -> Non
     assert decode_image(first["images"][0]).tobytes() == decode_image(second["images"][0]).tobytes()
     assert "comfyui_api_run" not in second["prompt"]["2"]["inputs"]  # the echoed graph is the client's
     assert server.files_under("output") == []
+
+
+def test_an_upload_block_this_server_cannot_serve_is_a_400_before_the_prompt_runs(server: ApiServer) -> None:
+    response = server.http.post("/prompt", json={"prompt": solid(8, 8), "azure_blob_upload": {"container": "outputs"}})
+    assert response.status_code == 400, response.text
+    assert response.json()["location"] == "azure_blob_upload"
+    assert "AZURE_STORAGE_CONNECTION_STRING" in response.json()["error"]
+    assert server.comfy_queue() == ([], []) and server.files_under("output") == []

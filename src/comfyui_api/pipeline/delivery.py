@@ -24,7 +24,7 @@ from ..errors import ApiError, BadRequest
 from ..storage.auth import S3Auth
 from ..storage.base import DownloadError, UploadError
 from ..storage.net import UnsafeUrl, UrlGuard
-from ..storage.uploads import UploadBlock, Uploader, upload_url
+from ..storage.uploads import AzureBlobUpload, UploadBlock, Uploader, upload_url
 from ..webhooks import payloads
 from ..webhooks.sender import WebhookSender
 from .jobs import Job, now_ms
@@ -70,7 +70,7 @@ class Delivery:
         `extra` fields are added to the response (a workflow endpoint's validated `input`).
         """
         extra = extra or {}
-        await self._check_urls(request)
+        await self._check_request(request)
         job = await self._runner.start(request)
         if request.is_async:
             if request.webhook:
@@ -95,9 +95,15 @@ class Delivery:
             if not streaming:
                 await self._runner.close(job)
 
-    async def _check_urls(self, request: PromptRequest) -> None:
-        """A 400 at the field for a webhook, upload or credentials endpoint URL the server must not reach, before
-        any work starts (a refusal after the 202 could only be logged). Each connection is checked again."""
+    async def _check_request(self, request: PromptRequest) -> None:
+        """A 400 at the field, before any work starts (a failure after the prompt ran, or after the 202, could only
+        be a 502 or a log line): an upload block this server cannot serve, and a webhook, upload or credentials
+        endpoint URL it must not reach (each connection is checked again)."""
+        if isinstance(request.upload_block, AzureBlobUpload) and self._azure_base is None:
+            raise BadRequest(
+                "azure_blob_upload: Azure Blob uploads need AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT",
+                location="azure_blob_upload",
+            )
         urls = [("webhook", request.webhook), ("webhook_v2", request.webhook_v2)]
         if request.http_upload is not None:
             urls.append(("http_upload.url_prefix", request.http_upload.url_prefix))
@@ -178,6 +184,11 @@ class Delivery:
                 body = payloads.prompt_complete(self._body(job, request, images))
                 await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
         except ApiError as exc:
+            # After the 202 this line may be the only trace of the failure (a request without a webhook).
+            logger.error(
+                "async request failed",
+                extra={"request_id": job.id, "status": exc.status_code, "error": exc.message},
+            )
             await self._send_failure(job, request, exc)
         except Exception as exc:
             logger.exception("background delivery failed", extra={"request_id": job.id})

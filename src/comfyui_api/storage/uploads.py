@@ -27,20 +27,30 @@ class _UploadBlock(BaseModel):
     async_: bool = Field(False, alias="async", description="true: answer 202 at once and upload in the background.")
 
 
+# Names the providers accept, checked before the prompt runs (a bad one would fail only after it, as a 502).
+# S3: the bucket rules, with the upper case and underscores of legacy buckets.
+_S3_BUCKET = r"^[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]$"
+# Azure: lower-case letters, digits and single hyphens between them; 3 to 63 characters (the Field bounds).
+_AZURE_CONTAINER = r"^(?:\$root|\$web|[a-z0-9](?:-?[a-z0-9])*)$"
+_HF_REPO = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"
+
+
 class S3Upload(_UploadBlock):
-    bucket: str
+    bucket: str = Field(pattern=_S3_BUCKET, description="An S3 bucket name.")
     prefix: str = Field(description="Key prefix; a '/' is added between it and the file name when missing.")
 
 
 class HfUpload(_UploadBlock):
-    repo: str
+    repo: str = Field(pattern=_HF_REPO, description="`<owner>/<name>`.")
     repo_type: Literal["model", "dataset"] = "model"
     revision: str = "main"
     directory: str = "/"
 
 
 class AzureBlobUpload(_UploadBlock):
-    container: str
+    container: str = Field(
+        pattern=_AZURE_CONTAINER, min_length=3, max_length=63, description="An Azure Blob container name."
+    )
     blob_prefix: str = ""
 
 
