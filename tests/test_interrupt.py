@@ -46,3 +46,22 @@ def test_interrupting_a_queued_prompt_removes_it_from_comfyui_queue(server: ApiS
     assert blocker(120).status_code == 500
     wait_until(lambda: server.comfy_queue() == ([], []), 60, "ComfyUI's queue to empty")
     wait_until(server.ready, 30, "/ready once the queue has room again")
+
+
+def test_interrupting_a_queued_prompt_leaves_another_clients_running_prompt_alone(server: ApiServer) -> None:
+    """Another client of the same ComfyUI runs a prompt; ours waits behind it. Interrupting ours must not stop
+    theirs (a ComfyUI build that ignores the prompt id in /interrupt would stop whatever runs)."""
+    theirs = httpx.post(f"{server.comfy_url}/prompt", json={"prompt": slow(), "client_id": "another-client"})
+    their_id = theirs.json()["prompt_id"]
+    wait_until(lambda: server.comfy_queue()[0] == [their_id], 120, "the other client's prompt to run")
+    queued = run_in_background(lambda: post_prompt(server, solid(8, 8), "queued-behind"))
+    server.wait_comfy_pending(1)
+    assert server.http.post("/interrupt", json={"id": "queued-behind"}).status_code == 200
+    assert queued(60).json()["error"] == "Prompt interrupted"
+    history = wait_until(
+        lambda: httpx.get(f"{server.comfy_url}/history/{their_id}").json().get(their_id), 180, "their prompt to end"
+    )
+    assert history["status"]["status_str"] == "success"
+    httpx.post(f"{server.comfy_url}/history", json={"delete": [their_id]})
+    for path in server.files_under("output"):
+        path.unlink()

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from comfyui_api.storage.auth import BasicAuth
+from comfyui_api.storage.auth import BasicAuth, BearerAuth
 from comfyui_api.storage.base import AccessDenied, DownloadError
 from comfyui_api.storage.cache import DownloadCache, cache_key
 from comfyui_api.storage.http import HttpProvider
@@ -158,3 +158,35 @@ def test_partial_downloads_left_by_an_earlier_run_are_swept(tmp_path: Path) -> N
     (root / "abc.png.meta").write_text("{}")
     assert DownloadCache(root).sweep_partials() == 1
     assert sorted(path.name for path in root.iterdir()) == ["abc.png", "abc.png.meta"]
+
+
+async def test_a_cache_hit_is_pinned_before_its_access_check_so_eviction_cannot_take_it(tmp_path: Path) -> None:
+    """The access check of a private file awaits the provider; an eviction pass in that gap must skip the file."""
+    root = tmp_path / "cache"
+    root.mkdir()
+    url = "https://files.test/private.bin"
+    cached = root / f"{cache_key(url)}.bin"
+    cached.write_bytes(b"x" * 1024)
+    (root / f"{cached.name}.meta").write_text('{"authRequired": true}')
+    cache = DownloadCache(root, limit_bytes=1)
+    checking = asyncio.Event()
+    release = asyncio.Event()
+
+    class SlowCheck:
+        name = "slow"
+
+        async def check_access(self, url: str, auth: object) -> None:
+            checking.set()
+            await release.wait()
+
+    auth = BearerAuth(type="bearer", token="t")
+    fetch = asyncio.create_task(cache.fetch(url, SlowCheck(), auth))  # type: ignore[arg-type]
+    await checking.wait()
+    await cache.enforce_limit()  # over the limit: evicts what it may
+    assert cached.exists()
+    release.set()
+    entry = await fetch
+    assert entry.path == cached and not entry.downloaded
+    cache.unpin(entry.path)
+    await cache.enforce_limit()
+    assert not cached.exists()

@@ -100,8 +100,10 @@ class EventStream:
         if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
             return
         if event.get("type") == "status":
-            exec_info = event["data"].get("status", {}).get("exec_info", {})
-            if isinstance(exec_info.get("queue_remaining"), int):
+            # Any part may be null or missing (custom nodes send their own status messages): never fatal.
+            status = event["data"].get("status")
+            exec_info = status.get("exec_info") if isinstance(status, dict) else None
+            if isinstance(exec_info, dict) and isinstance(exec_info.get("queue_remaining"), int):
                 self.queue_remaining = exec_info["queue_remaining"]
         for listener in self._listeners:
             try:

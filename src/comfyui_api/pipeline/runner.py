@@ -222,9 +222,11 @@ class PromptRunner:
 
     async def _cancel_in_comfy(self, job: Job) -> None:
         await self._client.delete_from_queue([job.prompt_id])
-        await self._client.interrupt(job.prompt_id)
         running, pending = await self._client.queue()
-        if job.prompt_id not in running and job.prompt_id not in pending:
+        if job.prompt_id in running:
+            # Only while ours runs: a ComfyUI build that ignores the prompt id interrupts whatever is running.
+            await self._client.interrupt(job.prompt_id)
+        elif job.prompt_id not in pending:
             job.missing_from_queue = True
             job.wake.set()
 

@@ -82,13 +82,19 @@ class DownloadCache:
         if path is None and key in self._in_flight:
             path = await asyncio.shield(self._in_flight[key])
         if path is not None:
-            await self._check_access(path, url, provider, auth)
-            with contextlib.suppress(OSError):
-                os.utime(path)  # recency for the LRU, whatever the mount's atime policy
+            # Pinned before anything is awaited: an eviction pass running meanwhile never deletes it.
+            self.pin(path)
+            try:
+                await self._check_access(path, url, provider, auth)
+                with contextlib.suppress(OSError):
+                    os.utime(path)  # recency for the LRU, whatever the mount's atime policy
+            except BaseException:
+                self.unpin(path)
+                raise
         else:
             path = await self._download(key, url, provider, auth)
             downloaded = True
-        self.pin(path)
+            self.pin(path)
         entry = CacheEntry(path, path.stat().st_size, downloaded, time.monotonic() - started)
         if downloaded:
             self._schedule_eviction()
