@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import time
 
+import psutil
 import pytest
 
 from comfyui_api.comfy.process import ComfyProcess, StartupError
@@ -54,3 +56,26 @@ async def test_a_child_that_exits_fails_startup_at_once() -> None:
 
     with pytest.raises(StartupError, match="exited with code 3 before it answered"):
         await process.wait_ready(probe, interval_s=60.0, max_tries=20)
+
+
+async def test_stop_ends_the_whole_process_group() -> None:
+    """CMD may be a script: its children must not outlive it (they would hold ComfyUI's port and the GPU)."""
+    process = ComfyProcess(["sh", "-c", f"{sys.executable} -c 'import time; time.sleep(300)' & wait"], {})
+    await process.launch()
+    assert process.pid is not None
+    shell = psutil.Process(process.pid)
+    child = wait_for_child(shell)
+    await process.stop(timeout_s=10)
+    assert not shell.is_running()
+    child.wait(timeout=10)  # raises if it is still running
+    assert not child.is_running()
+
+
+def wait_for_child(parent: psutil.Process) -> psutil.Process:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = parent.children()
+        if children:
+            return children[0]
+        time.sleep(0.02)
+    raise AssertionError("the script started no child")

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -106,13 +107,21 @@ class ComfyProcess:
             return
         assert self._process is not None
         logger.info("stopping ComfyUI", extra={"pid": self._process.pid})
-        self._process.send_signal(signal.SIGTERM)
+        # The whole process group (ComfyUI runs in a session of its own): CMD may be a script whose children
+        # would otherwise outlive it, holding the port and the GPU.
+        self._signal_group(signal.SIGTERM)
         try:
             await asyncio.wait_for(self._process.wait(), timeout_s)
         except TimeoutError:
             logger.warning("ComfyUI ignored SIGTERM; killing it", extra={"pid": self._process.pid})
-            self._process.kill()
+            self._signal_group(signal.SIGKILL)
             await self._process.wait()
+        self._signal_group(signal.SIGKILL)  # what is left of the group once its leader is gone
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, sig)
 
 
 async def _forward_output(stream: asyncio.StreamReader) -> None:
