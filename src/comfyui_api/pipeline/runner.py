@@ -68,7 +68,8 @@ class PromptRunner:
         try:
             graph = request.graph()
             require_saving_node(graph)
-            await self._preprocessor.run(graph, job, request.credentials)
+            async with self._deadline(job):  # PROMPT_TIMEOUT_S covers downloads and clones too
+                await self._preprocessor.run(graph, job, request.credentials)
             job.graph = graph
             job.preprocessed_at = now_ms()
             async with self._deadline(job):

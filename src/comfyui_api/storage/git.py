@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
+import signal
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -69,6 +71,11 @@ def pinned_resolve(url: str, address: str | None) -> dict[str, str]:
     return {"http.curloptResolve": f"{parts.hostname}:{port}:{shown}"}
 
 
+# One git command (a clone, a fetch) may take this long: a stalled server must not hold a repository's lock for
+# ever.
+GIT_TIMEOUT_S = 600.0
+
+
 def _config_env(config: dict[str, str]) -> dict[str, str]:
     env = {"GIT_CONFIG_COUNT": str(len(config))}
     for index, (key, value) in enumerate(config.items()):
@@ -87,8 +94,20 @@ async def _git(*args: str, cwd: Path | None = None, config: dict[str, str] | Non
         stderr=asyncio.subprocess.STDOUT,
         # Never wait for a password on a terminal nobody watches.
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **_config_env(config or {})},
+        # A group of its own: git's helpers (git-remote-https) hold the output pipe, and must die with it.
+        start_new_session=True,
     )
-    output, _ = await process.communicate()
+    try:
+        async with asyncio.timeout(GIT_TIMEOUT_S):
+            output, _ = await process.communicate()
+    except BaseException as exc:
+        # Timed out, or the request's deadline cancelled us: git must not go on without an owner.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await asyncio.shield(process.wait())
+        if isinstance(exc, TimeoutError):
+            raise DownloadError(f"git {args[0]} did not finish within {GIT_TIMEOUT_S:g} s") from None
+        raise
     if process.returncode != 0:
         message = output.decode(errors="replace").strip().splitlines()
         raise DownloadError(f"git {args[0]} failed: {message[-1] if message else process.returncode}")

@@ -80,10 +80,11 @@ class HttpProvider:
         try:
             return await asyncio.shield(worker)
         except asyncio.CancelledError:
-            # A thread cannot be cancelled: tell it to stop, and let it finish before the caller cleans up.
+            # A thread cannot be cancelled: tell it to stop at its next chunk, and delete what it wrote once it has.
+            # The caller does not wait for that: a stalled server holds the thread until its read timeout, and the
+            # request's deadline must not (PROMPT_TIMEOUT_S covers downloads).
             cancelled.set()
-            with contextlib.suppress(Exception):
-                await worker
+            worker.add_done_callback(lambda done: _discard(done, destination))
             raise
 
     async def upload(self, source: Path, url: str, content_type: str) -> None:
@@ -114,6 +115,13 @@ class HttpProvider:
         except httpx.HTTPError as exc:
             raise DownloadError(f"Authentication check failed: {describe_http_error(exc)}") from exc
         _raise_for_status(response)
+
+
+def _discard(worker: asyncio.Future[str | None], destination: Path) -> None:
+    """After a cancelled download's thread ends: its file goes, and so does its outcome (nobody awaits it)."""
+    if not worker.cancelled():
+        worker.exception()
+    destination.unlink(missing_ok=True)
 
 
 def _raise_for_status(response: httpx.Response) -> None:
