@@ -113,6 +113,14 @@ def test_invalid_input_is_a_400_naming_the_field(
     assert response.json()["location"] == location
 
 
+@pytest.mark.parametrize("denoise", [1e-308, 0.0, 0.001, 1.5])
+def test_a_denoise_comfyui_cannot_divide_by_is_a_400(workflow_server: ApiServer, denoise: float) -> None:
+    image = base64.b64encode(png_bytes(8, 8)).decode()
+    response = post(workflow_server, "sd1.5/img2img", input={"prompt": "x", "image": image, "denoise": denoise})
+    assert response.status_code == 400, response.text
+    assert response.json()["location"] == "input.denoise"
+
+
 def test_an_unknown_sampler_lists_the_available_ones(workflow_server: ApiServer) -> None:
     response = post(workflow_server, "sd1.5/txt2img", input={"prompt": "x", "sampler_name": "nope"})
     assert "available: euler" in response.json()["error"]

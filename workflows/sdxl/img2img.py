@@ -10,7 +10,7 @@ summary = "Image to image (SDXL)"
 
 
 class RequestSchema(SdxlSampling, SourceImage, Prompts):
-    denoise: float = Field(0.6, gt=0, le=1, description="How much to change the image")
+    denoise: float = Field(0.6, ge=0.01, le=1, description="How much to change the image")
     checkpoint: Checkpoint = Field("sd_xl_base_1.0.safetensors", description="SDXL checkpoint file")
 
 

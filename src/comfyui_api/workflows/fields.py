@@ -33,7 +33,8 @@ class Size(BaseModel):
 
 class SourceImage(BaseModel):
     image: str = Field(description="The input image: http(s)/s3/Azure/Hugging Face URL, base64, or a data: URL")
-    denoise: float = Field(0.75, gt=0, le=1, description="How much to change: 0 keeps the image, 1 ignores it")
+    # At least ComfyUI's own step (0.01): its samplers divide the steps by it, and a denoise like 1e-308 fails there.
+    denoise: float = Field(0.75, ge=0.01, le=1, description="How much to change: near 0 keeps the image, 1 ignores it")
 
 
 class FluxModels(BaseModel):
