@@ -149,3 +149,13 @@ def test_a_lost_websocket_never_blocks_a_request(make_server: ServerFactory) -> 
         assert not comfy.is_running()
     finally:
         relay.close()
+
+
+def test_an_unwritable_folder_stops_startup_with_one_line_naming_its_variable(make_server: ServerFactory) -> None:
+    server = make_server("unwritable", CACHE_DIR="/proc/comfyui-api-cache").start(wait="none")
+    assert server.wait_exit(60) == 1
+    criticals = [entry for entry in server.log_entries() if entry.get("level") == "critical"]
+    assert [entry["msg"] for entry in criticals] == [
+        "CACHE_DIR: cannot create the folder /proc/comfyui-api-cache: No such file or directory"
+    ]
+    assert not any("Traceback" in entry.get("raw", "") or "exc" in entry for entry in server.log_entries())

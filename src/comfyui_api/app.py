@@ -21,7 +21,7 @@ from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import ConfigError, Settings, system_metadata
-from .lifecycle import Lifecycle
+from .lifecycle import Lifecycle, create_folder
 from .pipeline.delivery import Delivery
 from .pipeline.jobs import JobRegistry
 from .pipeline.reconciler import Reconciler
@@ -143,7 +143,7 @@ async def mount_workflows(app: FastAPI) -> None:
         None,
     )
     await catalog.refresh(services.client, settings.models_path)
-    settings.workflow_dir.mkdir(parents=True, exist_ok=True)
+    create_folder("WORKFLOW_DIR", settings.workflow_dir)
     workflows = await asyncio.to_thread(discover, settings.workflow_dir)
     mount(app, workflows, markdown_descriptions=settings.markdown_schema_descriptions)
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -17,7 +18,7 @@ from .api.schemas import PromptRequest
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess, StartupError
-from .config import Settings, dump_for_log
+from .config import ConfigError, Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable
 from .manifest import ManifestError, install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
@@ -91,8 +92,13 @@ class Lifecycle:
                 "HTTP_AUTH_HEADER_NAME is set but HTTP_AUTH_ALLOWED_ORIGINS is not: the header goes to "
                 "WARMUP_PROMPT_URL and manifest downloads only; list the origins of request URLs that should get it"
             )
-        for folder in (self._settings.inputs_path, self._settings.outputs_path, self._settings.cache_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        settings = self._settings
+        for variable, folder in (
+            ("INPUT_DIR", settings.inputs_path),
+            ("OUTPUT_DIR", settings.outputs_path),
+            ("CACHE_DIR", settings.cache_dir),
+        ):
+            create_folder(variable, folder)
         self._warmup_prompt = await load_warmup(self._settings)
         manifest = load_manifest(self._settings)
         if self._system is not None:
@@ -192,3 +198,11 @@ class Lifecycle:
                 self._request_exit(1)
                 return
             self._spawn(self._warm_up(), "warmup")
+
+
+def create_folder(variable: str, folder: Path) -> None:
+    """`folder` (and its parents), or a ConfigError naming the variable: startup then stops with one line."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot create the folder {folder}: {exc.strerror or exc}") from None

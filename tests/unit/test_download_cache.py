@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gzip
 import os
 import time
@@ -190,3 +191,19 @@ async def test_a_cache_hit_is_pinned_before_its_access_check_so_eviction_cannot_
     cache.unpin(entry.path)
     await cache.enforce_limit()
     assert not cached.exists()
+
+
+async def test_a_full_disk_is_a_download_error_with_its_cause_and_no_partial_file(tmp_path: Path) -> None:
+    """The disk cannot be filled here: a provider whose write fails with ENOSPC stands in for it."""
+
+    class FullDisk:
+        name = "full"
+
+        async def download(self, url: str, destination: Path, auth: object) -> str | None:
+            destination.write_bytes(b"half of it")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = DownloadCache(tmp_path / "cache")
+    with pytest.raises(DownloadError, match=r"^Cannot write to the download cache: No space left on device$"):
+        await cache.fetch("https://files.test/big.bin", FullDisk(), None)  # type: ignore[arg-type]
+    assert list((tmp_path / "cache").iterdir()) == []

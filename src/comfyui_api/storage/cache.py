@@ -27,7 +27,7 @@ from typing import Any
 
 from ..urls import redact_url
 from .auth import DownloadAuth
-from .base import AccessDenied, Provider, url_extension
+from .base import AccessDenied, DownloadError, Provider, url_extension
 
 logger = logging.getLogger(__name__)
 
@@ -115,12 +115,15 @@ class DownloadCache:
         partial = self.root / f".{key}.{uuid.uuid4().hex}{_PART_SUFFIX}"
         started = time.monotonic()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            hint = await provider.download(url, partial, auth)
-            path = self.root / f"{key}{url_extension(url) or hint or ''}"
-            meta = {"authRequired": auth is not None, "url": redact_url(url), "cachedAt": _now_iso()}
-            await asyncio.to_thread(_write_meta, path, meta)
-            os.replace(partial, path)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                hint = await provider.download(url, partial, auth)
+                path = self.root / f"{key}{url_extension(url) or hint or ''}"
+                meta = {"authRequired": auth is not None, "url": redact_url(url), "cachedAt": _now_iso()}
+                await asyncio.to_thread(_write_meta, path, meta)
+                os.replace(partial, path)
+            except OSError as exc:  # the cache's own file system: full, read-only; the cause, never a bare 500
+                raise DownloadError(f"Cannot write to the download cache: {exc.strerror or exc}") from exc
         except BaseException as exc:
             with contextlib.suppress(OSError):
                 partial.unlink()

@@ -106,6 +106,9 @@ class StorageManager:
             else:
                 link = target_dir / (filename or entry.path.name)
                 symlink(link, entry.path)
+        except OSError as exc:  # a full or read-only target folder: the cause, never a bare 500
+            self.cache.unpin(entry.path)
+            raise DownloadError(f"Cannot place the file in {target_dir}: {exc.strerror or exc}") from exc
         except BaseException:
             self.cache.unpin(entry.path)
             raise
