@@ -56,6 +56,11 @@ def origin_of(parts: SplitResult) -> str:
     return f"{scheme}://{host}{suffix}"
 
 
+def url_port(parts: SplitResult) -> int:
+    """The port a connection to the URL goes to: its own, else its scheme's default (http's for anything else)."""
+    return parts.port or _DEFAULT_PORTS.get(parts.scheme.lower(), 80)
+
+
 def show_address(address: str) -> str:
     """An IP address in its usual spelling: compressed, IPv4-mapped IPv6 with its IPv4 part dotted."""
     ip = ipaddress.ip_address(address)

@@ -74,7 +74,7 @@ def check_inputs(prompt: dict[str, dict[str, Any]]) -> None:
         for name, value in node["inputs"].items():
             location = f"prompt.{node_id}.inputs.{name}"
             if _depth(value) > MAX_INPUT_DEPTH:
-                raise BadRequest(f"{location}: nested deeper than {MAX_INPUT_DEPTH} levels", location=location)
+                raise _invalid(location, f"nested deeper than {MAX_INPUT_DEPTH} levels")
             if name == "filename_prefix" and isinstance(value, str):
                 _check_prefix(value, location)
 
@@ -95,11 +95,16 @@ def _depth(value: Any) -> int:
 
 def _check_prefix(prefix: str, location: str) -> None:
     if _UNSAFE_PREFIX_CHAR.search(prefix) or prefix.startswith("/") or ".." in prefix.split("/"):
-        raise BadRequest(
-            f"{location}: must be a file name or a relative sub-folder path, without '..', '\\', a leading '/' "
+        raise _invalid(
+            location,
+            "must be a file name or a relative sub-folder path, without '..', '\\', a leading '/' "
             "or control characters",
-            location=location,
         )
+
+
+def _invalid(location: str, reason: str) -> BadRequest:
+    """A 400 at an input of the graph, its location leading the message."""
+    return BadRequest(f"{location}: {reason}", location=location)
 
 
 def rewrite_prefix(prefix: str, job_id: str, prepend: bool) -> str:
@@ -136,14 +141,12 @@ class Preprocessor:
             if is_saving_node(inputs):
                 inputs["filename_prefix"] = prefix = rewrite_prefix(inputs["filename_prefix"], job.id, self._prepend)
                 if len(prefix.rsplit("/", 1)[-1].encode()) + _SAVED_NAME_SUFFIX_BYTES > 255:
-                    location = f"prompt.{node_id}.inputs.filename_prefix"
-                    raise BadRequest(
-                        f"{location}: with the request id before it, the file name would be over 255 bytes",
-                        location=location,
+                    raise _invalid(
+                        f"prompt.{node_id}.inputs.filename_prefix",
+                        "with the request id before it, the file name would be over 255 bytes",
                     )
             elif inputs.get("image") == "":
-                location = f"prompt.{node_id}.inputs.image"
-                raise BadRequest(f"{location}: must not be empty", location=location)
+                raise _invalid(f"prompt.{node_id}.inputs.image", "must not be empty")
             elif isinstance(inputs.get("image"), str):
                 await run.media_input(node_id, inputs, ("image",), "image", "image")
             elif class_type in DIRECTORY_NODES and _is_string_list(inputs.get("directory")):

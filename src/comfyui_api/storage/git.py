@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..urls import redact_url
+from ..urls import redact_url, url_port
 from .base import DownloadError
 
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
@@ -66,9 +66,8 @@ def pinned_resolve(url: str, address: str | None) -> dict[str, str]:
         return {}
     base, _ = parse_git_url(url)
     parts = urlsplit(base)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     shown = f"[{address}]" if ":" in address else address
-    return {"http.curloptResolve": f"{parts.hostname}:{port}:{shown}"}
+    return {"http.curloptResolve": f"{parts.hostname}:{url_port(parts)}:{shown}"}
 
 
 # One git command (a clone, a fetch) may take this long: a stalled server must not hold a repository's lock for

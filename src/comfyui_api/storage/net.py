@@ -26,12 +26,12 @@ import ssl
 import urllib.request
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import SplitResult
+from urllib.parse import SplitResult, urlsplit
 
 import httpcore
 import httpx
 
-from ..urls import InvalidUrl, origin_of, redact_url, redact_urls_in, show_address, split_url, url_origin
+from ..urls import origin_of, redact_url, redact_urls_in, show_address, split_url, url_origin, url_port
 from .auth import Credentials
 from .base import DownloadError
 
@@ -193,7 +193,7 @@ class UrlGuard:
             return True
         try:
             return url_origin(url) in self.auth_origins
-        except (InvalidUrl, ValueError):
+        except ValueError:  # InvalidUrl among them
             return False
 
     @staticmethod
@@ -209,9 +209,7 @@ class UrlGuard:
             if not parts.hostname:
                 raise UnsafeUrl(f"{redact_url(url)}: the URL has no host")
             return parts, origin_of(parts)
-        except InvalidUrl as exc:
-            raise UnsafeUrl(f"{redact_url(url)} is not a valid URL: {exc}") from None
-        except ValueError as exc:  # an IPv6 host that ipaddress rejects
+        except ValueError as exc:  # InvalidUrl, or an IPv6 host that ipaddress rejects
             raise UnsafeUrl(f"{redact_url(url)} is not a valid URL: {exc}") from None
 
     async def check(self, url: str, *, field: str = "URL") -> str | None:
@@ -221,9 +219,8 @@ class UrlGuard:
         if not self.checks(origin):
             return None
         host = (parts.hostname or "").rstrip(".")
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
         try:
-            addresses = self._literal(host) or await asyncio.to_thread(self._resolve, host, port)
+            addresses = self._literal(host) or await asyncio.to_thread(self._resolve, host, url_port(parts))
             self._check_addresses(origin, addresses)
         except AddressRefused as exc:
             raise UnsafeUrl(f"{redact_url(url)} {exc.reason()}") from None
@@ -284,24 +281,20 @@ def _authority(host: str, port: int) -> str:
 
 def _transport(transport: Any, guard: UrlGuard, scheme: str) -> Any:
     ssl_context = httpx.create_ssl_context()
-    limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+    # httpx's default limits.
+    options: dict[str, Any] = {
+        "ssl_context": ssl_context,
+        "max_connections": 100,
+        "max_keepalive_connections": 20,
+        "keepalive_expiry": 5.0,
+    }
     if isinstance(transport, httpx.AsyncHTTPTransport):
-        pool: Any = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_GuardedAsyncBackend(guard, scheme, ssl_context),
-        )
+        backend: Any = _GuardedAsyncBackend(guard, scheme, ssl_context)
+        transport._pool = httpcore.AsyncConnectionPool(**options, network_backend=backend)
     else:
-        pool = httpcore.ConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_GuardedBackend(guard, scheme, ssl_context),
+        transport._pool = httpcore.ConnectionPool(
+            **options, network_backend=_GuardedBackend(guard, scheme, ssl_context)
         )
-    transport._pool = pool
     return transport
 
 
@@ -329,7 +322,7 @@ def _connect_answered(head: bytes) -> bool:
 
 
 def _proxy_port(proxy: httpx.URL) -> int:
-    return proxy.port or (443 if proxy.scheme == "https" else 80)
+    return url_port(urlsplit(str(proxy)))
 
 
 class _GuardedBackend(httpcore.NetworkBackend):
