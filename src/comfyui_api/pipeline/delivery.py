@@ -24,7 +24,7 @@ from ..errors import ApiError, BadRequest
 from ..storage.auth import S3Auth
 from ..storage.base import DownloadError, UploadError
 from ..storage.net import UnsafeUrl, UrlGuard
-from ..storage.uploads import AzureBlobUpload, UploadBlock, Uploader, upload_url
+from ..storage.uploads import AzureBlobUpload, Uploader, upload_url
 from ..webhooks import payloads
 from ..webhooks.sender import WebhookSender
 from .jobs import Job, now_ms
@@ -141,9 +141,6 @@ class Delivery:
             raise UploadFailed(f"Upload failed: {exc}") from None
         job.stats["upload_time"] = now_ms() - started
         return urls
-
-    def _url(self, block: UploadBlock, filename: str) -> str:
-        return upload_url(block, filename, hf_endpoint=self._hf_endpoint, azure_base=self._azure_base)
 
     def _body(self, job: Job, request: PromptRequest, images: list[str]) -> dict[str, Any]:
         stats = {**job.stats, "upload_time": job.stats.get("upload_time", 0), "total_time": now_ms() - job.received_at}
