@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     # ComfyUI process and location
     cmd: str = "init.sh"
     comfy_home: Path = Path("/opt/ComfyUI")
+    # The Python that runs ComfyUI (manifest pip installs); unset = found from CMD and COMFY_HOME (manifest.py).
+    comfyui_python: str | None = None
     direct_address: str = "127.0.0.1"
     comfyui_port_host: int = Field(8188, gt=0, lt=65536)
     always_restart_comfyui: bool = False
@@ -119,6 +121,7 @@ class Settings(BaseSettings):
     system_webhook_events: Annotated[tuple[str, ...], NoDecode] = ()
 
     @field_validator(
+        "comfyui_python",
         "model_dir",
         "input_dir",
         "output_dir",

@@ -9,12 +9,14 @@ stops it with one message naming the step (ManifestError).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -183,17 +185,149 @@ def apt_commands(packages: Sequence[str]) -> list[list[str]]:
     return [["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", *args]]
 
 
-def pip_python(settings: Settings) -> str:
-    """The Python that runs ComfyUI, which is where its packages must go.
+# The interpreter names CMD or a shebang may give: python, python3, python3.11.
+_PYTHON_NAME = re.compile(r"python[0-9.]*")
+# Where a ComfyUI folder keeps its own virtual environment (comfy-cli looks for the same two names).
+_VENV_NAMES = (".venv", "venv")
 
-    When CMD starts with a Python interpreter that is it; otherwise (a launcher script, `comfy launch`) we
-    cannot know, and this server's own interpreter is the best guess (the images share one environment).
+
+@dataclasses.dataclass(frozen=True)
+class ComfyPython:
+    """The Python that will import ComfyUI, and how it was found (for the log and for errors)."""
+
+    path: str
+    found_by: str
+
+
+def comfy_python(settings: Settings) -> ComfyPython:
+    """The Python that runs ComfyUI, where manifest packages must go (never assumed to be this server's own: images
+    give the server an environment of its own).
+
+    COMFYUI_PYTHON when set; else CMD's program when it is a Python; else, for a Python script (comfy-cli's
+    `comfy`, a console script, a launcher), the Python it runs ComfyUI with; else (a shell script such as
+    init.sh) a virtual environment in COMFY_HOME, then `python3` or `python` on PATH. Raises ManifestError when
+    none fits.
     """
-    program = settings.comfy_command[0]
-    if not Path(program).name.startswith("python"):
-        return sys.executable
-    # A bare name is looked up on PATH now, so that logs and uv get the interpreter that will really run.
+    if settings.comfyui_python:
+        return ComfyPython(_on_path(settings.comfyui_python), "COMFYUI_PYTHON")
+    command = settings.comfy_command
+    program = _on_path(command[0])
+    if _PYTHON_NAME.fullmatch(Path(program).name):
+        return ComfyPython(program, "CMD's program")
+    interpreter = _script_python(program)
+    if interpreter is not None and Path(program).name == "comfy":
+        return _comfy_cli_python(command, settings.comfy_home, interpreter)
+    if interpreter is not None:
+        return ComfyPython(interpreter, f"the interpreter of CMD's program {program}")
+    venv = _venv_python(settings.comfy_home)
+    if venv is not None:
+        return ComfyPython(venv, "the virtual environment in COMFY_HOME")
+    for name in ("python3", "python"):
+        found = shutil.which(name)
+        if found is not None:
+            return ComfyPython(found, f"{name} on PATH, as CMD's program {program} names no Python")
+    raise ManifestError(
+        f"manifest: cannot tell which Python runs ComfyUI: CMD's program {program} names none, COMFY_HOME has no "
+        "virtual environment and PATH has no python3; set COMFYUI_PYTHON"
+    )
+
+
+def _comfy_cli_python(command: Sequence[str], comfy_home: Path, own_python: str) -> ComfyPython:
+    """The Python `comfy launch` starts ComfyUI with: the active virtual environment, the conda prefix, a venv in
+    the workspace, else comfy-cli's own."""
+    for variable in ("VIRTUAL_ENV", "CONDA_PREFIX"):
+        prefix = os.environ.get(variable)
+        if prefix and _is_executable(python := Path(prefix, "bin", "python")):
+            return ComfyPython(str(python), f"{variable}, which comfy-cli runs ComfyUI with")
+    workspace = Path(_option_value(command, "--workspace") or comfy_home)
+    venv = _venv_python(workspace)
+    if venv is not None:
+        return ComfyPython(venv, "the comfy workspace's virtual environment, which comfy-cli runs ComfyUI with")
+    return ComfyPython(own_python, "comfy-cli's own Python, which comfy-cli runs ComfyUI with")
+
+
+def _option_value(command: Sequence[str], option: str) -> str | None:
+    for index, word in enumerate(command):
+        if word == option and index + 1 < len(command):
+            return command[index + 1]
+        if word.startswith(f"{option}="):
+            return word.partition("=")[2]
+    return None
+
+
+def _venv_python(folder: Path) -> str | None:
+    for name in _VENV_NAMES:
+        python = folder / name / "bin" / "python"
+        if _is_executable(python):
+            return str(python)
+    return None
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _on_path(program: str) -> str:
+    # A bare name is looked up now, so that logs and uv get the interpreter that will really run. Symlinks are kept:
+    # a venv's python links to its base interpreter, and following the link would leave the venv.
     return program if os.sep in program else shutil.which(program) or program
+
+
+def _script_python(program: str) -> str | None:
+    """The Python a script's first line runs it with (`#!/venv/bin/python`, `#!/usr/bin/env python3`, or the
+    `#!/bin/sh` + `'''exec' /long/path/python` form pip and uv write for long paths), or None for anything else."""
+    try:
+        with open(program, "rb") as handle:
+            head = handle.read(4096)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    lines = head.decode(errors="replace").splitlines()
+    words = lines[0][2:].split()
+    if words and Path(words[0]).name == "env":
+        # `env [-S] [NAME=value ...] python3 ...`: the first word that is neither an option nor an assignment.
+        names = [word for word in words[1:] if not word.startswith("-") and "=" not in word]
+        words = [shutil.which(names[0]) or names[0]] if names else []
+    elif words and Path(words[0]).name == "sh" and len(lines) > 1:
+        with contextlib.suppress(ValueError):
+            exec_line = shlex.split(lines[1])
+            if exec_line[:1] == ["exec"]:
+                words = exec_line[1:2]
+    if words and _PYTHON_NAME.fullmatch(Path(words[0]).name):
+        return words[0]
+    return None
+
+
+async def check_python(python: ComfyPython) -> None:
+    """Ask the interpreter for its prefix, so that a wrong guess stops startup with its cause instead of a pip error,
+    and log where packages go."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            python.path,
+            "-c",
+            "import sys; print(sys.prefix)",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+    except OSError as exc:
+        raise _not_a_python(python, f"it cannot run: {exc.strerror or exc}") from None
+    output, _ = await process.communicate()
+    lines = output.decode(errors="replace").strip().splitlines()
+    if process.returncode != 0 or not lines:
+        raise _not_a_python(python, f"it exited with code {process.returncode}" + (f": {lines[-1]}" if lines else ""))
+    logger.info(
+        "manifest: packages go into ComfyUI's Python",
+        extra={"python": python.path, "prefix": lines[-1], "found_by": python.found_by},
+    )
+
+
+def _not_a_python(python: ComfyPython, failure: str) -> ManifestError:
+    return ManifestError(
+        f"manifest: {python.path} ({python.found_by}) is not a working Python, {failure}; set COMFYUI_PYTHON to the "
+        "Python that runs ComfyUI"
+    )
 
 
 def pip_install_command(python: str, args: Sequence[str]) -> list[str]:
@@ -244,8 +378,14 @@ async def run_command(step: str, command: Sequence[str], *, cwd: Path | None = N
     except OSError as exc:
         raise ManifestError(f"manifest {step}: cannot run {command[0]}: {exc.strerror or exc}") from None
     assert process.stdout is not None
-    last_line = await _log_output(step, process.stdout)
-    code = await process.wait()
+    try:
+        last_line = await _log_output(step, process.stdout)
+        code = await process.wait()
+    except asyncio.CancelledError:
+        # Startup was stopped (a signal before the port opened): the install must not outlive the server.
+        process.kill()
+        await process.wait()
+        raise
     if code != 0:
         cause = f": {last_line}" if last_line else ""
         raise ManifestError(f"manifest {step} failed: `{_shown(command)}` exited with code {code}{cause}")
@@ -280,12 +420,11 @@ async def install_before_start(manifest: Manifest, settings: Settings, storage: 
     if manifest.apt:
         for command in apt_commands(manifest.apt):
             await run_command("apt", command)
-    python = pip_python(settings)
+    pip = _Pip(settings)
     if manifest.pip:
-        args = [word for entry in manifest.pip for word in package_args(entry)]
-        await run_command("pip", pip_install_command(python, args))
+        await pip.install("pip", [word for entry in manifest.pip for word in package_args(entry)])
     for entry in manifest.custom_nodes:
-        await _install_custom_node(entry, settings, storage, python)
+        await _install_custom_node(entry, settings, storage, pip)
     for index, model in enumerate(manifest.before_start_models):
         try:
             await _download_model(model, storage)
@@ -313,7 +452,23 @@ async def install_after_start(manifest: Manifest, settings: Settings, storage: S
             )
 
 
-async def _install_custom_node(entry: str, settings: Settings, storage: StorageManager, python: str) -> None:
+class _Pip:
+    """pip installs into ComfyUI's Python, which is found and checked on first use (a manifest without packages
+    needs none)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._python: str | None = None
+
+    async def install(self, step: str, args: Sequence[str], *, cwd: Path | None = None) -> None:
+        if self._python is None:
+            python = comfy_python(self._settings)
+            await check_python(python)
+            self._python = python.path
+        await run_command(step, pip_install_command(self._python, args), cwd=cwd)
+
+
+async def _install_custom_node(entry: str, settings: Settings, storage: StorageManager, pip: _Pip) -> None:
     nodes_dir = settings.comfy_home / "custom_nodes"
     if custom_node_kind(entry) == "registry":
         cwd = settings.comfy_home if _is_dir(settings.comfy_home) else None
@@ -331,11 +486,7 @@ async def _install_custom_node(entry: str, settings: Settings, storage: StorageM
         raise ManifestError(f"manifest custom_nodes: cannot clone {_safe(entry)}: {_reason(exc)}") from None
     requirements = folder / "requirements.txt"
     if _is_file(requirements):
-        await run_command(
-            f"custom_nodes ({folder.name} requirements)",
-            pip_install_command(python, ["-r", str(requirements)]),
-            cwd=folder,
-        )
+        await pip.install(f"custom_nodes ({folder.name} requirements)", ["-r", str(requirements)], cwd=folder)
 
 
 async def _download_model(model: ModelEntry, storage: StorageManager) -> None:

@@ -23,7 +23,6 @@ from comfyui_api.manifest import (
     install_before_start,
     load_manifest,
     pip_install_command,
-    pip_python,
     run_command,
 )
 from comfyui_api.storage.base import DownloadError
@@ -258,24 +257,6 @@ def test_other_entries_are_registry_names(entry: str) -> None:
     assert from_json({"custom_nodes": [entry]}) is not None
 
 
-def test_pip_targets_the_python_in_cmd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    python = tmp_path / "venv" / "bin" / "python3.11"
-    assert pip_python(settings(cmd=f"{python} main.py --listen")) == str(python)
-    assert pip_python(settings(cmd=f"'{tmp_path}/my env/bin/python' main.py")) == f"{tmp_path}/my env/bin/python"
-
-    # A bare name is looked up on PATH.
-    found = executable(tmp_path / "bin", "python3")
-    monkeypatch.setenv("PATH", str(found.parent))
-    assert pip_python(settings(cmd="python3 main.py")) == str(found)
-
-
-@pytest.mark.parametrize(
-    "cmd", ["init.sh", "/opt/start.sh --gpu", "comfy --workspace /opt/ComfyUI launch -- --listen '*'"]
-)
-def test_pip_falls_back_to_this_servers_python(cmd: str) -> None:
-    assert pip_python(settings(cmd=cmd)) == sys.executable
-
-
 def test_pip_uses_uv_when_it_is_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uv = executable(tmp_path / "bin", "uv")
     monkeypatch.setenv("PATH", str(uv.parent))
@@ -405,7 +386,7 @@ async def test_before_start_runs_every_step_in_order(
     monkeypatch.setenv("PATH", str(comfy.parent))
     monkeypatch.chdir(tmp_path)
     home = tmp_path / "home"
-    python = str(tmp_path / "venv" / "bin" / "python")
+    python = sys.executable  # a real Python: it is asked for its prefix before the first install
     manifest = Manifest.model_validate(
         {
             "apt": ["libgl1"],
