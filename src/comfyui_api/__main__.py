@@ -22,6 +22,11 @@ def main() -> None:
         logger.critical(str(exc))
         sys.exit(1)
     configure_logging(settings.log_level)
+    if settings.base:
+        logger.info(
+            "BASE has no effect: samplers are read from ComfyUI's /object_info, so no ai-dock environment is needed",
+            extra={"base": settings.base},
+        )
     sys.exit(asyncio.run(_run(settings)))
 
 

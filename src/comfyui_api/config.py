@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     input_dir: Path | None = None
     output_dir: Path | None = None
+    # The reference sources ai-dock's environment scripts with BASE=ai-dock before probing samplers; samplers come
+    # from ComfyUI's /object_info here, so BASE is read only to say at startup that it has no effect.
     base: str = ""
 
     # This server
