@@ -2,19 +2,29 @@
 
 ComfyUI is launched and answers before the port opens (so orchestrators see "connection refused",
 not errors, while it starts). The first SIGTERM or SIGINT drains: /ready turns 503, new prompts are
-refused, requests in flight finish (within SHUTDOWN_GRACE_PERIOD_S), then uvicorn stops and the
-lifespan stops ComfyUI. A second signal stops at once. Exit code: 0 after a drain, 1 when startup
-failed or ComfyUI died for good.
+refused, requests in flight finish (within SHUTDOWN_GRACE_PERIOD_S), then uvicorn stops and
+ComfyUI is stopped. A signal before the port opens stops startup (there is nothing to drain yet).
+A second signal stops at once. Exit code: 0 after a drain or a stop by signal, 1 when startup failed
+or ComfyUI died for good.
+
+The signals are ours from start to end (loop.add_signal_handler). uvicorn's own handler would close the
+port at the first signal, with no drain, and raise the signal again once it has shut down, so that the
+process would end killed by SIGTERM instead of exiting 0. uvicorn offers no setting to turn it off:
+`UvicornWithoutSignals` replaces the one method its public `serve()` installs it through, and the
+import-time check below stops the server with a clear message should a uvicorn upgrade install it some
+other way (tests/unit/test_server_signals.py fails too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable
-from types import FrameType
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import uvicorn
 
@@ -25,52 +35,88 @@ from .config import ConfigError, Settings
 logger = logging.getLogger(__name__)
 
 WORKER_THREADS = 32
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+if "capture_signals" not in uvicorn.Server.serve.__code__.co_names:
+    raise ImportError(
+        f"uvicorn {uvicorn.__version__} no longer installs its signal handlers through Server.capture_signals; "
+        "comfyui_api/server.py must be adapted before SIGTERM can drain"
+    )
 
 
-class ApiServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, drain: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(config)
+class UvicornWithoutSignals(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # serve() installs uvicorn's SIGINT/SIGTERM handlers here; Runner's are in place instead.
+        yield
+
+
+class Runner:
+    """One run of the server: startup, then serving until a signal or `request_exit`, and the exit code."""
+
+    def __init__(self, server: uvicorn.Server, drain: Callable[[], Awaitable[None]]) -> None:
         self.exit_code = 0
+        self._server = server
         self._drain = drain
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._draining = False
-        self._drain_task: asyncio.Task[None] | None = None
+        self._signals = 0
+        self._startup: asyncio.Task[None] | None = None
+        self._draining: asyncio.Task[None] | None = None
 
     def request_exit(self, code: int) -> None:
         self.exit_code = max(self.exit_code, code)
-        self.should_exit = True
+        self._server.should_exit = True
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        # Deliberately not uvicorn's: it re-raises the signal after shutdown, which would turn a clean
-        # drain into death by SIGTERM instead of exit code 0.
-        if self._draining or self._loop is None:
-            self.should_exit = True
-            self.force_exit = self._draining
-            return
-        self._draining = True
-        logger.info("signal received; draining", extra={"signal": sig})
-        self._loop.call_soon_threadsafe(self._start_drain)
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM handled by this run for as long as the block lasts (shutdown included)."""
+        loop = asyncio.get_running_loop()
+        for sig in HANDLED_SIGNALS:
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in HANDLED_SIGNALS:
+                loop.remove_signal_handler(sig)
 
-    def _start_drain(self) -> None:
-        self._drain_task = asyncio.create_task(self._drain_then_exit())
+    async def run(self, start: Callable[[], Coroutine[Any, Any, None]]) -> int:
+        """Run `start` (ComfyUI up, workflows mounted), then serve; the exit code."""
+        self._startup = asyncio.create_task(start())
+        try:
+            await self._startup
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task itself is cancelled; only a signal stops startup otherwise
+            return self.exit_code
+        except (ConfigError, StartupError) as exc:
+            logger.critical(str(exc))
+            self.request_exit(1)
+            return self.exit_code
+        if not self._server.should_exit:
+            await self._server.serve()
+        return self.exit_code
+
+    def _on_signal(self, sig: int) -> None:
+        self._signals += 1
+        name = signal.Signals(sig).name
+        if self._startup is not None and not self._startup.done():
+            logger.info("signal received during startup; stopping", extra={"signal": name})
+            self._startup.cancel()
+        elif self._signals == 1:
+            logger.info("signal received; draining", extra={"signal": name})
+            self._draining = asyncio.create_task(self._drain_then_exit())
+        else:
+            logger.info("second signal received; stopping now", extra={"signal": name})
+            self._server.force_exit = True
+            self._server.should_exit = True
+            if self._draining is not None:
+                self._draining.cancel()
 
     async def _drain_then_exit(self) -> None:
         try:
             await self._drain()
         finally:
-            self.should_exit = True
-
-    async def run_app(self, start: Callable[[], Awaitable[None]]) -> None:
-        self._loop = asyncio.get_running_loop()
-        with self.capture_signals():
-            try:
-                await start()
-            except (ConfigError, StartupError) as exc:
-                logger.critical(str(exc))
-                self.exit_code = 1
-                return
-            if not self.should_exit:
-                await self._serve()
+            self._server.should_exit = True
 
 
 async def serve(settings: Settings, process: ComfyProcess) -> int:
@@ -80,11 +126,11 @@ async def serve(settings: Settings, process: ComfyProcess) -> int:
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=WORKER_THREADS, thread_name_prefix="worker")
     )
-    server: ApiServer | None = None
+    runner: Runner | None = None
 
     def request_exit(code: int) -> None:
-        assert server is not None
-        server.request_exit(code)
+        assert runner is not None
+        runner.request_exit(code)
 
     try:
         app = create_app(settings, process=process, request_exit=request_exit)
@@ -109,14 +155,14 @@ async def serve(settings: Settings, process: ComfyProcess) -> int:
         timeout_graceful_shutdown=10,
         lifespan="on",
     )
-    server = ApiServer(config, drain=lifecycle.drain)
+    runner = Runner(UvicornWithoutSignals(config), drain=lifecycle.drain)
 
     async def start() -> None:
         await lifecycle.start()
         await mount_workflows(app)
 
-    try:
-        await server.run_app(start)
-    finally:
-        await lifecycle.stop()
-    return server.exit_code
+    with runner.signals():
+        try:
+            return await runner.run(start)
+        finally:
+            await lifecycle.stop()
