@@ -16,7 +16,7 @@ from huggingface_hub import hf_hub_download
 from PIL import Image
 
 from tests.support.files import FileServer
-from tests.support.graphs import img2img, solid, txt2img
+from tests.support.graphs import Graph, img2img, node, solid, txt2img
 from tests.support.receiver import Received, WebhookReceiver
 from tests.support.server import ApiServer, free_port, trusting, wait_until
 from tests.support.services import Azurite, FakeHub, SeaweedS3
@@ -47,6 +47,13 @@ def flaky_receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="module")
+def holding_receiver() -> Iterator[WebhookReceiver]:
+    """A receiver of its own for the test that holds a webhook's first attempt (a delay would hit any request)."""
+    with WebhookReceiver(secret=SECRET) as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
 def down_url() -> str:
     """A webhook URL on a loopback port where nothing listens: a receiver that is down."""
     return f"http://127.0.0.1:{free_port()}/hook"
@@ -64,6 +71,7 @@ def delivery_server(
     receiver: WebhookReceiver,
     legacy_receiver: WebhookReceiver,
     flaky_receiver: WebhookReceiver,
+    holding_receiver: WebhookReceiver,
     down_url: str,
     uploads: FileServer,
     s3_server: SeaweedS3,
@@ -81,13 +89,17 @@ def delivery_server(
         **fake_hub.env(),
         "WEBHOOK_SECRET": SECRET,
         "PROMPT_WEBHOOK_RETRIES": "3",
+        # The 10-minute retry schedule compressed: 3 attempts at least, then more for 3 s.
+        "WEBHOOK_RETRY_WINDOW_S": "3",
+        "WEBHOOK_RETRY_BASE_S": "0.1",
+        "WEBHOOK_RETRY_MAX_DELAY_S": "0.5",
         "SYSTEM_WEBHOOK_URL": receiver.url_for("/system"),
         "SYSTEM_WEBHOOK_EVENTS": "execution_start, executing, execution_success, executed, file_uploaded",
         "SYSTEM_META_deployment": "tests",
         # The loopback receivers and the upload target are services the operator trusts (the signed receiver is
         # trusted already, as the system webhook's origin). The down receiver too, so that its failure is the
         # refused connection, not the URL guard.
-        **trusting(legacy_receiver.url, flaky_receiver.url, down_url, uploads.url),
+        **trusting(legacy_receiver.url, flaky_receiver.url, holding_receiver.url, down_url, uploads.url),
     }
     return make_server("delivery", **env).start()
 
@@ -229,7 +241,7 @@ def test_webp_conversion_honours_its_options(delivery_server: ApiServer) -> None
 def test_conversion_options_are_validated_for_the_format(delivery_server: ApiServer) -> None:
     response = post(delivery_server, solid(8, 8), convert_output={"format": "jpeg", "options": {"lossless": True}})
     assert response.status_code == 400
-    assert response.json()["location"] == "convert_output.options"
+    assert response.json()["location"] == "convert_output.jpeg.options.lossless"
     assert "lossless" in response.json()["error"]
 
 
@@ -282,7 +294,7 @@ def test_a_receiver_that_fails_twice_gets_the_webhook_once_with_one_id(
     assert delivered.json()["type"] == "prompt.complete"
 
 
-def test_a_receiver_that_is_down_gets_every_retry_then_an_error_is_logged(
+def test_a_receiver_that_is_down_gets_retries_for_the_whole_window_then_an_error_is_logged(
     delivery_server: ApiServer, down_url: str
 ) -> None:
     down = down_url
@@ -296,8 +308,61 @@ def test_a_receiver_that_is_down_gets_every_retry_then_an_error_is_logged(
         ]
 
     (entry,) = wait_until(failure_logged, 120, "the failed delivery to be logged")
-    assert entry["attempts"] == 3 and entry["level"] == "error"
+    # More than PROMPT_WEBHOOK_RETRIES: the attempts go on until WEBHOOK_RETRY_WINDOW_S is over.
+    assert entry["attempts"] > 3 and entry["level"] == "error"
+    assert "ConnectError" in entry["last_error"]
     assert post(delivery_server, solid(8, 8)).status_code == 200  # the server keeps serving
+
+
+def noisy(width: int, height: int, prefix: str = "noisy") -> Graph:
+    """A PNG that does not compress: about 3 bytes a pixel."""
+    return {
+        "1": node("EmptyImage", width=width, height=height, batch_size=1, color=0x808080),
+        "2": node("ImageAddNoise", image=["1", 0], seed=1, strength=0.5),
+        "3": node("SaveImage", images=["2", 0], filename_prefix=prefix),
+    }
+
+
+def test_a_large_output_is_streamed_to_webhook_v2_and_kept_on_disk_until_delivered(
+    delivery_server: ApiServer, holding_receiver: WebhookReceiver
+) -> None:
+    """Over a MiB of output, so the body is streamed from disk: signed in one pass, streamed again for the retry
+    (the first attempt is held past its deadline). The job ends before its webhooks (its id is free again), while
+    its output file stays until the webhook is delivered."""
+    hook = holding_receiver
+    hook.delay_next(1, 120.0)
+    accepted = post(delivery_server, noisy(768, 768), id="large-hook", webhook_v2=hook.url)
+    assert accepted.status_code == 202
+    hook.wait_for(lambda requests: len(requests) >= 1, timeout_s=120)
+    assert [p.name for p in delivery_server.files_under("output") if p.name.startswith("large-hook")]
+    assert post(delivery_server, solid(8, 8), id="large-hook").status_code == 200
+
+    # The first attempt's answer never came (the receiver holds it): the retry is the delivery.
+    first, delivered = hook.wait_for(lambda requests: len(requests) >= 2, timeout_s=120)[:2]
+    assert first.body == delivered.body and first.verified and delivered.verified
+    assert first.headers["webhook-signature"] == delivered.headers["webhook-signature"]
+    body = delivered.json()
+    (data,) = [base64.b64decode(text, validate=True) for text in body["images"]]
+    assert len(data) > 1024 * 1024 and image(data).size == (768, 768)
+    assert body["type"] == "prompt.complete" and body["filenames"][0].startswith("large-hook")
+    wait_until(lambda: delivery_server.files_under("output") == [], 60, "the output to be deleted after delivery")
+
+
+def test_a_long_string_input_is_echoed_exactly_by_the_response_the_202_and_the_webhook(
+    delivery_server: ApiServer, receiver: WebhookReceiver
+) -> None:
+    text = 'a long note ☕ "quoted" \\ \n' * 120_000
+    graph = solid(8, 8)
+    graph["2"]["inputs"]["note"] = text  # an input SaveImage does not take: ComfyUI ignores it, we echo it
+    sync = post(delivery_server, graph, id="long-echo")
+    assert sync.status_code == 200, sync.text[:500]
+    assert int(sync.headers["content-length"]) == len(sync.content)
+    assert sync.json()["prompt"]["2"]["inputs"]["note"] == text
+    accepted = post(delivery_server, graph, id="long-echo-async", webhook_v2=receiver.url)
+    assert accepted.status_code == 202
+    assert accepted.json()["prompt"]["2"]["inputs"]["note"] == text
+    (webhook,) = hooks(receiver, "/hook", "long-echo-async")
+    assert webhook.verified and webhook.json()["prompt"]["2"]["inputs"]["note"] == text
 
 
 def test_an_execution_failure_after_202_is_a_prompt_failed_webhook(

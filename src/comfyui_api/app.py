@@ -63,6 +63,9 @@ def create_app(
             settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
             settings.prompt_webhook_retries,
             guard=guard,
+            retry_window_s=settings.webhook_retry_window_s,
+            backoff_base_s=settings.webhook_retry_base_s,
+            backoff_max_s=settings.webhook_retry_max_delay_s,
         )
     except InvalidWebhookSecret as exc:
         raise ConfigError(str(exc)) from None
@@ -76,6 +79,7 @@ def create_app(
         runner,
         Uploader(storage, on_event=storage_events),
         webhooks,
+        output_dir=settings.outputs_path,
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
         guard=guard,

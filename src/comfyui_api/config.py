@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # Webhooks
     webhook_secret: SecretStr | None = None
     prompt_webhook_retries: int = Field(3, ge=0)
+    webhook_retry_window_s: float = Field(600.0, ge=0)
+    webhook_retry_base_s: float = Field(0.5, gt=0)
+    webhook_retry_max_delay_s: float = Field(30.0, gt=0)
     system_webhook_url: str | None = None
     system_webhook_events: Annotated[tuple[str, ...], NoDecode] = ()
 

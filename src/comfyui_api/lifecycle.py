@@ -135,6 +135,8 @@ class Lifecycle:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # Webhooks in their retry schedule make one last attempt now rather than hold the deliveries below up.
+        self._webhooks.stop_retrying()
         await self._delivery.aclose()
         if self._system is not None:
             await self._system.stop()

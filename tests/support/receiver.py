@@ -7,7 +7,8 @@
         got[0].json(), got[0].headers["webhook-id"], got[0].verified, got[0].status
 
 API:
-* `WebhookReceiver(secret=None)`; `start()` (returns self) binds a free port on 127.0.0.1; `url` is
+* `WebhookReceiver(secret=None, port=0)` binds 127.0.0.1 on `port` (0: a free one), so `port=` a stopped
+  receiver's port brings a receiver that was down back up; `start()` (returns self) starts answering; `url` is
   `http://127.0.0.1:<port>/hook`, `url_for(path)` any other path on it.
 * Every request (any method, any path) is recorded as a `Received`: `path` (the request target as sent, so a
   request through a proxy shows the absolute URL), lower-cased `headers`, `body` (str), `at` (time.monotonic()
@@ -60,7 +61,7 @@ Predicate = Callable[[list[Received]], bool]
 
 
 class WebhookReceiver:
-    def __init__(self, secret: str | None = None) -> None:
+    def __init__(self, secret: str | None = None, *, port: int = 0) -> None:
         self.secret = secret
         self._verifier = Webhook(secret) if secret else None
         self._cond = threading.Condition()
@@ -69,7 +70,7 @@ class WebhookReceiver:
         self._script: list[tuple[int | None, float]] = []
         self._released = threading.Event()
         self._stopped = False
-        self._httpd = _Server(("127.0.0.1", 0), _handler(self))
+        self._httpd = _Server(("127.0.0.1", port), _handler(self))
         self.port: int = self._httpd.server_address[1]
         self.url = self.url_for("/hook")
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="receiver", daemon=True)

@@ -13,6 +13,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from comfyui_api.webhooks.payloads import (
     redact,
     utc_timestamp,
 )
-from comfyui_api.webhooks.sender import WebhookSender, backoff_delay, encode_body
+from comfyui_api.webhooks.sender import WebhookSender, backoff_delay
 from comfyui_api.webhooks.signing import InvalidWebhookSecret, Signer
 from tests.support.receiver import Received, WebhookReceiver
 
@@ -43,6 +44,11 @@ def count(n: int) -> Callable[[list[Received]], bool]:
     return lambda requests: len(requests) >= n
 
 
+def encode(payload: dict[str, Any]) -> str:
+    """The body a webhook carries: compact JSON with non-ASCII kept, like the reference's JSON.stringify."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
 @pytest.fixture
 def receiver() -> Iterator[WebhookReceiver]:
     with WebhookReceiver(secret=WHSEC_SECRET) as hook:
@@ -51,7 +57,8 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 @pytest.fixture
 async def make_sender() -> AsyncIterator[Callable[..., WebhookSender]]:
-    """Senders with small backoff and timeouts; all closed at the end."""
+    """Senders with small backoff and timeouts and no retry window (exactly `retries` attempts unless a test gives
+    one); all closed at the end."""
     made: list[WebhookSender] = []
 
     def factory(secret: str | None = WHSEC_SECRET, retries: int = 3, **kwargs: Any) -> WebhookSender:
@@ -82,8 +89,8 @@ def dead_url() -> str:
 @pytest.mark.parametrize("secret", [B64_SECRET, WHSEC_SECRET], ids=["plain-base64", "whsec-prefix"])
 @pytest.mark.parametrize("verifier_secret", [B64_SECRET, WHSEC_SECRET], ids=["verify-plain", "verify-whsec"])
 def test_signature_verifies_with_svix(secret: str, verifier_secret: str) -> None:
-    body = encode_body(PAYLOAD)
-    headers = Signer(secret).headers("msg-1", body)
+    body = encode(PAYLOAD)
+    headers = Signer(secret).headers("msg-1", [body.encode()])
     assert set(headers) == {"webhook-id", "webhook-timestamp", "webhook-signature"}
     assert headers["webhook-id"] == "msg-1"
     # Both spellings of one key are the same key.
@@ -93,24 +100,34 @@ def test_signature_verifies_with_svix(secret: str, verifier_secret: str) -> None
 
 
 def test_signature_is_hmac_of_id_timestamp_body_with_the_decoded_key() -> None:
-    body = encode_body(PAYLOAD)
-    headers = Signer(WHSEC_SECRET).headers("msg-2", body, timestamp=1_700_000_000)
+    body = encode(PAYLOAD)
+    headers = Signer(WHSEC_SECRET).headers("msg-2", [body.encode()], timestamp=1_700_000_000)
     assert headers["webhook-timestamp"] == "1700000000"
     expected = hmac.new(RAW_KEY, f"msg-2.1700000000.{body}".encode(), hashlib.sha256).digest()
     assert headers["webhook-signature"] == "v1," + base64.b64encode(expected).decode()
 
 
+@pytest.mark.parametrize("secret", [B64_SECRET, WHSEC_SECRET, "whsec_" + B64_SECRET.rstrip("="), "my-webhook_secret"])
+def test_a_body_signed_in_chunks_has_svix_signature(secret: str) -> None:
+    """The HMAC is fed chunk by chunk (a body streamed from disk); the key is derived as svix derives it, also from
+    unpadded base64 and from characters svix drops."""
+    body = encode({**PAYLOAD, "big": "é☕" * 5000})
+    data = body.encode()
+    pieces = [data[i : i + 7] for i in range(0, len(data), 7)]  # splits inside multi-byte characters too
+    headers = Signer(secret).headers("msg-4", pieces, timestamp=1_700_000_000)
+    when = datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    assert headers["webhook-signature"] == Webhook(secret).sign("msg-4", when, body)
+
+
 def test_timestamp_is_current_unix_seconds() -> None:
     before = int(time.time())
-    stamp = int(Signer(B64_SECRET).headers("x", "{}")["webhook-timestamp"])
+    stamp = int(Signer(B64_SECRET).headers("x", [b"{}"])["webhook-timestamp"])
     assert before <= stamp <= int(time.time())
 
 
 @pytest.mark.parametrize("secret", [None, ""])
 def test_no_secret_means_unsigned(secret: str | None) -> None:
-    signer = Signer(secret)
-    assert not signer.signed
-    headers = signer.headers("msg-3", "{}")
+    headers = Signer(secret).headers("msg-3", [b"{}"])
     assert headers["webhook-id"] == "msg-3"
     assert "webhook-signature" not in headers
 
@@ -165,7 +182,6 @@ async def test_default_message_id_is_a_fresh_uuid(
 async def test_unsigned_without_secret(make_sender: Callable[..., WebhookSender]) -> None:
     with WebhookReceiver() as hook:
         sender = make_sender(secret=None)
-        assert not sender.signed
         assert await sender.send(hook.url, PAYLOAD, message_id="m")
         (got,) = hook.requests
     assert got.headers["webhook-id"] == "m"
@@ -241,10 +257,7 @@ async def test_receiver_down_exact_attempts_one_error_line(
             await asyncio.sleep(0.001)
 
     ticking = asyncio.create_task(ticker())
-    started = time.monotonic()
-    task = sender.send_in_background(url, {**PAYLOAD, "password": "hunter2"})
-    assert time.monotonic() - started < 0.05
-    assert await asyncio.wait_for(task, 10) is False
+    assert await asyncio.wait_for(sender.send(url, {**PAYLOAD, "password": "hunter2"}), 10) is False
     ticking.cancel()
     assert ticks > 1
 
@@ -266,8 +279,7 @@ async def test_zero_retries_sends_nothing(
     receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=SENDER_LOGGER)
-    assert await make_sender(retries=0).send(receiver.url, PAYLOAD) is False
-    assert await make_sender(retries=0).send_in_background(receiver.url, PAYLOAD) is False
+    assert await make_sender(retries=0, retry_window_s=600.0).send(receiver.url, PAYLOAD) is False
     # A later delivery to the same receiver is a barrier: had anything been sent before, it would be there.
     assert await make_sender(retries=1).send(receiver.url, {"barrier": True})
     assert [r.json() for r in receiver.requests] == [{"barrier": True}]
@@ -364,60 +376,167 @@ async def test_invalid_url_fails_without_raising(make_sender: Callable[..., Webh
     assert await make_sender(retries=1).send("ftp://example.invalid/x", PAYLOAD) is False
 
 
-# --- sender: background tasks and shutdown ------------------------------------------------------------------------
+# --- sender: the retry window -------------------------------------------------------------------------------------
 
 
-async def test_aclose_waits_for_background_sends(
+class _OnAttemptFailed(logging.Handler):
+    """Calls `action` when the sender logs its `attempt`-th failed attempt: in the event loop, before any backoff."""
+
+    def __init__(self, attempt: int, action: Callable[[], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self._attempt = attempt
+        self._action = action
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "webhook attempt failed" and getattr(record, "attempt", None) == self._attempt:
+            self._action()
+
+
+@pytest.fixture
+def on_attempt_failed(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[int, Callable[[], None]], None]]:
+    """`on_attempt_failed(n, action)`: `action()` when the n-th attempt has failed (the sender's debug line)."""
+    caplog.set_level(logging.DEBUG, logger=SENDER_LOGGER)  # the logger's level; a test sets its own capture level
+    handlers: list[logging.Handler] = []
+
+    def install(attempt: int, action: Callable[[], None]) -> None:
+        handlers.append(_OnAttemptFailed(attempt, action))
+        logging.getLogger(SENDER_LOGGER).addHandler(handlers[-1])
+
+    yield install
+    for handler in handlers:
+        logging.getLogger(SENDER_LOGGER).removeHandler(handler)
+
+
+async def test_retries_go_on_past_the_minimum_until_a_receiver_that_was_down_comes_back(
+    make_sender: Callable[..., WebhookSender],
+    caplog: pytest.LogCaptureFixture,
+    on_attempt_failed: Callable[[int, Callable[[], None]], None],
+) -> None:
+    """The production schedule (10 minutes, backoff up to 30 s) compressed by configuration: 2 attempts at least,
+    then more while a 120 s window lasts; the receiver is down (connections refused) for the first 6."""
+    caplog.set_level(logging.DEBUG, logger=SENDER_LOGGER)
+    down = WebhookReceiver().start()
+    down.stop()
+    back: list[WebhookReceiver] = []
+    on_attempt_failed(6, lambda: back.append(WebhookReceiver(secret=WHSEC_SECRET, port=down.port).start()))
+    sender = make_sender(retries=2, retry_window_s=120.0)
+    try:
+        assert await sender.send(down.url, PAYLOAD, message_id="late")
+        (receiver,) = back
+        (got,) = receiver.requests
+    finally:
+        for receiver in back:
+            receiver.stop()
+    assert got.verified and got.headers["webhook-id"] == "late" and got.json() == PAYLOAD
+    failed = [r for r in caplog.records if r.getMessage() == "webhook attempt failed"]
+    assert [r.attempt for r in failed] == [1, 2, 3, 4, 5, 6]  # type: ignore[attr-defined]
+    assert all("ConnectError" in r.error for r in failed)  # type: ignore[attr-defined]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_receiver_that_never_comes_back_is_tried_for_the_whole_window_then_one_error_line(
+    make_sender: Callable[..., WebhookSender], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=SENDER_LOGGER)
+    url = dead_url()
+    sender = make_sender(retries=2, retry_window_s=0.5)
+    started = time.monotonic()
+    assert await sender.send(url, PAYLOAD) is False
+    # The schedule's end, not a speed: no attempt may be the last one before the window is over.
+    assert time.monotonic() - started >= 0.5
+    records = [r for r in caplog.records if r.name == SENDER_LOGGER]
+    failed = [r for r in records if r.getMessage() == "webhook attempt failed"]
+    (error,) = [r for r in records if r.levelno >= logging.ERROR]
+    assert error.getMessage() == "webhook delivery failed"
+    assert error.attempts == len(failed) > 2  # type: ignore[attr-defined]
+    assert "ConnectError" in error.last_error  # type: ignore[attr-defined]
+    assert not hasattr(error, "stopped_by_shutdown")
+
+
+async def test_a_failed_attempt_after_the_minimum_ends_the_schedule_once_the_window_is_over(
     receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender]
 ) -> None:
-    receiver.delay_next(1, 0.3)
-    sender = make_sender()
-    task = sender.send_in_background(receiver.url, PAYLOAD)
-    assert sender.in_flight == 1
-    await sender.aclose()
-    assert task.done() and task.result() is True
-    assert sender.in_flight == 0
-    # Closed: nothing more is sent, and nothing raises.
-    assert await sender.send(receiver.url, PAYLOAD) is False
-    assert len(receiver.requests) == 1
+    """Without a window (or once it is over) the minimum is also the maximum, as PROMPT_WEBHOOK_RETRIES was."""
+    receiver.fail_next(10, status=503)
+    assert not await make_sender(retries=3, retry_window_s=0.0).send(receiver.url, PAYLOAD)
+    assert [r.status for r in receiver.requests] == [503, 503, 503]
 
 
-async def test_aclose_skips_pending_backoff(
-    receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender]
+# --- sender: shutdown ---------------------------------------------------------------------------------------------
+
+
+async def test_stop_retrying_ends_a_pending_backoff_with_one_last_attempt(
+    receiver: WebhookReceiver,
+    make_sender: Callable[..., WebhookSender],
+    on_attempt_failed: Callable[[int, Callable[[], None]], None],
 ) -> None:
     receiver.fail_next(1)
-    sender = make_sender(retries=2, backoff_base_s=60.0, backoff_max_s=60.0)
-    task = sender.send_in_background(receiver.url, PAYLOAD)
-    await receiver.async_wait_for(count(1))
-    started = time.monotonic()
-    await sender.aclose(timeout_s=20.0)
-    assert time.monotonic() - started < 5.0
-    assert task.result() is True
+    sender = make_sender(retries=2, retry_window_s=600.0, backoff_base_s=60.0, backoff_max_s=60.0)
+    in_backoff = asyncio.Event()
+    on_attempt_failed(1, in_backoff.set)  # logged just before the backoff: the sender waits once this task runs
+    task = asyncio.create_task(sender.send(receiver.url, PAYLOAD))
+    await asyncio.wait_for(in_backoff.wait(), 30)
+    sender.stop_retrying()
+    assert await asyncio.wait_for(task, 30) is True
     assert [r.status for r in receiver.requests] == [500, 200]
 
 
-async def test_aclose_is_bounded(
+async def test_a_schedule_cut_short_by_shutdown_is_logged_not_lost(
+    receiver: WebhookReceiver,
+    make_sender: Callable[..., WebhookSender],
+    caplog: pytest.LogCaptureFixture,
+    on_attempt_failed: Callable[[int, Callable[[], None]], None],
+) -> None:
+    receiver.fail_next(10, status=503)
+    sender = make_sender(retries=1, retry_window_s=600.0, backoff_base_s=60.0, backoff_max_s=60.0)
+    in_backoff = asyncio.Event()
+    on_attempt_failed(1, in_backoff.set)
+    task = asyncio.create_task(sender.send(receiver.url, PAYLOAD))
+    # Shutdown begins while the first retry waits out its backoff (a minute, in a 10-minute window).
+    await asyncio.wait_for(in_backoff.wait(), 30)
+    sender.stop_retrying()
+    assert await asyncio.wait_for(task, 30) is False
+    assert [r.status for r in receiver.requests] == [503, 503]
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.getMessage() == "webhook delivery failed"
+    assert (error.attempts, error.last_status, error.stopped_by_shutdown) == (2, 503, True)  # type: ignore[attr-defined]
+
+
+async def test_a_send_that_starts_during_shutdown_gets_one_attempt(
+    receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender]
+) -> None:
+    receiver.fail_next(1)
+    sender = make_sender(retries=3, retry_window_s=600.0)
+    sender.stop_retrying()
+    assert await sender.send(receiver.url, PAYLOAD) is False
+    assert await sender.send(receiver.url, PAYLOAD) is True
+    assert [r.status for r in receiver.requests] == [500, 200]
+
+
+async def test_a_cancelled_delivery_is_logged_with_its_attempts(
     receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender], caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver.delay_next(1, 30.0)
     sender = make_sender(retries=1, timeout_s=30.0)
-    task = sender.send_in_background(receiver.url, PAYLOAD)
+    task = asyncio.create_task(sender.send(receiver.url, PAYLOAD))
     await receiver.async_wait_for(count(1))
-    started = time.monotonic()
-    await sender.aclose(timeout_s=0.2)
-    assert time.monotonic() - started < 5.0
-    assert task.cancelled()
-    assert any("abandoning" in r.getMessage() for r in caplog.records)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.getMessage() == "webhook delivery cancelled"
+    assert error.attempts == 1  # type: ignore[attr-defined]
 
 
-async def test_background_tasks_are_kept_alive(
-    receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender]
+async def test_a_closed_sender_sends_nothing(
+    receiver: WebhookReceiver, make_sender: Callable[..., WebhookSender], caplog: pytest.LogCaptureFixture
 ) -> None:
     sender = make_sender()
-    for n in range(20):
-        sender.send_in_background(receiver.url, {"n": n})  # the caller drops the task on purpose
-    await receiver.async_wait_for(count(20))
-    assert sorted(r.json()["n"] for r in receiver.requests) == list(range(20))
+    assert await sender.send(receiver.url, PAYLOAD)
+    await sender.aclose()
+    assert await sender.send(receiver.url, PAYLOAD) is False
+    assert len(receiver.requests) == 1
+    assert any(r.getMessage() == "webhook not sent: sender is closed" for r in caplog.records)
 
 
 # --- payloads -----------------------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ async def make_system() -> AsyncIterator[Callable[..., SystemWebhooks]]:
     yield factory
     for system, sender in made:
         await system.stop(timeout_s=2.0)
-        await sender.aclose(timeout_s=2.0)
+        await sender.aclose()
 
 
 async def test_envelope_rewrites_prompt_id_and_carries_metadata(

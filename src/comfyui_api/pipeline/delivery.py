@@ -4,20 +4,22 @@ Delivery mode, as the reference server: a legacy `webhook` sends one `output.com
 blocks are then ignored); else the first upload block present (s3, hf_upload, azure_blob_upload,
 http_upload) uploads every output and `images` are URLs; else `images` are base64. A request is async
 (202 at once, the rest in the background) with `webhook`, `webhook_v2`, or an upload block with `async`.
+
+Every body (response or webhook) is a JsonBody (webhooks/body.py): output files are base64-encoded from disk as it
+is written and the echoed prompt is escaped a slice at a time, so memory stays bounded whatever the size of the
+outputs or of the prompt's strings; a small body is written at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from ..api.schemas import PromptRequest
 from ..errors import ApiError, BadRequest
@@ -26,17 +28,15 @@ from ..storage.base import DownloadError, UploadError
 from ..storage.net import UnsafeUrl, UrlGuard
 from ..storage.uploads import AzureBlobUpload, Uploader, upload_url
 from ..webhooks import payloads
+from ..webhooks.body import Base64File, JsonBody
 from ..webhooks.sender import WebhookSender
 from .jobs import Job, now_ms
+from .outputs import delete_files
 from .runner import PromptRunner
 
 logger = logging.getLogger(__name__)
 
-# Read in multiples of 3 bytes, so each chunk's base64 has no padding and chunks concatenate.
-_READ_CHUNK = 3 * 1024 * 1024
-# Outputs up to this size in all are answered in one piece; larger ones are streamed from disk.
-_INLINE_LIMIT = 1024 * 1024
-_IMAGES_SLOT = "\x00images\x00"
+_JSON = "application/json"
 
 
 class UploadFailed(ApiError):
@@ -52,11 +52,13 @@ class Delivery:
         uploader: Uploader,
         webhooks: WebhookSender,
         *,
+        output_dir: Path,
         hf_endpoint: str,
         azure_base: str | None,
         guard: UrlGuard,
     ) -> None:
         self._guard = guard
+        self._output_dir = output_dir
         self._runner = runner
         self._uploader = uploader
         self._webhooks = webhooks
@@ -77,22 +79,15 @@ class Delivery:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
             self._spawn(self._complete_in_background(job, request))
             accepted = {**request.echo(), "status": "ok", "id": job.id, "prompt": job.graph, **extra}
-            return JSONResponse(accepted, status_code=202)
-        streaming = False
+            return await self._respond(JsonBody(accepted), status_code=202)
+        response: Response | None = None
         try:
             await self._runner.finish(job, request.convert_output)
-            if request.upload_block is not None:
-                return JSONResponse({**self._body(job, request, await self._upload(job, request)), **extra})
-            if sum(output.path.stat().st_size for output in job.outputs) <= _INLINE_LIMIT:
-                # Small outputs are encoded at once, in the event loop: a stream (a task per response, a thread
-                # hop per read) costs more than the encoding itself.
-                images = [base64.b64encode(output.path.read_bytes()).decode("ascii") for output in job.outputs]
-                return JSONResponse({**self._body(job, request, images), **extra})
-            # The stream closes the job once the last byte is sent.
-            streaming = True
-            return StreamingResponse(self._stream_base64(job, request, extra), media_type="application/json")
+            images = await self._upload(job, request) if request.upload_block is not None else _files(job)
+            response = await self._respond(JsonBody({**self._body(job, request, images), **extra}), job=job)
+            return response
         finally:
-            if not streaming:
+            if not isinstance(response, StreamingResponse):
                 await self._runner.close(job)
 
     async def _check_request(self, request: PromptRequest) -> None:
@@ -119,9 +114,16 @@ class Delivery:
                 raise BadRequest(f"{location}: {exc}", location=location) from None
 
     async def aclose(self, timeout_s: float = 30.0) -> None:
-        """Let background deliveries finish (bounded), so an async request is not lost at shutdown."""
-        if self._background:
-            await asyncio.wait(self._background, timeout=timeout_s)
+        """Let background deliveries finish (bounded), so an async request is not lost at shutdown; the ones still
+        running after `timeout_s` are cancelled (each webhook cut short logs it, and their files are deleted)."""
+        if not self._background:
+            return
+        _, pending = await asyncio.wait(self._background, timeout=timeout_s)
+        if pending:
+            logger.warning("abandoning background deliveries at shutdown", extra={"count": len(pending)})
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # modes -------------------------------------------------------------------------------------------
     async def _upload(self, job: Job, request: PromptRequest) -> list[str]:
@@ -142,7 +144,7 @@ class Delivery:
         job.stats["upload_time"] = now_ms() - started
         return urls
 
-    def _body(self, job: Job, request: PromptRequest, images: list[str]) -> dict[str, Any]:
+    def _body(self, job: Job, request: PromptRequest, images: Sequence[str | Base64File]) -> dict[str, Any]:
         stats = {**job.stats, "upload_time": job.stats.get("upload_time", 0), "total_time": now_ms() - job.received_at}
         return {
             **request.echo(),
@@ -153,31 +155,40 @@ class Delivery:
             "stats": stats,
         }
 
-    async def _stream_base64(self, job: Job, request: PromptRequest, extra: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The response JSON with each output file base64-encoded on the fly: memory stays flat."""
+    async def _respond(self, body: JsonBody, *, status_code: int = 200, job: Job | None = None) -> Response:
+        """`body` encoded at once when small (the caller closes `job`); else a stream with its Content-Length,
+        which closes `job` once the last byte is sent."""
+        if body.is_small():
+            # In the event loop: a stream (a task per response, a thread hop per chunk) costs more than the
+            # encoding itself.
+            return Response(body.encode(), status_code=status_code, media_type=_JSON)
+        size = await asyncio.to_thread(body.size)
+        return StreamingResponse(
+            self._stream(body, job), status_code=status_code, media_type=_JSON, headers={"Content-Length": str(size)}
+        )
+
+    async def _stream(self, body: JsonBody, job: Job | None) -> AsyncIterator[bytes]:
         try:
-            head, _, tail = json.dumps({**self._body(job, request, [_IMAGES_SLOT]), **extra}).partition(
-                json.dumps(_IMAGES_SLOT)
-            )
-            yield head.encode()
-            for index, output in enumerate(job.outputs):
-                yield b',"' if index else b'"'
-                async for chunk in _base64_chunks(output.path):
+            async with contextlib.aclosing(body.stream()) as chunks:
+                async for chunk in chunks:
                     yield chunk
-                yield b'"'
-            yield tail.encode()
         finally:
-            await self._runner.close(job)
+            if job is not None:
+                await self._runner.close(job)
 
     async def _complete_in_background(self, job: Job, request: PromptRequest) -> None:
+        # Output files that webhooks carry, kept past the job's end until they are sent.
+        kept: list[Path] = []
         try:
             await self._runner.finish(job, request.convert_output)
+            images = await self._upload(job, request) if request.upload_block is not None else _files(job)
+            # Webhooks come last and may retry for minutes: the job ends before them (its id is free again, a drain
+            # does not wait for them, its inputs and ComfyUI's history entry go), only its output files stay.
+            kept, job.files_to_delete = job.files_to_delete, []
+            await self._runner.close(job)
             if request.webhook:
                 await self._send_legacy_outputs(job, request)
-            images = await self._upload(job, request) if request.upload_block is not None else None
             if request.webhook_v2:
-                if images is None:
-                    images = await asyncio.to_thread(_encode_all, [output.path for output in job.outputs])
                 body = payloads.prompt_complete(self._body(job, request, images))
                 await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
         except ApiError as exc:
@@ -192,15 +203,18 @@ class Delivery:
             await self._send_failure(job, request, ApiError(f"Internal error: {type(exc).__name__}"))
         finally:
             await self._runner.close(job)
+            if kept:
+                await asyncio.to_thread(delete_files, kept, stop_at=self._output_dir)
 
     async def _send_legacy_outputs(self, job: Job, request: PromptRequest) -> None:
         assert request.webhook is not None
         for output in job.outputs:
-            (image,) = await asyncio.to_thread(_encode_all, [output.path])
-            body = payloads.output_complete(job.id, image, output.name, job.graph, job.stats)
+            body = payloads.output_complete(job.id, Base64File(output.path), output.name, job.graph, job.stats)
             await self._webhooks.send(request.webhook, body, signed=False)
 
     async def _send_failure(self, job: Job, request: PromptRequest, error: ApiError) -> None:
+        # The job ends first: the failure webhooks carry no files, and their retries must not hold it open.
+        await self._runner.close(job)
         details = {key: value for key, value in error.extra.items() if key != "location"}
         if request.webhook_v2:
             body = payloads.prompt_failed(job.id, job.graph, error.message, **details)
@@ -216,25 +230,6 @@ class Delivery:
         task.add_done_callback(self._background.discard)
 
 
-async def _base64_chunks(path: Path) -> AsyncIterator[bytes]:
-    """Base64 of a file, chunk by chunk; the next chunk is read and encoded (off the event loop) while the
-    current one is being sent."""
-    handle = await asyncio.to_thread(open, path, "rb")
-
-    def read_encoded() -> bytes:
-        return base64.b64encode(handle.read(_READ_CHUNK))
-
-    upcoming = asyncio.ensure_future(asyncio.to_thread(read_encoded))
-    try:
-        while chunk := await upcoming:
-            upcoming = asyncio.ensure_future(asyncio.to_thread(read_encoded))
-            yield chunk
-    finally:
-        if not upcoming.done():
-            with contextlib.suppress(Exception):
-                await upcoming
-        await asyncio.to_thread(handle.close)
-
-
-def _encode_all(paths: list[Path]) -> list[str]:
-    return [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths]
+def _files(job: Job) -> list[Base64File]:
+    """The job's outputs as base64 strings of a body, read from disk when it is written."""
+    return [Base64File(output.path) for output in job.outputs]

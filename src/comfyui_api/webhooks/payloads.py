@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from .body import Base64File
+
 _SECRET_KEYS = frozenset({"credentials"})
 
 
@@ -48,13 +50,13 @@ def prompt_failed(id: str, prompt: dict[str, Any], error: str, **details: Any) -
 
 
 def output_complete(
-    id: str, image_b64: str, filename: str, prompt: dict[str, Any], stats: dict[str, Any]
+    id: str, image: str | Base64File, filename: str, prompt: dict[str, Any], stats: dict[str, Any]
 ) -> dict[str, Any]:
-    """Legacy `webhook` success: one of these per output (sent unsigned)."""
+    """Legacy `webhook` success: one of these per output (sent unsigned); `image` is its base64."""
     return redact(
         {
             "event": "output.complete",
-            "image": image_b64,
+            "image": image,
             "id": id,
             "filename": filename,
             "prompt": prompt,
