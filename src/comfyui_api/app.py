@@ -23,8 +23,8 @@ from .comfy.process import ComfyProcess
 from .config import ConfigError, Settings, system_metadata
 from .lifecycle import Lifecycle, create_folder
 from .pipeline.delivery import Delivery
+from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
-from .pipeline.reconciler import Reconciler
 from .pipeline.runner import PromptRunner
 from .state import ServerState
 from .storage.azure import azure_service_client
@@ -74,7 +74,9 @@ def create_app(
     if system is not None:
         events.subscribe(system.on_comfy_event)
     storage = StorageManager(settings, guard, on_event=storage_events)
-    runner = PromptRunner(settings, client, events, jobs, state, storage)
+    janitor = Janitor(client, settings.outputs_path)
+    events.subscribe(janitor.on_event)
+    runner = PromptRunner(settings, client, events, jobs, state, storage, janitor)
     delivery = Delivery(
         runner,
         Uploader(storage, on_event=storage_events),
@@ -92,7 +94,7 @@ def create_app(
         events,
         jobs,
         runner,
-        Reconciler(client, events, jobs),
+        janitor,
         storage,
         delivery,
         webhooks,

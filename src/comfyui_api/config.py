@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(0, ge=0)
     prepend_filenames: bool = True
     prompt_timeout_s: float | None = Field(None, gt=0)
+    comfy_stall_timeout_s: float = Field(60.0, gt=0)
     shutdown_grace_period_s: float = Field(300.0, ge=0)
     workflow_dir: Path = Path("/workflows")
     markdown_schema_descriptions: bool = True

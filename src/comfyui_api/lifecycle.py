@@ -1,13 +1,16 @@
-"""The server's life: launch ComfyUI, warm up, supervise and restart it, drain and stop.
+"""The server's life: launch ComfyUI, warm up, supervise, heal and restart it, drain and stop.
 
-Policy lives here; the mechanics are in comfy/process.py (the child), comfy/events.py (the websocket)
-and pipeline/ (running prompts).
+Policy lives here; the mechanics are in comfy/process.py (the child), comfy/events.py (the websocket),
+pipeline/watchdog.py (noticing a wedged ComfyUI) and pipeline/ (running prompts).
+
+Every background task is spawned here and owned: its death is logged, and the death of a critical one (the
+event reader, the watchdog, the janitor, the supervisor) makes the server unready and then exit, rather than
+serve on with a part missing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -22,16 +25,21 @@ from .config import ConfigError, Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable
 from .manifest import ManifestError, install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
+from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
-from .pipeline.reconciler import Reconciler
 from .pipeline.runner import PromptRunner
+from .pipeline.watchdog import Watchdog
 from .state import ServerState
 from .storage.manager import StorageManager
+from .tasks import TaskOwner
 from .warmup import load_warmup
 from .webhooks.sender import WebhookSender
 from .webhooks.system import SystemWebhooks
 
 logger = logging.getLogger(__name__)
+
+# Launches tried in a row after ComfyUI exited or was killed, before the server gives up and exits.
+_RESTART_ATTEMPTS = 3
 
 
 class Lifecycle:
@@ -44,7 +52,7 @@ class Lifecycle:
         events: EventStream,
         jobs: JobRegistry,
         runner: PromptRunner,
-        reconciler: Reconciler,
+        janitor: Janitor,
         storage: StorageManager,
         delivery: Delivery,
         webhooks: WebhookSender,
@@ -58,14 +66,24 @@ class Lifecycle:
         self._events = events
         self._jobs = jobs
         self._runner = runner
-        self._reconciler = reconciler
+        self._janitor = janitor
+        self._watchdog = Watchdog(
+            client,
+            events,
+            jobs,
+            janitor,
+            stall_timeout_s=settings.comfy_stall_timeout_s,
+            on_wedged=self._heal,
+        )
+        # Why ComfyUI was last killed by us, until it is back: its exit is then a restart, not a crash.
+        self._wedged: str | None = None
         self._storage = storage
         self._delivery = delivery
         self._webhooks = webhooks
         self._system = system
         self._request_exit = request_exit
         self._warmup_prompt: dict[str, Any] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskOwner(self._critical_death)
         self._stopping = False
 
     @property
@@ -102,7 +120,7 @@ class Lifecycle:
         self._warmup_prompt = await load_warmup(self._settings)
         manifest = load_manifest(self._settings)
         if self._system is not None:
-            self._system.start()
+            self._tasks.watch(self._system.start(), critical=False)
         await asyncio.to_thread(self._storage.cache.sweep_partials)
         await self._storage.cache.enforce_limit()
         if manifest is not None:
@@ -111,12 +129,13 @@ class Lifecycle:
             except ManifestError as exc:
                 raise StartupError(str(exc)) from None
         await self._launch(first=True)
-        self._events.start()
-        self._spawn(self._reconciler.run(), "reconciler")
-        self._spawn(self._supervise(), "supervisor")
-        self._spawn(self._warm_up(), "warmup")
+        self._tasks.spawn(self._events.run(), "comfy-events", critical=True)
+        self._tasks.spawn(self._watchdog.run(self._state.comfy_up), "watchdog", critical=True)
+        self._tasks.spawn(self._janitor.run(), "janitor", critical=True)
+        self._tasks.spawn(self._supervise(), "supervisor", critical=True)
+        self._tasks.spawn(self._warm_up(), "warmup")
         if manifest is not None and manifest.after_start_models:
-            self._spawn(install_after_start(manifest, self._settings, self._storage), "manifest-after-start")
+            self._tasks.spawn(install_after_start(manifest, self._settings, self._storage), "manifest-after-start")
 
     async def drain(self) -> None:
         """Stop taking prompts and let the ones in flight finish, within the grace period."""
@@ -130,27 +149,23 @@ class Lifecycle:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
         # Webhooks in their retry schedule make one last attempt now rather than hold the deliveries below up.
         self._webhooks.stop_retrying()
         await self._delivery.aclose()
+        await self._runner.aclose()
         if self._system is not None:
             await self._system.stop()
         await self._webhooks.aclose()
-        await self._events.stop()
         await self._process.stop()
         await self._client.aclose()
         await self._storage.aclose()
         logger.info("stopped")
 
-    def _spawn(self, coroutine: Any, name: str) -> None:
-        task = asyncio.create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _critical_death(self, reason: str) -> None:
+        # Unready and unhealthy at once, then exit: the orchestrator replaces this instance.
+        self._state.failed = reason
+        self._request_exit(1)
 
     async def _launch(self, *, first: bool = False) -> None:
         self._state.warm = False
@@ -162,6 +177,7 @@ class Lifecycle:
             max_tries=self._settings.startup_check_max_tries,
         )
         logger.info("ComfyUI is up", extra={"pid": self._process.pid})
+        self._wedged = None
         self._state.comfy_up.set()
         self._events.reconnect_now()
 
@@ -178,6 +194,17 @@ class Lifecycle:
         self._state.warm = True
         self._state.healthy = True
 
+    async def _heal(self, cause: str) -> None:
+        """The watchdog found ComfyUI wedged: fail what it holds, kill it; the supervisor starts it again."""
+        logger.error("ComfyUI is wedged; restarting it", extra={"cause": cause})
+        self._wedged = cause
+        self._state.comfy_up.clear()
+        self._state.warm = False
+        self._jobs.fail_in_comfy(
+            ComfyUnavailable(f"ComfyUI stopped working ({cause}) and is being restarted; send the request again")
+        )
+        await self._process.kill()
+
     async def _supervise(self) -> None:
         while True:
             code = await self._process.wait()
@@ -185,21 +212,37 @@ class Lifecycle:
                 return
             self._state.comfy_up.clear()
             self._state.warm = False
+            self._janitor.reset()
             self._jobs.fail_in_comfy(
                 ComfyUnavailable(f"ComfyUI exited with code {code} while the prompt was queued or running")
             )
-            if not self._settings.always_restart_comfyui:
+            if self._wedged is None and not self._settings.always_restart_comfyui:
                 logger.error("ComfyUI exited; ALWAYS_RESTART_COMFYUI is off, so the server exits", extra={"code": code})
                 self._request_exit(1)
                 return
-            logger.warning("ComfyUI exited; restarting it", extra={"code": code})
+            if self._wedged is None:
+                logger.warning("ComfyUI exited; restarting it", extra={"code": code})
+            if not await self._relaunch():
+                return
+            self._tasks.spawn(self._warm_up(), "warmup")
+
+    async def _relaunch(self) -> bool:
+        """Start ComfyUI again, a few times if need be; False (and exit requested) when it will not start."""
+        for attempt in range(1, _RESTART_ATTEMPTS + 1):
             try:
                 await self._launch()
+                return True
             except StartupError as exc:
-                logger.error("ComfyUI failed to restart; exiting", extra={"error": str(exc)})
-                self._request_exit(1)
-                return
-            self._spawn(self._warm_up(), "warmup")
+                # Liveness fails while ComfyUI will not come back: the orchestrator may replace this instance.
+                self._state.healthy = False
+                logger.error(
+                    "ComfyUI failed to restart",
+                    extra={"error": str(exc), "attempt": attempt, "attempts": _RESTART_ATTEMPTS},
+                )
+                await self._process.kill()
+        logger.error("ComfyUI would not restart; exiting")
+        self._request_exit(1)
+        return False
 
 
 def create_folder(variable: str, folder: Path) -> None:

@@ -1,4 +1,4 @@
-"""What the probes report: is ComfyUI up, has the warmup run, are we draining."""
+"""What the probes report: is ComfyUI up, has the warmup run, are we draining or failed."""
 
 from __future__ import annotations
 
@@ -15,3 +15,5 @@ class ServerState:
     # True once any warmup has finished; liveness never goes back (reference semantics).
     healthy: bool = False
     draining: bool = False
+    # Why the server cannot go on (a critical background task died); it is exiting. Unready and unhealthy.
+    failed: str | None = None

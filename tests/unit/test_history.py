@@ -1,15 +1,13 @@
-"""A finished prompt's fate, read from its ComfyUI history entry; entries deleted in batches once read."""
+"""A finished prompt's fate, read from its ComfyUI history entry."""
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
-from comfyui_api.comfy.client import ComfyClient
-from comfyui_api.errors import ApiError, ComfyUnavailable, ExecutionFailed, PromptInterrupted
-from comfyui_api.pipeline.history import HistoryPruner, execution_error, message_time, raise_if_failed
+from comfyui_api.errors import ApiError, ExecutionFailed, PromptInterrupted
+from comfyui_api.pipeline.history import execution_error, message_time, raise_if_failed
 
 START = ("execution_start", {"prompt_id": "p", "timestamp": 1000})
 CACHED = ("execution_cached", {"prompt_id": "p", "nodes": [], "timestamp": 1001})
@@ -107,50 +105,3 @@ def test_message_time_ignores_messages_without_an_integer_timestamp() -> None:
 
     assert message_time(entry, {"execution_start"}) == 7
     assert message_time({}, {"execution_start"}) is None
-
-
-class _HistoryDeletes:
-    """Stands in for ComfyClient.delete_history (the only call the pruner makes): records each batch, and holds
-    the first one until released, as a slow ComfyUI would."""
-
-    def __init__(self, *, fail_first: bool = False) -> None:
-        self.batches: list[list[str]] = []
-        self.release = asyncio.Event()
-        self.done = asyncio.Event()
-        self._fail_first = fail_first
-
-    async def delete_history(self, prompt_ids: list[str]) -> None:
-        self.batches.append(list(prompt_ids))
-        if len(self.batches) == 1:
-            await self.release.wait()
-            if self._fail_first:
-                raise ComfyUnavailable("ComfyUI is not reachable")
-        else:
-            self.done.set()
-
-
-async def test_entries_ending_during_a_delete_go_in_one_batch_after_it() -> None:
-    client = _HistoryDeletes()
-    pruner = HistoryPruner(cast(ComfyClient, client))
-
-    pruner.forget("a")
-    await asyncio.sleep(0)  # the first delete is now in flight
-    for prompt_id in ("b", "c", "d"):
-        pruner.forget(prompt_id)
-    client.release.set()
-    await asyncio.wait_for(client.done.wait(), 10)
-
-    assert client.batches == [["a"], ["b", "c", "d"]]
-
-
-async def test_a_failed_delete_does_not_stop_later_ones() -> None:
-    client = _HistoryDeletes(fail_first=True)
-    pruner = HistoryPruner(cast(ComfyClient, client))
-
-    pruner.forget("a")
-    await asyncio.sleep(0)
-    pruner.forget("b")
-    client.release.set()
-    await asyncio.wait_for(client.done.wait(), 10)
-
-    assert client.batches == [["a"], ["b"]]

@@ -19,8 +19,10 @@ def _probe(ok: bool, good: str, bad: str, bad_status: int) -> JSONResponse:
 
 @router.get("/health", response_model=ProbeResponse, responses={500: {"model": ProbeResponse}})
 async def health(services: ServicesDep) -> JSONResponse:
-    """200 once the first warmup has finished (and from then on); 500 before."""
-    return _probe(services.state.healthy, "healthy", "not healthy", 500)
+    """200 once the first warmup has finished; 500 before, while ComfyUI fails to restart, and when a critical
+    part of the server died (it is then exiting)."""
+    state = services.state
+    return _probe(state.healthy and state.failed is None, "healthy", "not healthy", 500)
 
 
 @router.get("/ready", response_model=ProbeResponse, responses={503: {"model": ProbeResponse}})
@@ -34,6 +36,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         and state.warm
         and services.events.connected
         and not state.draining
+        and state.failed is None
         and (limit == 0 or depth < limit)
     )
     return _probe(ok, "ready", "not ready", 503)

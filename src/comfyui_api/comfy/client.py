@@ -80,9 +80,9 @@ class ComfyClient:
     async def delete_history(self, prompt_ids: list[str]) -> None:
         await self._json("POST", "/history", json_body={"delete": prompt_ids})
 
-    async def queue(self) -> tuple[set[str], set[str]]:
+    async def queue(self, *, timeout_s: float | None = None) -> tuple[set[str], set[str]]:
         """The prompt ids ComfyUI is running and the ones still pending."""
-        data = await self._json("GET", "/queue")
+        data = await self._json("GET", "/queue", timeout_s=timeout_s)
 
         def ids(items: list[Any]) -> set[str]:
             return {str(item[1]) for item in items if isinstance(item, list) and len(item) > 1}

@@ -127,12 +127,13 @@ class LocalHttp:
         if json_body is not None:
             headers.append((b"content-type", b"application/json"))
         request = h11.Request(method=method, target=target.encode(), headers=headers)
-        async with self._slots:
-            try:
-                async with asyncio.timeout(timeout_s or self._timeout_s):
-                    return await self._exchange(request, body)
-            except TimeoutError:
-                raise TransportError(f"no answer to {method} {path} within {timeout_s or self._timeout_s:g}s") from None
+        # The deadline covers the wait for a connection slot: when ComfyUI hangs, every slot may be held by a call
+        # that will not be answered, and the watchdog's own call must still come back in time.
+        try:
+            async with asyncio.timeout(timeout_s or self._timeout_s), self._slots:
+                return await self._exchange(request, body)
+        except TimeoutError:
+            raise TransportError(f"no answer to {method} {path} within {timeout_s or self._timeout_s:g}s") from None
 
     async def _exchange(self, request: h11.Request, body: bytes) -> Reply:
         connection = self._reuse()

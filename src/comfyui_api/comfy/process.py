@@ -118,6 +118,15 @@ class ComfyProcess:
             await self._process.wait()
         self._signal_group(signal.SIGKILL)  # what is left of the group once its leader is gone
 
+    async def kill(self) -> None:
+        """Kill the whole group at once: for a ComfyUI that stopped answering (a stopped process never sees SIGTERM)."""
+        if not self.running:
+            return
+        assert self._process is not None
+        logger.warning("killing ComfyUI", extra={"pid": self._process.pid})
+        self._signal_group(signal.SIGKILL)
+        await self._process.wait()
+
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._process is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):

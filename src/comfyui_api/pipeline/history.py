@@ -1,42 +1,11 @@
-"""ComfyUI's history entries: a finished prompt's fate read from its entry, and the entries deleted once read."""
+"""ComfyUI's history entries: a finished prompt's fate, read from its entry."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from typing import Any
 
-from ..comfy.client import ComfyClient
 from ..comfy.sanitize import scrub_paths
 from ..errors import ApiError, ExecutionFailed, PromptInterrupted
-
-logger = logging.getLogger(__name__)
-
-
-class HistoryPruner:
-    """Deletes the history entries of ended prompts, so that ComfyUI's memory stays bounded.
-
-    One request carries every entry that ended while the previous one was in flight: under load ComfyUI
-    handles a delete per batch, not per prompt, and its time goes to running prompts.
-    """
-
-    def __init__(self, client: ComfyClient) -> None:
-        self._client = client
-        self._pending: list[str] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def forget(self, prompt_id: str) -> None:
-        self._pending.append(prompt_id)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush(), name="history-pruner")
-
-    async def _flush(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._client.delete_history(batch)
-            except ApiError as exc:
-                logger.debug("could not delete history entries", extra={"count": len(batch), "reason": exc.message})
 
 
 def raise_if_failed(entry: dict[str, Any]) -> None:

@@ -20,7 +20,8 @@ from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptTimeou
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from .convert import ConvertOutput, convert_file, converted_name
-from .history import HistoryPruner, message_time, raise_if_failed
+from .history import message_time, raise_if_failed
+from .janitor import Janitor
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
 from .preprocess import Preprocessor, require_saving_node, unique_to_cache
@@ -40,6 +41,7 @@ class PromptRunner:
         jobs: JobRegistry,
         state: ServerState,
         storage: StorageManager,
+        janitor: Janitor,
     ) -> None:
         self._settings = settings
         self._client = client
@@ -55,7 +57,9 @@ class PromptRunner:
             storage=storage,
             allowed_dirs=settings.input_allowed_dirs,
         )
-        self._pruner = HistoryPruner(client)
+        self._janitor = janitor
+        # Cleanups under way, held here: a request's task may be cancelled (its client left) while it cleans up.
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def start(self, request: PromptRequest) -> Job:
         """Preprocess the prompt and queue it in ComfyUI. The job stays open until `close(job)`."""
@@ -128,19 +132,37 @@ class PromptRunner:
         return job
 
     async def close(self, job: Job) -> None:
-        """End a job: forget it, release its downloads, delete its files and ComfyUI's history entry."""
+        """End a job: forget it, release its downloads, delete its files, and leave ComfyUI clean: the history
+        entry of a finished prompt is deleted, a prompt still queued or running is abandoned (see janitor.py).
+
+        A cancelled caller does not cut the cleanup short: it runs on in a task of the runner's own."""
         if job.closed:
             return
         job.closed = True
         self._jobs.remove(job)
         for download in job.downloads:
             self._storage.release(download)
-        if job.input_dirs or len(job.files_to_delete) + len(job.input_files) > _INLINE_DELETES:
-            await asyncio.to_thread(self._delete_job_files, job)
-        else:  # a few unlinks cost less than a thread hop
-            self._delete_job_files(job)
-        if job.state in (JobState.QUEUED, JobState.COLLECTING):
-            self._pruner.forget(job.prompt_id)
+        if job.state in (JobState.SUBMITTING, JobState.QUEUED):
+            self._janitor.abandon(job.prompt_id)
+        elif job.state is JobState.COLLECTING:
+            self._janitor.forget(job.prompt_id)
+        if not (job.input_dirs or len(job.files_to_delete) + len(job.input_files) > _INLINE_DELETES):
+            self._delete_job_files(job)  # a few unlinks cost less than a thread hop
+            return
+        cleanup = asyncio.ensure_future(asyncio.to_thread(self._delete_job_files, job))
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanup_done)
+        await asyncio.shield(cleanup)
+
+    def _cleanup_done(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("deleting a job's files failed", exc_info=task.exception())
+
+    async def aclose(self) -> None:
+        """Wait for the cleanups under way."""
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups))
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         if isinstance(exc, ApiError):
@@ -156,9 +178,7 @@ class PromptRunner:
             async with asyncio.timeout_at(job.deadline):
                 yield
         except TimeoutError:
-            if job.state is JobState.QUEUED:
-                with contextlib.suppress(ApiError):
-                    await self._cancel_in_comfy(job)
+            # The prompt leaves ComfyUI when the job closes (abandoned to the janitor).
             raise PromptTimeout(
                 f"The prompt did not finish within PROMPT_TIMEOUT_S={self._settings.prompt_timeout_s:g}s"
             ) from None

@@ -80,10 +80,12 @@ class SystemWebhooks:
         """Events accepted and not yet handed to the sender."""
         return self._live
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
+        """Start delivering; the task, for its owner to watch (stop() ends it)."""
         if self._task is None:
             self._stopping = False
             self._task = asyncio.create_task(self._run(), name="system-webhooks")
+        return self._task
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued (at most `timeout_s`), then stop; later events are ignored."""

@@ -1,0 +1,130 @@
+"""What ended jobs leave in ComfyUI: history entries to delete, and prompts abandoned before they finished.
+
+A job that fails, times out or loses its client while its prompt is still queued or running abandons the prompt:
+it is taken out of ComfyUI's queue (interrupted if it runs), and whatever it still writes, its outputs and its
+history entry, is deleted once it ends. ComfyUI may not answer at that moment (stopped, wedged, restarting), so
+the work is kept here and retried on every watchdog tick, in a task of its own that no client can cancel.
+
+History entries of finished jobs are deleted in batches: one request carries every entry that ended while the
+previous one was in flight, so under load ComfyUI handles a delete per batch, not per prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..comfy.client import ComfyClient
+from ..errors import ApiError
+from .outputs import collect_outputs, delete_files
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Abandoned:
+    # Out of ComfyUI's queue (deleted if pending, interrupted if running), as far as ComfyUI answered.
+    removed: bool = False
+    # Seen to end: ComfyUI's end-of-prompt event, or absent from its queue at a watchdog tick.
+    ended: bool = False
+
+
+class Janitor:
+    def __init__(self, client: ComfyClient, output_dir: Path, *, max_abandoned: int = 10_000) -> None:
+        self._client = client
+        self._output_dir = output_dir
+        self._max_abandoned = max_abandoned
+        self._history: list[str] = []
+        self._abandoned: dict[str, _Abandoned] = {}
+        self._wake = asyncio.Event()
+
+    @property
+    def abandoned(self) -> int:
+        """Prompts abandoned and not yet cleaned up."""
+        return len(self._abandoned)
+
+    def forget(self, prompt_id: str) -> None:
+        """Delete the history entry of a prompt whose job has read it."""
+        self._history.append(prompt_id)
+        self._wake.set()
+
+    def abandon(self, prompt_id: str) -> None:
+        """Take a prompt whose job ended early out of ComfyUI, and delete whatever it writes."""
+        if len(self._abandoned) >= self._max_abandoned:
+            # Bounded: only a ComfyUI that never answers again lets them pile up, and its restart clears them.
+            oldest = next(iter(self._abandoned))
+            del self._abandoned[oldest]
+            logger.warning("too many abandoned prompts; no longer tracking the oldest", extra={"prompt_id": oldest})
+        self._abandoned[prompt_id] = _Abandoned()
+        self._wake.set()
+
+    def on_event(self, event: dict[str, Any]) -> None:
+        """Websocket listener: an abandoned prompt that ends can be cleaned up now."""
+        data = event["data"]
+        if event.get("type") == "executing" and data.get("node") is None:
+            abandoned = self._abandoned.get(str(data.get("prompt_id")))
+            if abandoned is not None:
+                abandoned.ended = True
+                self._wake.set()
+
+    def observe(self, running: set[str], pending: set[str]) -> None:
+        """A watchdog tick's view of ComfyUI's queue: an abandoned prompt absent from it has ended (or never ran)."""
+        for prompt_id, abandoned in self._abandoned.items():
+            if prompt_id not in running and prompt_id not in pending:
+                abandoned.ended = True
+        if self._abandoned or self._history:
+            self._wake.set()
+
+    def reset(self) -> None:
+        """ComfyUI was restarted: its queue and its history are gone, and with them everything left to clean."""
+        self._abandoned.clear()
+        self._history.clear()
+
+    async def run(self) -> None:
+        """Clean up whenever there is something to do; returns only by cancellation."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._sweep()
+            except ApiError as exc:
+                # ComfyUI did not answer: everything stays, to be retried on the next watchdog tick.
+                logger.debug("cleanup in ComfyUI deferred", extra={"reason": exc.message})
+
+    async def _sweep(self) -> None:
+        await self._remove_abandoned()
+        for prompt_id in [prompt_id for prompt_id, abandoned in self._abandoned.items() if abandoned.ended]:
+            await self._clean_up(prompt_id)
+        if self._history:
+            batch, self._history = self._history, []
+            try:
+                await self._client.delete_history(batch)
+            except ApiError:
+                self._history[:0] = batch
+                raise
+
+    async def _remove_abandoned(self) -> None:
+        waiting = [prompt_id for prompt_id, abandoned in self._abandoned.items() if not abandoned.removed]
+        if not waiting:
+            return
+        await self._client.delete_from_queue(waiting)
+        running, _ = await self._client.queue()
+        for prompt_id in waiting:
+            if prompt_id in running:
+                # Only while it runs: a ComfyUI build that ignores the prompt id interrupts whatever is running.
+                await self._client.interrupt(prompt_id)
+            if prompt_id in self._abandoned:
+                self._abandoned[prompt_id].removed = True
+
+    async def _clean_up(self, prompt_id: str) -> None:
+        entry = await self._client.history(prompt_id)
+        if entry is not None:
+            files = [output.path for output in collect_outputs(entry, self._output_dir)]
+            if files:
+                await asyncio.to_thread(delete_files, files, stop_at=self._output_dir)
+            self._history.append(prompt_id)
+            logger.info("cleaned up an abandoned prompt", extra={"prompt_id": prompt_id, "deleted_files": len(files)})
+        self._abandoned.pop(prompt_id, None)

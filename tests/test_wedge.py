@@ -1,0 +1,107 @@
+"""A wedged ComfyUI is detected and healed, and prompts abandoned while it was stopped leave nothing behind.
+
+Each test starts a server of its own, with a short COMFY_STALL_TIMEOUT_S where it waits for a wedge.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.support.graphs import node, slow, solid
+from tests.support.server import STARTUP_DEADLINE_S, ApiServer, run_in_background, wait_until
+
+ServerFactory = Callable[..., ApiServer]
+
+CUSTOM_NODES = Path(__file__).parent / "support" / "custom_nodes"
+STALL_S = 4
+
+
+def post(server: ApiServer, graph: dict, request_id: str) -> httpx.Response:
+    return server.http.post("/prompt", json={"prompt": graph, "id": request_id})
+
+
+def wedge_lines(server: ApiServer) -> list[dict]:
+    return [entry for entry in server.log_entries() if entry.get("msg") == "ComfyUI is wedged; restarting it"]
+
+
+def assert_serves_again(server: ApiServer, old_pid: int) -> None:
+    wait_until(server.ready, STARTUP_DEADLINE_S, "readiness after the restart", interval_s=0.2)
+    assert server.comfy_process().pid != old_pid
+    response = post(server, solid(8, 8), "after-the-restart")
+    assert response.status_code == 200, response.text
+    assert server.http.get("/health").status_code == 200
+
+
+def test_a_dead_prompt_worker_is_detected_and_comfyui_restarted(make_server: ServerFactory) -> None:
+    server = make_server("worker", COMFY_STALL_TIMEOUT_S=str(STALL_S))
+    shutil.copy(CUSTOM_NODES / "kill_prompt_worker.py", server.base / "custom_nodes")
+    server.start()
+    wait_until(server.ready, 60, "readiness")
+    old_pid = server.comfy_process().pid
+    killer = {
+        "1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
+        "2": node("KillPromptWorker", image=["1", 0]),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="killer"),
+    }
+    assert post(server, killer, "kills-the-worker").status_code == 200
+
+    # The next prompt is accepted by ComfyUI but never runs; its HTTP server answers all along.
+    stuck = run_in_background(lambda: post(server, solid(8, 8), "stuck"))
+    server.wait_comfy_pending(1)
+    wait_until(lambda: not server.ready(), 60, "/ready to turn 503")
+
+    response = stuck(120)
+    assert response.status_code == 503
+    assert "restarted" in response.json()["error"]
+    [line] = wedge_lines(server)
+    assert "pending but none running" in line["cause"]
+    assert_serves_again(server, old_pid)
+
+
+def test_a_stopped_comfyui_is_detected_and_restarted(make_server: ServerFactory) -> None:
+    server = make_server("sigstop", COMFY_STALL_TIMEOUT_S=str(STALL_S)).start()
+    wait_until(server.ready, 60, "readiness")
+    comfy = server.comfy_process()
+    old_pid = comfy.pid
+    comfy.suspend()  # SIGSTOP: the port stays open, nothing answers
+
+    result = run_in_background(lambda: post(server, solid(8, 8), "sent-to-a-stopped-comfyui"))
+    wait_until(lambda: not server.ready(), 60, "/ready to turn 503")
+    assert result(120).status_code == 503
+    wait_until(lambda: wedge_lines(server), 60, "the restart's log line")
+    assert "has not answered" in wedge_lines(server)[0]["cause"]
+    assert_serves_again(server, old_pid)
+
+
+def test_prompts_that_timed_out_while_comfyui_was_stopped_leave_no_files_or_history(
+    make_server: ServerFactory,
+) -> None:
+    # A stall timeout longer than the test: the stopped ComfyUI is left alone, and resumes.
+    server = make_server("resumed", PROMPT_TIMEOUT_S="20", COMFY_STALL_TIMEOUT_S="3600").start()
+    running = run_in_background(lambda: post(server, slow(), "running-when-stopped"))
+    server.wait_comfy_running()
+    pending = run_in_background(lambda: post(server, solid(16, 16, prefix="pending"), "pending-when-stopped"))
+    server.wait_comfy_pending(1)
+    comfy = server.comfy_process()
+    comfy.suspend()
+    try:
+        assert running(120).status_code == 504
+        assert pending(120).status_code == 504
+    finally:
+        comfy.resume()
+
+    def clean() -> bool:
+        queue = server.comfy_queue()
+        history = httpx.get(f"{server.comfy_url}/history", timeout=10).json()
+        return queue == ([], []) and history == {} and server.files_under("output") == []
+
+    wait_until(clean, 180, "ComfyUI's queue, history and the output folder to be empty", interval_s=0.5)
+    # The prompt that ran on after SIGCONT ended there with an entry of its own, which the server removed.
+    assert any(entry.get("msg") == "cleaned up an abandoned prompt" for entry in server.log_entries())
+    response = post(server, solid(8, 8), "afterwards")
+    assert response.status_code == 200, response.text
+    assert server.files_under("output") == []
