@@ -7,10 +7,13 @@ is called; loopback cases use real listeners that count the connections they acc
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpcore
+import httpcore._sync.http11
 import httpx
 import pytest
 
@@ -19,7 +22,15 @@ from comfyui_api.config import ConfigError, load_settings
 from comfyui_api.storage.auth import BasicAuth, BearerAuth, DownloadAuth, HeaderAuth, QueryAuth
 from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.http import HttpProvider
-from comfyui_api.storage.net import Redirects, Resolver, UnsafeUrl, UrlGuard, address_problem
+from comfyui_api.storage.net import (
+    Redirects,
+    Resolver,
+    UnsafeUrl,
+    UrlGuard,
+    _GuardedBackend,
+    _transport,
+    address_problem,
+)
 from comfyui_api.urls import url_origin
 from comfyui_api.webhooks.sender import WebhookSender
 from tests.support.listeners import Listener
@@ -378,7 +389,7 @@ async def test_an_upload_follows_a_307_with_its_body(listeners: tuple[Listener, 
     assert other.bodies == [b"output bytes"]
 
 
-# --- the one private attribute this module relies on -------------------------------------------------------------
+# --- the one private attribute this module relies on, and the read size -----------------------------------------
 
 
 def test_httpx_transports_still_keep_their_pool_where_the_guard_replaces_it() -> None:
@@ -391,6 +402,40 @@ def test_httpx_transports_still_keep_their_pool_where_the_guard_replaces_it() ->
     for transport in client._mounts.values():
         assert type(transport._pool._network_backend).__name__ == "_GuardedBackend"  # type: ignore[union-attr]
     client.close()
+
+
+def test_no_client_is_built_when_a_transport_has_no_pool_to_replace() -> None:
+    """What an httpx upgrade that moved `_pool` would look like: refused, never a client without the guard."""
+
+    class MovedPool(httpx.HTTPTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.connections = self._pool
+            del self._pool
+
+    with pytest.raises(RuntimeError, match="no longer keeps a transport's connection pool in `_pool`"):
+        _transport(MovedPool(), UrlGuard(), "http")
+
+
+def test_guarded_connections_read_large_pieces_and_httpcore_is_left_alone() -> None:
+    """Downloads read up to 1 MiB at a time on their own connections; httpcore's 64 KiB default is not patched for
+    the whole process (other libraries' clients keep it)."""
+    body = os.urandom(256 * 1024)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        backend = _GuardedBackend(UrlGuard(block_private=False), "http", httpx.create_ssl_context())
+        # A receive buffer that holds the whole body, so that it has all arrived before the first read.
+        buffer = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * len(body))]
+        stream = backend.connect_tcp("127.0.0.1", server.getsockname()[1], socket_options=buffer)
+        peer, _ = server.accept()
+        with peer:
+            peer.sendall(body)
+        received = []
+        while chunk := stream.read(64 * 1024):  # what httpcore asks for
+            received.append(chunk)
+        stream.close()
+    assert b"".join(received) == body
+    assert len(received[0]) > 64 * 1024
+    assert httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES == 64 * 1024
 
 
 # --- operator configuration -------------------------------------------------------------------------------------

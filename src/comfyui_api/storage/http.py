@@ -9,16 +9,11 @@ import threading
 from pathlib import Path
 from urllib.parse import unquote
 
-import httpcore._sync.http11
 import httpx
 
 from .auth import DownloadAuth, http_credentials
 from .base import AccessDenied, DownloadError, UploadError, extension_for_content_type, name_extension, url_extension
 from .net import Redirects, UnsafeUrl, UrlGuard, describe_http_error, send, send_async
-
-# httpcore reads 64 KiB per socket read; at that size the per-read cost caps a download near 400 MiB/s,
-# while 1 MiB reads go past curl. Only this module's synchronous client uses httpcore's sync connections.
-httpcore._sync.http11.HTTP11Connection.READ_NUM_BYTES = 1024 * 1024
 
 _DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8''|")?([^";]+)"?""", re.IGNORECASE)
 
