@@ -108,7 +108,6 @@ def create_app(
         description="A stateless HTTP API in front of ComfyUI.",
         docs_url=None,
         openapi_url="/docs/json",
-        servers=[{"url": f"http://localhost:{settings.port}"}],
     )
     app.state.services = Services(
         settings=settings,

@@ -6,12 +6,20 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from .deps import ServicesDep
+from .handlers import CLIENT_ERRORS
 from .schemas import InterruptRequest, InterruptResponse
 
 router = APIRouter(tags=["control"])
 
 
-@router.post("/interrupt", response_model=InterruptResponse, responses={404: {"model": InterruptResponse}})
+@router.post(
+    "/interrupt",
+    response_model=InterruptResponse,
+    responses={
+        **CLIENT_ERRORS,
+        404: {"model": InterruptResponse, "description": "No request with this id is in progress"},
+    },
+)
 async def interrupt(body: InterruptRequest, services: ServicesDep) -> JSONResponse:
     """The interrupted request fails with 500 `Prompt interrupted`."""
     found = await services.runner.interrupt(body.id)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from typing import Any, Literal
 
 from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import JSONResponse
@@ -20,16 +20,24 @@ from ..storage.manager import StorageManager
 from ..urls import InvalidName, redact_url, safe_leaf_name, url_leaf_name
 from ..workflows.catalog import catalog
 from .deps import ServicesDep
-from .schemas import ErrorResponse
+from .handlers import CLIENT_ERRORS
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["models"])
+
+# http, https (Azure Blob and Hugging Face URLs among them) or s3 in any case, then a host. The OpenAPI document
+# carries the same pattern, so it uses only what every regex dialect reads alike (no \s: the dialects disagree).
+URL_PATTERN = r"^(?:[Hh][Tt][Tt][Pp][Ss]?|[Ss]3)://[^/?#\x00-\x20\x7f]"
 
 
 class DownloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    url: str = Field(description="http(s), s3, Azure Blob or Hugging Face URL of the model file.")
+    url: str = Field(
+        description="The model file's URL: `http://` or `https://` (Azure Blob and Hugging Face URLs among them) "
+        "or `s3://<bucket>/<key>`.",
+        json_schema_extra={"pattern": URL_PATTERN},
+    )
     model_type: str = Field(description="A folder of MODEL_DIR, e.g. `checkpoints` or `loras`.")
     filename: str | None = Field(None, description="File name in the folder; default: the URL's file name.")
     wait: bool = Field(False, description="true: answer when the download is done; false: answer 202 at once.")
@@ -38,8 +46,7 @@ class DownloadRequest(BaseModel):
     @field_validator("url")
     @classmethod
     def _is_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https", "s3") or not parts.netloc:
+        if not re.match(URL_PATTERN, value):
             raise ValueError("must be an http(s):// or s3:// URL")
         return value
 
@@ -52,19 +59,30 @@ class DownloadRequest(BaseModel):
             raise ValueError(str(exc)) from None
 
 
-class DownloadResponse(BaseModel):
-    url: str
+class _DownloadAnswer(BaseModel):
+    url: str = Field(description="The URL without user-info, query string or fragment.")
     model_type: str
-    filename: str | None
-    status: str
-    size: int | None = None
-    duration: float | None = None
+
+
+class DownloadStarted(_DownloadAnswer):
+    filename: str | None = Field(description="The requested or the URL's file name; null: named by the download.")
+    status: Literal["started"]
+
+
+class DownloadCompleted(_DownloadAnswer):
+    filename: str = Field(description="The file's name in the model folder.")
+    status: Literal["completed"]
+    size: int = Field(description="Bytes.")
+    duration: float = Field(description="Seconds.")
 
 
 @router.post(
     "/download",
-    response_model=DownloadResponse,
-    responses={202: {"model": DownloadResponse}, 400: {"model": ErrorResponse}},
+    response_model=DownloadCompleted,
+    responses={
+        **CLIENT_ERRORS,
+        202: {"model": DownloadStarted, "description": "`wait` is false: the download goes on in the background"},
+    },
 )
 async def download(body: DownloadRequest, services: ServicesDep, background: BackgroundTasks) -> JSONResponse:
     """Download a model file (through the cache) and link it into `MODEL_DIR/<model_type>/`."""

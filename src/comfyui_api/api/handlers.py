@@ -8,10 +8,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ..errors import ApiError
+from .schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
+
+# What a route that reads a JSON body answers for a body it cannot take, from the handlers below and the body size
+# limit: the `responses` of every such route.
+CLIENT_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {
+        "model": ErrorResponse,
+        "description": "Invalid request: `location` names the field at fault; a body that fails validation lists "
+        "every problem in `errors`",
+    },
+    413: {"model": ErrorResponse, "description": "Body larger than MAX_BODY_SIZE_MB"},
+    415: {"model": ErrorResponse, "description": "A Content-Type other than application/json"},
+    # Declaring the range also keeps FastAPI from documenting its own 422, which this server never sends.
+    "4XX": {"model": ErrorResponse, "description": "Any other client error has the same shape"},
+}
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -46,6 +62,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Starlette's and FastAPI's own errors in this server's shape: an unknown route (404), a method the route does
+    not take (405), and a body FastAPI could not read (400, e.g. not UTF-8: the only 400 they raise)."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        return JSONResponse({"error": f"Malformed JSON body{cause}", "location": "body"}, 400, headers=exc.headers)
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error", exc_info=exc)
     return JSONResponse({"error": f"Internal error: {type(exc).__name__}"}, status_code=500)
@@ -54,4 +80,5 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

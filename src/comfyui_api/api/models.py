@@ -6,11 +6,16 @@ from fastapi import APIRouter, Request
 
 from ..workflows.catalog import catalog
 from .deps import ServicesDep
+from .schemas import ErrorResponse
 
 router = APIRouter(tags=["models"])
 
 
-@router.get("/models", response_model=dict[str, list[str]])
+@router.get(
+    "/models",
+    response_model=dict[str, list[str]],
+    responses={503: {"model": ErrorResponse, "description": "ComfyUI is unreachable"}},
+)
 async def list_models(services: ServicesDep, request: Request) -> dict[str, list[str]]:
     """`{"<folder>": ["<file relative to the folder>", …]}`, as ComfyUI lists them (so only files it can
     load), plus any folder of MODEL_DIR that ComfyUI does not know, listed from disk."""

@@ -9,15 +9,16 @@ from fastapi.responses import Response
 
 from ..logs import request_id_var
 from .deps import ServicesDep
+from .handlers import CLIENT_ERRORS
 from .schemas import AsyncAccepted, ErrorResponse, PromptRequest, PromptResponse
 
 router = APIRouter(tags=["prompt"])
 
 PROMPT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **CLIENT_ERRORS,
     400: {"model": ErrorResponse, "description": "Invalid request, or ComfyUI rejected the graph (`node_errors`)"},
     202: {"model": AsyncAccepted, "description": "Accepted; results follow by webhook or upload"},
     409: {"model": ErrorResponse, "description": "A request with this id is already in progress"},
-    413: {"model": ErrorResponse, "description": "Body larger than MAX_BODY_SIZE_MB"},
     500: {"model": ErrorResponse, "description": "A node failed (`node_id`, `exception_type`, …) or was interrupted"},
     502: {"model": ErrorResponse, "description": "An upload to the storage provider failed"},
     503: {"model": ErrorResponse, "description": "ComfyUI exited or is unreachable, or the server is shutting down"},

@@ -12,8 +12,11 @@ from ..pipeline.convert import ConvertOutput
 from ..storage.auth import Credential
 from ..storage.uploads import AzureBlobUpload, HfUpload, HttpUpload, S3Upload
 
-# Characters that would let an id escape the folder it names files in.
-_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]|^\.\.?$|\.\.")
+# An id names files and folders: without '/', '\\', '..' or control characters it cannot leave the folder it names
+# files in. The same pattern is in the OpenAPI document (no lookarounds, so any JSON Schema validator reads it).
+ID_PATTERN = r"^(?:\.?[^./\\\x00-\x1f\x7f])+\.?$"
+ID_MAX_BYTES = 200
+_ID_RULE = f"1-{ID_MAX_BYTES} bytes in UTF-8, without '/', '\\', '..' or control characters, and not '.'"
 
 
 class Node(BaseModel):
@@ -31,7 +34,10 @@ class PromptOptions(BaseModel):
 
     id: str = Field(
         default_factory=lambda: str(uuid.uuid4()),
-        description="Request id: prefixes output file names and identifies the request for /interrupt.",
+        description="Request id (default: a new UUID): prefixes output file names and identifies the request for "
+        f"/interrupt. {_ID_RULE}.",
+        # maxLength counts characters: the byte limit is the description's, checked by the validator below.
+        json_schema_extra={"pattern": ID_PATTERN, "minLength": 1, "maxLength": ID_MAX_BYTES},
     )
 
     credentials: list[Credential] | None = Field(
@@ -46,7 +52,9 @@ class PromptOptions(BaseModel):
     webhook_v2: str | None = Field(
         None, description="Signed `prompt.complete` / `prompt.failed` webhook. Makes the request async (202)."
     )
-    convert_output: ConvertOutput | None = None
+    convert_output: ConvertOutput | None = Field(
+        None, description="Re-encode still-image outputs as JPEG or WebP; `format` decides which `options` apply."
+    )
     s3: S3Upload | None = None
     hf_upload: HfUpload | None = None
     azure_blob_upload: AzureBlobUpload | None = None
@@ -71,13 +79,32 @@ class PromptOptions(BaseModel):
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:
-        if not value or len(value.encode()) > 200 or _UNSAFE_ID.search(value):
-            raise ValueError("must be 1-200 bytes (UTF-8) without '/', '\\', '..' or control characters")
+        if len(value.encode()) > ID_MAX_BYTES or not re.fullmatch(ID_PATTERN, value):
+            raise ValueError(f"must be {_ID_RULE}")
         return value
 
 
 class PromptRequest(PromptOptions):
-    prompt: dict[str, Node] = Field(description="An API-format ComfyUI graph: node id → node.")
+    # A graph that runs on any ComfyUI in a moment (no model): Swagger's "Try it out" starts from it.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": {
+                        "1": {
+                            "class_type": "EmptyImage",
+                            "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0x336699},
+                        },
+                        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "example"}},
+                    }
+                }
+            ]
+        }
+    )
+
+    prompt: dict[str, Node] = Field(
+        description="An API-format ComfyUI graph: node id → node.", json_schema_extra={"minProperties": 1}
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -127,15 +154,31 @@ class AsyncAccepted(BaseModel):
     prompt: dict[str, Any]
 
 
+class FieldProblem(BaseModel):
+    location: str = Field(description="The field at fault, as a dotted path.")
+    message: str
+
+
 class ErrorResponse(BaseModel):
+    """Every error this server answers with. Other fields may follow, e.g. `node_id` and `exception_type` when a
+    node failed."""
+
     model_config = ConfigDict(extra="allow")
 
-    error: str
-    location: str | None = None
+    error: str = Field(description="What went wrong.")
+    location: str | None = Field(
+        None,
+        description="The field at fault, as a dotted path (e.g. `id`, `prompt.3.inputs.image`), or `body` for the "
+        "request body as a whole.",
+    )
+    errors: list[FieldProblem] | None = Field(
+        None, description="A body that failed validation: every problem (`error` and `location` name the first)."
+    )
+    node_errors: dict[str, Any] | None = Field(None, description="ComfyUI rejected the graph: its errors per node.")
 
 
 class InterruptRequest(BaseModel):
-    id: str
+    id: str = Field(description="The `id` of a /prompt or workflow request.")
 
 
 class InterruptResponse(BaseModel):

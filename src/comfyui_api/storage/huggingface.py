@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -145,5 +146,9 @@ async def _call(url: str, function: Callable[[], object]) -> None:
         raise DownloadError(f"Hugging Face file not found: {redact_url(url)}") from None
     except HfHubHTTPError as exc:
         raise DownloadError(f"Hugging Face error for {redact_url(url)}: {redact_urls_in(str(exc))}") from None
+    except httpx2.HTTPError as exc:  # huggingface_hub's HTTP client: the Hub unreachable, a timeout
+        raise DownloadError(
+            f"Hugging Face request failed for {redact_url(url)}: {type(exc).__name__}: {redact_urls_in(str(exc))}"
+        ) from None
     except OSError as exc:
         raise DownloadError(f"Hugging Face download failed for {redact_url(url)}: {redact_urls_in(str(exc))}") from None
