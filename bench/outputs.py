@@ -1,9 +1,11 @@
-"""Benchmark of our output path for large outputs: base64 in the response and uploads to S3, on loopback.
+"""Benchmark of our output path for large outputs: base64 in the response, uploads to S3 and a signed webhook, on
+loopback.
 
     .venv/bin/python -m bench.outputs [--runs 2] [--cases png,large] [--json out.json] [--baseline earlier.json]
 
 Run from the repository root. One comfyui-api server (tests/support/server.py's ApiServer, in a temporary folder, in
-front of its own CPU ComfyUI) is started with SeaweedFS (tests/support/services.py's SeaweedS3) as its S3. Outputs:
+front of its own CPU ComfyUI) is started with SeaweedFS (tests/support/services.py's SeaweedS3) as its S3, a
+WEBHOOK_SECRET, and a webhook receiver of the bench's own on loopback (trusted by the server). Outputs:
 
 * png: a 4096x4096 PNG (EmptyImage, grey, + ImageAddNoise 0.5, so that it does not compress to nothing: ~40 MB);
 * large: a ~200 MB output, the size of a video: an 8192x9728 PNG made the same way (one ~200 MB file that ComfyUI
@@ -19,18 +21,26 @@ so only SaveImage runs again for our requests). Then, --runs times each, alterna
   as the issue defines it; the streaming alone (response headers to last byte) is in the JSON as `stream_mib_s`.
 * s3: POST /prompt with an `s3` block; MiB/s = file size / stats.upload_time (the server's own timing of the
   upload); the object's size and last bytes are checked, then it is deleted.
+* webhook: POST /prompt with `webhook_v2` (202 at once); the server signs the `prompt.complete` body (the file
+  base64-encoded) in one streaming pass and streams it to the receiver, which keeps only the body's length, its
+  start and end, and checks the Standard Webhooks signature as the bytes arrive (so a 270 MB body costs the bench
+  little). The base64 text is checked as in base64 mode; MiB/s = file size / (202 to the webhook's last byte -
+  stats.comfy_execution.duration).
 
 Before the cases, one 64x64 request of each mode warms the server up (its S3 client is made on the first upload:
 that upload's time is reported as server.first_upload_s, and the RSS after it as server.warm_rss_mib).
 
-During each request the server's RSS (the comfyui-api process, not ComfyUI) is sampled every 20 ms with psutil, and
-its VmHWM (the kernel's own high-water mark) is reset before the request when /proc/PID/clear_refs is writable (root)
-and read after: the peak is the larger of the two. The idle RSS just before each request is reported too.
+During each request (for webhook: until the receiver has the whole webhook) the server's RSS (the comfyui-api
+process, not ComfyUI) is sampled every 20 ms with psutil, and its VmHWM (the kernel's own high-water mark) is reset
+before the request when /proc/PID/clear_refs is writable (root) and read after: the peak is the larger of the two.
+The idle RSS just before each request is reported too.
 
 References, in the same run: reading the reference file and base64-encoding it in a tight loop (3 MiB reads, as the
-server does; the file in the page cache; best of 3), and boto3's `upload_file` of the file to the same SeaweedFS
+server does; the file in the page cache; best of 3), boto3's `upload_file` of the file to the same SeaweedFS
 with its default transfer settings, in a fresh child process (its client made before the timed part, as the server
-keeps its own; its VmHWM reported for comparison).
+keeps its own; its VmHWM reported for comparison), and the same webhook built in memory, in a fresh child process:
+the file's base64 in the payload, json.dumps, svix's `sign` and an httpx POST of the bytes (what the sender did
+before it streamed; its VmHWM above its RSS before it read the file is reported for comparison).
 
 Bars: peak RSS <= 250 MB (238 MiB) for every case and mode (PASS or FAIL); the throughputs are reported against their
 references, without a bar. The exit status is 0 whatever the bars say, 1 only when something could not be measured.
@@ -41,6 +51,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
+import hmac
+import http.server
 import json
 import os
 import shutil
@@ -78,12 +91,15 @@ CASES = {
     "png": (4096, 4096, "4096x4096 PNG"),
     "large": (8192, 9728, "~200 MB output (8192x9728 PNG)"),
 }
-KEEP = 256 * 1024  # bytes kept of the start and of the end of a base64 response, for the checks
-IMAGES_MARKER = b'"images": ["'
+KEEP = 256 * 1024  # bytes kept of the start and of the end of a base64 response or webhook, for the checks
+# Compact JSON; the streamed answers of earlier versions had spaces (kept so that they can be measured as baselines).
+IMAGES_MARKERS = (b'"images":["', b'"images": ["')
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"the output benchmark's secret key").decode()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The child: boto3's upload_file in a fresh process, its figures as JSON on stdout.
+# The children, each in a fresh process, their figures as JSON on stdout: boto3's upload_file, and the webhook built
+# in memory.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -114,8 +130,40 @@ def _child_boto3(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _child_webhook_in_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """The `prompt.complete` webhook of the file as the sender built it before it streamed: the base64 text in the
+    payload, the JSON text, its UTF-8, svix's signature over it, one POST of the bytes."""
+    from datetime import UTC, datetime
+
+    import httpx
+    from svix.webhooks import Webhook
+
+    baseline_rss = _status_mib("self", "VmRSS")
+    started = time.perf_counter()
+    image = base64.b64encode(Path(spec["path"]).read_bytes()).decode("ascii")
+    payload = {"type": "prompt.complete", "id": spec["id"], "prompt": spec["prompt"], "images": [image]}
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    now = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": spec["id"],
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(WEBHOOK_SECRET).sign(spec["id"], now, body),
+    }
+    response = httpx.post(spec["url"], content=body.encode(), headers=headers, timeout=REQUEST_TIMEOUT_S)
+    response.raise_for_status()
+    return {
+        "seconds": time.perf_counter() - started,
+        "baseline_rss_mb": baseline_rss,
+        "peak_rss_mb": _status_mib("self", "VmHWM"),
+    }
+
+
+CHILDREN = {"boto3": _child_boto3, "webhook_in_memory": _child_webhook_in_memory}
+
+
 def _run_child(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    return run_child("bench.outputs", spec, env, timeout_s=REQUEST_TIMEOUT_S, what="boto3's upload")
+    return run_child("bench.outputs", spec, env, timeout_s=REQUEST_TIMEOUT_S, what=spec["kind"])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -193,6 +241,71 @@ class RssSampler:
         }
 
 
+class WebhookSink:
+    """A loopback webhook receiver that keeps of each body only its length and its first and last KEEP bytes, and
+    checks its Standard Webhooks signature as the bytes arrive: a 270 MB webhook costs the bench little memory."""
+
+    def __init__(self, secret: str) -> None:
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        self._cond = threading.Condition()
+        self.received: dict[str, dict[str, Any]] = {}
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_POST(self) -> None:
+                message_id = self.headers.get("webhook-id", "")
+                mac = hmac.new(key, f"{message_id}.{self.headers.get('webhook-timestamp')}.".encode(), hashlib.sha256)
+                left = int(self.headers.get("content-length") or 0)
+                head, tail, total = bytearray(), bytearray(), 0
+                while left:
+                    data = self.rfile.read(min(left, MIB))
+                    if not data:
+                        break
+                    mac.update(data)
+                    left -= len(data)
+                    total += len(data)
+                    if len(head) < KEEP:
+                        head.extend(data[: KEEP - len(head)])
+                    tail.extend(data)
+                    del tail[:-KEEP]
+                signature = "v1," + base64.b64encode(mac.digest()).decode()
+                verified = hmac.compare_digest(signature, self.headers.get("webhook-signature", ""))
+                self.send_response(200 if verified else 400)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                with sink._cond:
+                    sink.received[message_id] = {
+                        "at": time.perf_counter(),
+                        "total": total,
+                        "head": bytes(head),
+                        "tail": bytes(tail),
+                        "verified": verified,
+                        "chunked": "transfer-encoding" in self.headers,
+                    }
+                    sink._cond.notify_all()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def wait(self, message_id: str, timeout_s: float) -> dict[str, Any]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: message_id in self.received, timeout_s):
+                raise BenchError(f"no webhook {message_id!r} within {timeout_s:g} s")
+            return self.received.pop(message_id)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
 def encode_loop(path: Path) -> float:
     """Seconds to read `path` and base64-encode it, in READ_CHUNK reads, as fast as Python can."""
     started = time.perf_counter()
@@ -207,10 +320,11 @@ def check_base64(head: bytes, tail: bytes, total: int, reference: Path) -> dict[
     (parsed), after checking the text's length and its first and last bytes against the reference file."""
     if total <= 2 * KEEP:
         raise BenchError(f"the answer has only {total} bytes")
-    start = head.rfind(IMAGES_MARKER)  # the last: SaveImage's input is called "images" too, in the echoed prompt
+    # The last: SaveImage's input is called "images" too, in the echoed prompt.
+    marker, start = max(((marker, head.rfind(marker)) for marker in IMAGES_MARKERS), key=lambda found: found[1])
     if start < 0:
-        raise BenchError(f"no {IMAGES_MARKER.decode()} in the answer's start: {head[:300]!r}")
-    start += len(IMAGES_MARKER)
+        raise BenchError(f"no {IMAGES_MARKERS[0].decode()} in the answer's start: {head[:300]!r}")
+    start += len(marker)
     tail_offset = total - len(tail)
     end_in_tail = tail.find(b'"')
     if end_in_tail < 0:
@@ -250,13 +364,14 @@ class Bench:
         self.s3: Any = None
         self.server: Any = None
         self.http: Any = None
+        self.sink: WebhookSink | None = None
 
     # setup / teardown --------------------------------------------------------------------------------------------
     def start(self) -> None:
         import httpx
         import psutil
 
-        from tests.support.server import ApiServer
+        from tests.support.server import ApiServer, trusting
         from tests.support.services import SeaweedS3
 
         checkpoint_path = checkpoint()
@@ -264,7 +379,9 @@ class Bench:
         self.s3 = SeaweedS3(self.work / "seaweedfs").start()
         self.s3.create_bucket(BUCKET)
         log(f"  ready in {self.s3.startup_s:.1f} s; starting comfyui-api and its ComfyUI")
-        self.server = ApiServer(self.work / "server", checkpoint_path, **self.s3.env())
+        self.sink = WebhookSink(WEBHOOK_SECRET)
+        env = {**self.s3.env(), "WEBHOOK_SECRET": WEBHOOK_SECRET, **trusting(self.sink.url)}
+        self.server = ApiServer(self.work / "server", checkpoint_path, **env)
         self.server.env["CMD"] += " --disable-metadata"  # the same bytes whatever the filename prefix
         started = time.monotonic()
         self.server.start()
@@ -302,6 +419,8 @@ class Bench:
             self.server.stop()
         if self.s3 is not None:
             self.s3.stop()
+        if self.sink is not None:
+            self.sink.stop()
 
     # one case ----------------------------------------------------------------------------------------------------
     def case(self, name: str) -> None:
@@ -310,7 +429,11 @@ class Bench:
         reference = self._reference(name, width, height)
         size = self.sizes[name] = reference.stat().st_size
         for index in range(self.args.runs):
-            steps = [lambda: self._base64(name, width, height, reference), lambda: self._s3(name, width, height)]
+            steps = [
+                lambda: self._base64(name, width, height, reference),
+                lambda: self._s3(name, width, height),
+                lambda: self._webhook(name, width, height, reference),
+            ]
             for step in steps if index % 2 == 0 else steps[::-1]:  # alternate which goes first
                 step()
         encode = [encode_loop(reference) for _ in range(ENCODE_PASSES)]
@@ -318,6 +441,7 @@ class Bench:
         self.figures[f"{name}.encode_ref_mib_s"] = size / MIB / min(encode)
         log(f"  reference: read + base64 in a loop {self.figures[f'{name}.encode_ref_mib_s']:.0f} MiB/s (best of 3)")
         self._boto3(name, reference)
+        self._webhook_in_memory(name, width, height, reference)
         self._summarise(name)
         reference.unlink()
 
@@ -435,9 +559,60 @@ class Bench:
         }
         self._record(f"{name}.s3", result)
 
+    def _webhook(self, name: str, width: int, height: int, reference: Path) -> None:
+        assert self.sink is not None
+        run = len(self.runs.get(f"{name}.webhook", []))
+        request_id = f"hook-{name}-{run}"
+        body = {"prompt": graph(width, height, name), "id": request_id, "webhook_v2": self.sink.url}
+        with RssSampler(self.server.process.pid) as rss:
+            started = time.perf_counter()
+            response = self.http.post(f"{self.server.url}/prompt", json=body)
+            if response.status_code != 202:
+                raise BenchError(f"POST /prompt answered {response.status_code}: {response.text[:2000]}")
+            got = self.sink.wait(request_id, REQUEST_TIMEOUT_S)
+        if not got["verified"]:
+            raise BenchError("the webhook's signature did not verify")
+        answer = check_base64(got["head"], got["tail"], got["total"], reference)
+        if answer.get("type") != "prompt.complete":
+            raise BenchError(f"a {answer.get('type')!r} webhook, not prompt.complete")
+        seconds = got["at"] - started
+        comfy_s = answer["stats"]["comfy_execution"]["duration"] / 1000
+        result = {
+            "seconds": seconds,
+            "comfy_execution_s": comfy_s,
+            "delivery_s": seconds - comfy_s,
+            "body_bytes": got["total"],
+            "chunked": got["chunked"],
+            "mib_s": reference.stat().st_size / MIB / (seconds - comfy_s),
+            **rss.figures(),
+        }
+        self._record(f"{name}.webhook", result)
+
+    def _webhook_in_memory(self, name: str, width: int, height: int, reference: Path) -> None:
+        assert self.sink is not None
+        for index in range(self.args.runs):
+            message_id = f"in-memory-{name}-{index}"
+            spec = {
+                "kind": "webhook_in_memory",
+                "path": str(reference),
+                "url": self.sink.url,
+                "id": message_id,
+                "prompt": graph(width, height, name),
+            }
+            result = _run_child(spec, {})
+            got = self.sink.wait(message_id, REQUEST_TIMEOUT_S)
+            if not got["verified"]:
+                raise BenchError("the in-memory webhook's signature did not verify")
+            result["added_rss_mb"] = result["peak_rss_mb"] - result["baseline_rss_mb"]
+            self.runs.setdefault(f"{name}.webhook_in_memory", []).append(result)
+            log(
+                f"  {name}.webhook_in_memory: {result['seconds']:.2f} s, peak RSS {result['peak_rss_mb']:.0f} MiB "
+                f"({result['added_rss_mb']:.0f} above its RSS before)"
+            )
+
     def _boto3(self, name: str, reference: Path) -> None:
         for index in range(self.args.runs):
-            spec = {"path": str(reference), "bucket": BUCKET, "key": f"boto3/{name}-{index}.png"}
+            spec = {"kind": "boto3", "path": str(reference), "bucket": BUCKET, "key": f"boto3/{name}-{index}.png"}
             result = _run_child(spec, self.s3.env())
             if result["size"] != reference.stat().st_size:
                 raise BenchError(f"boto3 uploaded {result['size']} bytes, not {reference.stat().st_size}")
@@ -475,6 +650,11 @@ class Bench:
         f[f"{name}.upload_idle_rss_mib"] = max(r["idle_rss_mb"] for r in s3)
         f[f"{name}.upload_peak_rss_mib"] = max(r["peak_rss_mb"] for r in s3)
         f[f"{name}.boto3_peak_rss_mib"] = max(r["peak_rss_mb"] for r in boto)
+        hook, in_memory = self.runs[f"{name}.webhook"], self.runs[f"{name}.webhook_in_memory"]
+        f[f"{name}.webhook_mib_s"] = max(r["mib_s"] for r in hook)
+        f[f"{name}.webhook_idle_rss_mib"] = max(r["idle_rss_mb"] for r in hook)
+        f[f"{name}.webhook_peak_rss_mib"] = max(r["peak_rss_mb"] for r in hook)
+        f[f"{name}.webhook_in_memory_added_rss_mib"] = max(r["added_rss_mb"] for r in in_memory)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -528,6 +708,22 @@ def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str])
             f"<= 250 MB ({RSS_BAR_MIB:.0f} MiB)",
             f["upload_peak_rss_mib"] <= RSS_BAR_MIB,
         )
+        row(
+            f"{label} webhook_v2 MiB/s",
+            f"{f['webhook_mib_s']:.0f}",
+            f"{f['encode_ref_mib_s']:.0f} (read+b64 loop)",
+            f"{f['webhook_mib_s'] / f['encode_ref_mib_s']:.0%}",
+            "-",
+            True,
+        )
+        row(
+            f"{label} webhook_v2 peak RSS MiB (idle {f['webhook_idle_rss_mib']:.0f})",
+            f"{f['webhook_peak_rss_mib']:.0f}",
+            f"+{f['webhook_in_memory_added_rss_mib']:.0f} (built in memory)",
+            "-",
+            f"<= 250 MB ({RSS_BAR_MIB:.0f} MiB)",
+            f["webhook_peak_rss_mib"] <= RSS_BAR_MIB,
+        )
     return rows
 
 
@@ -553,7 +749,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
-        print(json.dumps(_child_boto3(json.loads(args.child))))
+        spec = json.loads(args.child)
+        print(json.dumps(CHILDREN[spec["kind"]](spec)))
         return 0
     prepare()
     started = datetime.now(UTC)
@@ -575,7 +772,8 @@ def main(argv: list[str] | None = None) -> int:
     print_checks(checks, bench.errors, quiet=("PASS", "-"))
     print(
         "(base64 MiB/s = file size / (request time - ComfyUI's execution); upload MiB/s = file size / "
-        "stats.upload_time; RSS: the comfyui-api process, sampled every 20 ms and its VmHWM)"
+        "stats.upload_time; webhook MiB/s = file size / (202 to the webhook's last byte - ComfyUI's execution); "
+        "RSS: the comfyui-api process, sampled every 20 ms and its VmHWM)"
     )
     if args.baseline:
         print()
