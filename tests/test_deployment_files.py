@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from comfyui_api.config import ConfigError, Settings, load_settings
-from comfyui_api.webhooks.signing import InvalidWebhookSecret, Signer
+from comfyui_api.config import Settings, load_settings
+from comfyui_api.errors import ConfigError, InvalidWebhookSecret
+from comfyui_api.webhooks.signing import Signer
 
 ROOT = Path(__file__).resolve().parents[1]
 API_DOCKERFILE = ROOT / "Dockerfile"

@@ -23,7 +23,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from comfyui_api.urls import InvalidUrl, split_url
+from comfyui_api.errors import InvalidUrl
+from comfyui_api.urls import split_url
 from tests.support.server import ApiServer, free_port
 
 # A workflow that runs in a fraction of a second on a CPU, so that the valid requests to its endpoint can run.

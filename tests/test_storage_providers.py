@@ -14,11 +14,11 @@ from azure.storage.blob import BlobSasPermissions, generate_blob_sas
 
 from comfyui_api.app import url_guard
 from comfyui_api.config import Settings
+from comfyui_api.errors import AccessDenied, DownloadError
 from comfyui_api.pipeline.jobs import Job
 from comfyui_api.pipeline.preprocess import Preprocessor
 from comfyui_api.storage.auth import BearerAuth, QueryAuth
 from comfyui_api.storage.azure import AzureProvider, azure_service_client
-from comfyui_api.storage.base import AccessDenied, DownloadError
 from comfyui_api.storage.cache import cache_key
 from comfyui_api.storage.huggingface import HuggingFaceProvider
 from comfyui_api.storage.manager import StorageManager

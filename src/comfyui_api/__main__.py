@@ -7,8 +7,9 @@ import logging
 import os
 import sys
 
-from .comfy.process import ComfyProcess, StartupError, child_environment
-from .config import ConfigError, Settings, load_settings
+from .comfy.process import ComfyProcess, child_environment
+from .config import Settings, load_settings
+from .errors import ConfigError, StartupError
 from .logs import configure_logging
 
 logger = logging.getLogger("comfyui_api")

@@ -20,7 +20,8 @@ from .api.middleware import BodySizeLimit, RequestContext
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
-from .config import ConfigError, Settings, system_metadata
+from .config import Settings, system_metadata
+from .errors import ConfigError, InvalidWebhookSecret
 from .lifecycle import Lifecycle, create_folder
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
@@ -33,7 +34,6 @@ from .storage.net import Proxies, UrlGuard
 from .storage.uploads import Uploader
 from .urls import url_origin
 from .webhooks.sender import WebhookSender
-from .webhooks.signing import InvalidWebhookSecret
 from .webhooks.system import SystemWebhooks
 from .workflows.catalog import catalog
 from .workflows.loader import discover, mount

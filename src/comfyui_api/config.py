@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .errors import ConfigError
 from .urls import parse_origins, redact_url, url_origin
 
 SYSTEM_EVENT_NAMES = (
@@ -51,10 +52,6 @@ _FALSE = {"false", "0", "no", "off", ""}
 
 def _default_cache_dir() -> Path:
     return Path(os.environ.get("HOME", "~")).expanduser() / ".cache" / "comfyui-api"
-
-
-class ConfigError(ValueError):
-    """A setting is invalid; the message names the variable at fault."""
 
 
 class Settings(BaseSettings):

@@ -1,11 +1,121 @@
-"""Errors that become HTTP responses: each carries its status code and a JSON body."""
+"""Every exception this server raises, in one tree.
+
+    ServerError
+    ├── ConfigError (ValueError)        a setting or startup file is wrong: startup stops with one line naming it
+    │   └── InvalidWebhookSecret        WEBHOOK_SECRET cannot be turned into a key
+    ├── StartupError                    ComfyUI did not start (or exited before it answered)
+    │   └── ManifestError               a MANIFEST install step failed
+    ├── InvalidUrl (ValueError)         text that is not a usable URL
+    ├── InvalidName (ValueError)        a file name that is not safe as a single path part
+    ├── InvalidInlineData (ValueError)  base64 or a data URL that does not decode
+    ├── TransportError                  a call to ComfyUI got no answer
+    ├── InputError                      a prompt input could not be turned into a file
+    ├── StorageError
+    │   ├── DownloadError               a download failed; the message is the cause
+    │   │   ├── AccessDenied            credentials missing or refused
+    │   │   └── UnsafeUrl               a URL the server refuses to fetch
+    │   │       └── AddressRefused      a connection the address check refused
+    │   └── UploadError                 an upload failed; the message is the provider's cause
+    └── ApiError                        answered over HTTP: a status code and a JSON body
+        ├── BadRequest (400)            the request is wrong; `location` names the field at fault
+        │   └── PromptRejected          ComfyUI refused the graph at validation
+        ├── Conflict (409)
+        ├── ExecutionFailed (500)       a node raised while ComfyUI executed the prompt
+        ├── PromptInterrupted (500)
+        ├── UploadFailed (502)          an output could not be uploaded
+        ├── ComfyUnavailable (503)      ComfyUI exited, wedged or cannot be reached
+        ├── ShuttingDown (503)
+        └── PromptTimeout (504)
+
+Each boundary converts foreign exceptions into this tree once: the ComfyUI client (comfy/client.py: transport
+and JSON errors), each storage provider (SDK and HTTP errors into StorageError), the webhook sender (it never
+raises; failures are logged), and the upload step (pipeline/delivery.py: UploadError into UploadFailed). The
+API's handlers (api/handlers.py) render ApiError; nothing else becomes an HTTP response.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-class ApiError(Exception):
+class ServerError(Exception):
+    """The root: every exception this server defines."""
+
+
+class ConfigError(ServerError, ValueError):
+    """A setting is invalid; the message names the variable at fault."""
+
+
+class InvalidWebhookSecret(ConfigError):
+    """WEBHOOK_SECRET cannot be turned into a key. The message never contains the secret."""
+
+
+class StartupError(ServerError):
+    """ComfyUI did not start; the message says why."""
+
+
+class ManifestError(StartupError):
+    """An install step failed; the message names the step and the cause."""
+
+
+class InvalidUrl(ServerError, ValueError):
+    """The text is not a usable URL; the message says why, without echoing secrets."""
+
+
+class InvalidName(ServerError, ValueError):
+    """A name that cannot be used as one file name (empty, a path, or a special name)."""
+
+
+class InvalidInlineData(ServerError, ValueError):
+    """Base64 or a data URL that does not decode; the message says why."""
+
+
+class TransportError(ServerError):
+    """The call did not get an answer: connection refused or lost, a timeout, or a malformed response."""
+
+
+class InputError(ServerError):
+    """The value could not be turned into a file; the message is the cause, for the client."""
+
+
+class StorageError(ServerError):
+    """A storage provider failed; the message is the cause, fit for the client (URLs redacted)."""
+
+
+class DownloadError(StorageError):
+    """A download failed; the message is the cause, fit for the client."""
+
+
+class AccessDenied(DownloadError):
+    """The credentials were missing or wrong."""
+
+
+class UnsafeUrl(DownloadError):
+    """A request-supplied URL that the server refuses to fetch; the message says why and how to allow it."""
+
+
+class AddressRefused(UnsafeUrl):
+    """A connection that the address check refused (raised under httpx, turned into UnsafeUrl with its URL)."""
+
+    def __init__(self, origin: str, address: str, problem: str) -> None:
+        self.origin = origin
+        self.address = address
+        self.problem = problem
+        super().__init__(self.reason())
+
+    def reason(self) -> str:
+        article = "an" if self.problem.startswith(("a", "e", "i", "o", "IPv4", "unspecified")) else "a"
+        return (
+            f"resolves to {article} {self.problem} address ({self.address}); add its origin "
+            f"({self.origin}) to HTTP_TRUSTED_ORIGINS to allow it"
+        )
+
+
+class UploadError(StorageError):
+    """An upload failed; the message is the provider's cause, fit for the client."""
+
+
+class ApiError(ServerError):
     """A failure with a status code and a body `{"error": ..., "location": ..., **extra}`."""
 
     status_code = 500
@@ -67,6 +177,12 @@ class ComfyUnavailable(ApiError):
     """ComfyUI exited or cannot be reached; retrying later may succeed."""
 
     status_code = 503
+
+
+class UploadFailed(ApiError):
+    """An upload to the provider failed (the request's outputs are lost to it)."""
+
+    status_code = 502
 
 
 class PromptTimeout(ApiError):

@@ -20,10 +20,10 @@ from . import __version__
 from .api.schemas import PromptRequest
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
-from .comfy.process import ComfyProcess, StartupError
-from .config import ConfigError, Settings, dump_for_log
-from .errors import ApiError, ComfyUnavailable
-from .manifest import ManifestError, install_after_start, install_before_start, load_manifest
+from .comfy.process import ComfyProcess
+from .config import Settings, dump_for_log
+from .errors import ApiError, ComfyUnavailable, ConfigError, ManifestError, StartupError
+from .manifest import install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry

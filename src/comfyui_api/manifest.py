@@ -24,8 +24,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from .config import ConfigError, Settings
-from .storage.base import DownloadError
+from .config import Settings
+from .errors import ConfigError, DownloadError, ManifestError
 from .storage.git import repo_dir_name
 from .storage.manager import StorageManager
 from .urls import redact_url
@@ -36,10 +36,6 @@ _URL_SCHEMES = ("http://", "https://", "s3://")
 _FILE_SUFFIXES = {".yml": "yaml", ".yaml": "yaml", ".json": "json"}
 # Output lines longer than this are cut in the log: a progress bar without newlines must not grow a line forever.
 _MAX_LINE = 4000
-
-
-class ManifestError(RuntimeError):
-    """An install step failed; the message names the step and the cause."""
 
 
 # The format ---------------------------------------------------------------------------------------------------

@@ -29,8 +29,9 @@ from typing import Any
 import uvicorn
 
 from .app import create_app, mount_workflows
-from .comfy.process import ComfyProcess, StartupError
-from .config import ConfigError, Settings
+from .comfy.process import ComfyProcess
+from .config import Settings
+from .errors import ConfigError, StartupError
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,14 @@ import re
 import unicodedata
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from .errors import InvalidName, InvalidUrl
+
 # RFC 1035: a host name is at most 253 characters; a longer one is an attack or a mistake, never a host.
 MAX_HOST_LENGTH = 253
 MAX_URL_LENGTH = 16 * 1024
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Shown instead of a query string: signed URLs (S3, Azure SAS, GCS) carry their credentials there.
 _REDACTED_QUERY = "?<redacted>"
-
-
-class InvalidUrl(ValueError):
-    """The text is not a usable URL; the message says why, without echoing secrets."""
 
 
 def split_url(url: str) -> SplitResult:
@@ -117,10 +115,6 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 def redact_urls_in(text: str) -> str:
     """`text` (an SDK's or HTTP client's error message) with every URL in it redacted."""
     return _URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
-
-
-class InvalidName(ValueError):
-    pass
 
 
 def safe_leaf_name(name: str) -> str:

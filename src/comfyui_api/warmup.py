@@ -9,7 +9,8 @@ import httpx
 from pydantic import ValidationError
 
 from .api.schemas import PromptRequest
-from .config import ConfigError, Settings
+from .config import Settings
+from .errors import ConfigError
 from .storage.net import describe_http_error
 
 

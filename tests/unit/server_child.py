@@ -18,7 +18,7 @@ from typing import Any
 
 import uvicorn
 
-from comfyui_api.comfy.process import StartupError
+from comfyui_api.errors import StartupError
 from comfyui_api.logs import configure_logging
 from comfyui_api.server import Runner, UvicornWithoutSignals
 

@@ -22,8 +22,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from comfyui_api.comfy.client import ComfyClient
-from comfyui_api.comfy.http import LocalHttp, TransportError
-from comfyui_api.errors import ComfyUnavailable
+from comfyui_api.comfy.http import LocalHttp
+from comfyui_api.errors import ComfyUnavailable, TransportError
 
 # Generous: the machine running these tests may be busy; a deadline only turns a hang into a failure.
 DEADLINE_S = 10.0

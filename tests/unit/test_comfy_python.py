@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from comfyui_api.config import Settings, load_settings
-from comfyui_api.manifest import ComfyPython, Manifest, ManifestError, check_python, comfy_python, install_before_start
+from comfyui_api.errors import ManifestError
+from comfyui_api.manifest import ComfyPython, Manifest, check_python, comfy_python, install_before_start
 from comfyui_api.storage.manager import StorageManager
 from comfyui_api.storage.net import UrlGuard
 

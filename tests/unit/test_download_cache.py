@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from comfyui_api.errors import AccessDenied, DownloadError
 from comfyui_api.storage.auth import BasicAuth, BearerAuth
-from comfyui_api.storage.base import AccessDenied, DownloadError
 from comfyui_api.storage.cache import DownloadCache, cache_key
 from comfyui_api.storage.http import HttpProvider
 from comfyui_api.storage.net import UrlGuard

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_api.storage.base import UploadError
+from comfyui_api.errors import UploadError
 from comfyui_api.storage.huggingface import HuggingFaceProvider
 from tests.support.server import free_port
 

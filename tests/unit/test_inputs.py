@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from comfyui_api.pipeline.inputs import InputError, MediaInputs
+from comfyui_api.errors import InputError
+from comfyui_api.pipeline.inputs import MediaInputs
 from tests.unit.samples import IMAGE_FORMATS, image_bytes
 
 UUID_NAME = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(?P<ext>\w+)$")

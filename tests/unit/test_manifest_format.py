@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from comfyui_api.config import ConfigError, Settings
+from comfyui_api.config import Settings
+from comfyui_api.errors import ConfigError, DownloadError
 from comfyui_api.manifest import (
     Manifest,
     ManifestError,
@@ -25,7 +26,6 @@ from comfyui_api.manifest import (
     pip_install_command,
     run_command,
 )
-from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.git import repo_dir_name
 from comfyui_api.storage.manager import Download, StorageManager
 from comfyui_api.storage.net import UrlGuard

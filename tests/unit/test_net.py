@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from comfyui_api.app import url_guard
-from comfyui_api.config import ConfigError, load_settings
+from comfyui_api.config import load_settings
+from comfyui_api.errors import ConfigError, DownloadError
 from comfyui_api.storage.auth import BasicAuth, BearerAuth, DownloadAuth, HeaderAuth, QueryAuth
-from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.http import HttpProvider
 from comfyui_api.storage.net import (
     Redirects,

@@ -8,7 +8,8 @@ import time
 import psutil
 import pytest
 
-from comfyui_api.comfy.process import ComfyProcess, StartupError
+from comfyui_api.comfy.process import ComfyProcess
+from comfyui_api.errors import StartupError
 
 # A child that runs until stopped, standing in for a ComfyUI that is booting.
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]

@@ -14,8 +14,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from comfyui_api.comfy.client import ComfyClient
+from comfyui_api.errors import UnsafeUrl
 from comfyui_api.storage.http import HttpProvider
-from comfyui_api.storage.net import Proxies, UnsafeUrl, UrlGuard
+from comfyui_api.storage.net import Proxies, UrlGuard
 from comfyui_api.urls import url_origin
 from comfyui_api.webhooks.sender import WebhookSender
 from tests.support.files import FileServer

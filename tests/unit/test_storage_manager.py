@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from comfyui_api.config import Settings
+from comfyui_api.errors import DownloadError, UnsafeUrl
 from comfyui_api.storage import manager as manager_module
-from comfyui_api.storage.base import DownloadError
 from comfyui_api.storage.cache import cache_key
 from comfyui_api.storage.git import REQUEST_URL_CONFIG, clone, pinned_resolve
 from comfyui_api.storage.manager import StorageManager
-from comfyui_api.storage.net import UnsafeUrl, UrlGuard
+from comfyui_api.storage.net import UrlGuard
 from tests.support.files import FileServer
 
 

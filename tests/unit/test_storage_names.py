@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from comfyui_api.errors import DownloadError
 from comfyui_api.storage.azure import is_azure_url, parse_blob_url
-from comfyui_api.storage.base import DownloadError, extension_for_content_type, url_extension
+from comfyui_api.storage.base import extension_for_content_type, url_extension
 from comfyui_api.storage.cache import cache_key
 from comfyui_api.storage.git import parse_git_url, repo_dir_name
 from comfyui_api.storage.huggingface import HubFile, parse_hub_url

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from svix.webhooks import Webhook, WebhookVerificationError
 
+from comfyui_api.errors import InvalidWebhookSecret
 from comfyui_api.storage.net import UrlGuard
 from comfyui_api.webhooks import sender as sender_module
 from comfyui_api.webhooks.payloads import (
@@ -30,7 +31,7 @@ from comfyui_api.webhooks.payloads import (
     utc_timestamp,
 )
 from comfyui_api.webhooks.sender import WebhookSender, backoff_delay
-from comfyui_api.webhooks.signing import InvalidWebhookSecret, Signer
+from comfyui_api.webhooks.signing import Signer
 from tests.support.receiver import Received, WebhookReceiver
 
 SENDER_LOGGER = "comfyui_api.webhooks.sender"

@@ -13,11 +13,10 @@ from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ApiError, BadRequest
+from ..errors import ApiError, BadRequest, DownloadError, InvalidName
 from ..storage.auth import DownloadAuth
-from ..storage.base import DownloadError
 from ..storage.manager import StorageManager
-from ..urls import InvalidName, redact_url, safe_leaf_name, url_leaf_name
+from ..urls import redact_url, safe_leaf_name, url_leaf_name
 from ..workflows.catalog import catalog
 from .deps import ServicesDep
 from .handlers import CLIENT_ERRORS

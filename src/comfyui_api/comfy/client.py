@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ComfyUnavailable, PromptRejected
-from .http import LocalHttp, Reply, TransportError
+from ..errors import ComfyUnavailable, PromptRejected, TransportError
+from .http import LocalHttp, Reply
 from .sanitize import scrub
 
 # ComfyUI answers its HTTP calls one at a time (one event loop, sharing the GIL with the prompt it runs), so a few

@@ -18,14 +18,12 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import h11
 
+from ..errors import TransportError
+
 _READ_SIZE = 256 * 1024
 # Idle connections older than this are closed rather than reused: well under aiohttp's keep-alive timeout
 # (75 s), so ComfyUI never closes one under a request being written to it.
 _MAX_IDLE_S = 20.0
-
-
-class TransportError(Exception):
-    """The call did not get an answer: connection refused or lost, a timeout, or a malformed response."""
 
 
 @dataclass

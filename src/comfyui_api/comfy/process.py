@@ -10,6 +10,8 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 
+from ..errors import StartupError
+
 logger = logging.getLogger(__name__)
 comfy_logger = logging.getLogger("comfyui")
 
@@ -23,10 +25,6 @@ except (OSError, AttributeError):  # not Linux
 
 # The most time between two startup probes (STARTUP_CHECK_INTERVAL_S, when smaller, wins).
 PROBE_PERIOD_S = 0.05
-
-
-class StartupError(RuntimeError):
-    pass
 
 
 def _die_with_parent() -> None:

@@ -22,10 +22,9 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 
 from ..api.schemas import PromptRequest
-from ..errors import ApiError, BadRequest
+from ..errors import ApiError, BadRequest, DownloadError, UnsafeUrl, UploadError, UploadFailed
 from ..storage.auth import S3Auth
-from ..storage.base import DownloadError, UploadError
-from ..storage.net import UnsafeUrl, UrlGuard
+from ..storage.net import UrlGuard
 from ..storage.uploads import AzureBlobUpload, Uploader, upload_url
 from ..webhooks import payloads
 from ..webhooks.body import Base64File, JsonBody
@@ -37,12 +36,6 @@ from .runner import PromptRunner
 logger = logging.getLogger(__name__)
 
 _JSON = "application/json"
-
-
-class UploadFailed(ApiError):
-    """An upload to the provider failed (the request's outputs are lost to it)."""
-
-    status_code = 502
 
 
 class Delivery:

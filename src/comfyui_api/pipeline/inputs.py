@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..storage.base import DownloadError
+from ..errors import DownloadError, InputError, InvalidInlineData
 from ..urls import redact_url
-from .media import InvalidInlineData, decode_inline, is_data_url, looks_like_base64, sniff_extension
+from .media import decode_inline, is_data_url, looks_like_base64, sniff_extension
 
 # Downloads a URL into a folder and returns the file's path; provided by the storage layer.
 UrlFetcher = Callable[[str, Path], Awaitable[Path]]
@@ -26,10 +26,6 @@ def is_url(value: str) -> bool:
 
 
 _MAX_PATH = 4096
-
-
-class InputError(Exception):
-    """The value could not be turned into a file; the message is the cause, for the client."""
 
 
 class MediaInputs:

@@ -6,15 +6,13 @@ import base64
 import binascii
 import re
 
+from ..errors import InvalidInlineData
+
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _BASE64_CHARS = re.compile(r"^[A-Za-z0-9+/\-_]+={0,2}$")
 
 # Shorter strings are more likely names than inline files; the smallest real image is far longer.
 _MIN_BASE64_LENGTH = 32
-
-
-class InvalidInlineData(ValueError):
-    pass
 
 
 def is_data_url(value: str) -> bool:

@@ -12,13 +12,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadRequest
+from ..errors import BadRequest, DownloadError, InputError
 from ..storage.auth import Credential, match_credentials
-from ..storage.base import DownloadError
 from ..storage.manager import StorageManager
 from ..storage.staging import stage_file
 from ..urls import redact_url
-from .inputs import InputError, MediaInputs
+from .inputs import MediaInputs
 from .jobs import Job
 from .models import GIT_LOADERS, MODEL_LOADERS, MODEL_URL_SCHEMES
 

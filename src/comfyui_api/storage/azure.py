@@ -11,9 +11,9 @@ from azure.core.exceptions import AzureError, ClientAuthenticationError, HttpRes
 from azure.storage.blob import BlobClient, BlobServiceClient, ContentSettings
 
 from ..config import Settings
+from ..errors import AccessDenied, DownloadError, UploadError
 from ..urls import redact_url, redact_urls_in
 from .auth import BearerAuth, DownloadAuth, QueryAuth
-from .base import AccessDenied, DownloadError, UploadError
 
 _MAX_CONCURRENCY = 8
 

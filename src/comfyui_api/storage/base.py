@@ -24,18 +24,6 @@ _EXTRA_TYPES = {
 }
 
 
-class DownloadError(Exception):
-    """A download failed; the message is the cause, fit for the client."""
-
-
-class AccessDenied(DownloadError):
-    """The credentials were missing or wrong."""
-
-
-class UploadError(Exception):
-    """An upload failed; the message is the provider's cause, fit for the client."""
-
-
 class Provider(Protocol):
     name: str
 

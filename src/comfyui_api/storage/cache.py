@@ -25,9 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import AccessDenied, DownloadError
 from ..urls import redact_url
 from .auth import DownloadAuth
-from .base import AccessDenied, DownloadError, Provider, url_extension
+from .base import Provider, url_extension
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import DownloadError
 from ..urls import redact_url, url_port
-from .base import DownloadError
 
 _SHA = re.compile(r"^[0-9a-f]{7,40}$")
 

@@ -11,9 +11,10 @@ from urllib.parse import unquote
 
 import httpx
 
+from ..errors import AccessDenied, DownloadError, UnsafeUrl, UploadError
 from .auth import DownloadAuth, http_credentials
-from .base import AccessDenied, DownloadError, UploadError, extension_for_content_type, name_extension, url_extension
-from .net import Redirects, UnsafeUrl, UrlGuard, describe_http_error, send, send_async
+from .base import extension_for_content_type, name_extension, url_extension
+from .net import Redirects, UrlGuard, describe_http_error, send, send_async
 
 _DISPOSITION_NAME = re.compile(r"""filename\*?=(?:UTF-8''|")?([^";]+)"?""", re.IGNORECASE)
 

@@ -21,9 +21,9 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from ..errors import AccessDenied, DownloadError, UploadError
 from ..urls import redact_url, redact_urls_in
 from .auth import BearerAuth, DownloadAuth
-from .base import AccessDenied, DownloadError, UploadError
 
 PUBLIC_HUB = "https://huggingface.co"
 

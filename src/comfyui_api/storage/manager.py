@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Settings
-from ..urls import InvalidUrl, redact_url, split_url
+from ..errors import DownloadError, InvalidUrl, UnsafeUrl
+from ..urls import redact_url, split_url
 from .auth import DownloadAuth
 from .azure import AzureProvider, azure_service_client
-from .base import DownloadError, Provider, name_extension
+from .base import Provider, name_extension
 from .cache import DownloadCache, EventHook
 from .git import REQUEST_URL_CONFIG, clone, pinned_resolve, repo_dir_name
 from .http import HttpProvider
 from .huggingface import HuggingFaceProvider
-from .net import UnsafeUrl, UrlGuard
+from .net import UrlGuard
 from .s3 import S3Provider
 from .staging import stage_file, symlink, unique_name
 

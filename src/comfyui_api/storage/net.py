@@ -35,9 +35,9 @@ from urllib.parse import SplitResult, urlsplit
 import httpcore
 import httpx
 
+from ..errors import AddressRefused, UnsafeUrl
 from ..urls import origin_of, redact_url, redact_urls_in, show_address, split_url, url_origin, url_port
 from .auth import Credentials
-from .base import DownloadError
 
 # (host, port) → the addresses it resolves to. Injected by tests; the default asks the system resolver.
 Resolver = Callable[[str, int], list[str]]
@@ -90,30 +90,6 @@ def address_problem(address: str) -> str | None:
         if ip.version == network.version and ip in network:
             return name
     return None if ip.is_global else "reserved"
-
-
-def _article(word: str) -> str:
-    return "an" if word.startswith(("a", "e", "i", "o", "IPv4", "unspecified")) else "a"
-
-
-class UnsafeUrl(DownloadError):
-    """A request-supplied URL that the server refuses to fetch; the message says why and how to allow it."""
-
-
-class AddressRefused(UnsafeUrl):
-    """A connection that the address check refused (raised under httpx, turned into UnsafeUrl with its URL)."""
-
-    def __init__(self, origin: str, address: str, problem: str) -> None:
-        self.origin = origin
-        self.address = address
-        self.problem = problem
-        super().__init__(self.reason())
-
-    def reason(self) -> str:
-        return (
-            f"resolves to {_article(self.problem)} {self.problem} address ({self.address}); add its origin "
-            f"({self.origin}) to HTTP_TRUSTED_ORIGINS to allow it"
-        )
 
 
 def system_resolver(host: str, port: int) -> list[str]:

@@ -13,9 +13,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..errors import AccessDenied, DownloadError, UploadError
 from ..urls import redact_url
 from .auth import DownloadAuth, S3Auth
-from .base import AccessDenied, DownloadError, UploadError
 
 _TRANSFER = TransferConfig(
     multipart_threshold=16 * 1024 * 1024,

@@ -14,8 +14,9 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import UploadError
 from ..urls import redact_url
-from .base import UploadError, content_type_for
+from .base import content_type_for
 from .manager import StorageManager
 
 logger = logging.getLogger(__name__)

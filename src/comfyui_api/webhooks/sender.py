@@ -21,7 +21,8 @@ from typing import Any
 
 import httpx
 
-from ..storage.net import Body, Redirects, UnsafeUrl, UrlGuard, describe_http_error, send_async
+from ..errors import UnsafeUrl
+from ..storage.net import Body, Redirects, UrlGuard, describe_http_error, send_async
 from ..urls import redact_url
 from .body import JsonBody
 from .signing import Signer

@@ -17,6 +17,8 @@ import re
 import time
 from collections.abc import Iterable
 
+from ..errors import InvalidWebhookSecret
+
 logger = logging.getLogger(__name__)
 
 WEBHOOK_ID = "webhook-id"
@@ -27,10 +29,6 @@ _SECRET_PREFIX = "whsec_"
 # What base64.b64decode keeps; anything else in the secret is silently dropped by svix's lenient decoder.
 _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 _INVALID = "WEBHOOK_SECRET is not a valid Standard Webhooks secret (optional whsec_ prefix, then base64)"
-
-
-class InvalidWebhookSecret(ValueError):
-    """WEBHOOK_SECRET cannot be turned into a key. The message never contains the secret."""
 
 
 class Signer:
