@@ -1,4 +1,5 @@
-"""The app factory: builds the FastAPI app and the services behind it from settings."""
+"""The app factory: builds the FastAPI app and the objects behind it from settings, and keeps them on `app.state`
+(read by the route dependencies in api/deps.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
 from .api import control, download, models, probes, prompt
-from .api.deps import Services
 from .api.handlers import install_error_handlers
-from .api.middleware import BodySizeLimit, RequestContext
+from .api.middleware import BodySizeLimit, CatalogContext, RequestContext
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
@@ -35,7 +35,7 @@ from .storage.uploads import Uploader
 from .urls import url_origin
 from .webhooks.sender import WebhookSender
 from .webhooks.system import SystemWebhooks
-from .workflows.catalog import catalog
+from .workflows.catalog import Catalog, using_catalog
 from .workflows.loader import discover, mount
 
 
@@ -109,16 +109,16 @@ def create_app(
         docs_url=None,
         openapi_url="/docs/json",
     )
-    app.state.services = Services(
-        settings=settings,
-        state=state,
-        events=events,
-        jobs=jobs,
-        runner=runner,
-        storage=storage,
-        delivery=delivery,
-        client=client,
-    )
+    catalog = Catalog()
+    app.state.settings = settings
+    app.state.server_state = state
+    app.state.events = events
+    app.state.jobs = jobs
+    app.state.runner = runner
+    app.state.storage = storage
+    app.state.delivery = delivery
+    app.state.comfy_client = client
+    app.state.catalog = catalog
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
     app.include_router(probes.router)
@@ -127,7 +127,9 @@ def create_app(
     app.include_router(download.router)
     app.include_router(models.router)
     _add_doc_routes(app)
-    # Outermost first: the request id must be set before anything logs.
+    # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
+    # id is set before anything logs.
+    app.add_middleware(CatalogContext, catalog=catalog)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
     app.add_middleware(RequestContext)
     return app
@@ -136,8 +138,8 @@ def create_app(
 async def mount_workflows(app: FastAPI) -> None:
     """Once ComfyUI is up: read its models and samplers, then mount the workflow endpoints (whose
     schemas may use those lists)."""
-    services: Services = app.state.services
-    settings = services.settings
+    settings: Settings = app.state.settings
+    catalog: Catalog = app.state.catalog
     warmup = app.state.lifecycle.warmup_prompt
     catalog.warmup_checkpoint = next(
         (
@@ -147,10 +149,11 @@ async def mount_workflows(app: FastAPI) -> None:
         ),
         None,
     )
-    await catalog.refresh(services.client, settings.models_path)
+    await catalog.refresh(app.state.comfy_client, settings.models_path)
     create_folder("WORKFLOW_DIR", settings.workflow_dir)
     workflows = await asyncio.to_thread(discover, settings.workflow_dir)
-    mount(app, workflows, markdown_descriptions=settings.markdown_schema_descriptions)
+    with using_catalog(catalog):  # the routes' markdown descriptions are built now, from the inputs' schemas
+        mount(app, workflows, markdown_descriptions=settings.markdown_schema_descriptions)
 
 
 def url_guard(settings: Settings, azure_endpoint: str | None) -> UrlGuard:

@@ -1,9 +1,10 @@
-"""The objects routes need, built once per app and handed to routes by FastAPI's dependency injection."""
+"""The objects routes need, one dependency each: a route's signature names what it touches. create_app builds them
+once per app and keeps them on `app.state`, where these read them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -15,23 +16,23 @@ from ..pipeline.jobs import JobRegistry
 from ..pipeline.runner import PromptRunner
 from ..state import ServerState
 from ..storage.manager import StorageManager
+from ..workflows.catalog import Catalog
 
 
-@dataclass
-class Services:
-    settings: Settings
-    state: ServerState
-    events: EventStream
-    jobs: JobRegistry
-    runner: PromptRunner
-    storage: StorageManager
-    delivery: Delivery
-    client: ComfyClient
-
-
-async def _services(request: Request) -> Services:
+def _from_app(name: str) -> Callable[[Request], Awaitable[Any]]:
     # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hop on every request.
-    return request.app.state.services
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    return dependency
 
 
-ServicesDep = Annotated[Services, Depends(_services)]
+SettingsDep = Annotated[Settings, Depends(_from_app("settings"))]
+ServerStateDep = Annotated[ServerState, Depends(_from_app("server_state"))]
+EventsDep = Annotated[EventStream, Depends(_from_app("events"))]
+JobsDep = Annotated[JobRegistry, Depends(_from_app("jobs"))]
+RunnerDep = Annotated[PromptRunner, Depends(_from_app("runner"))]
+StorageDep = Annotated[StorageManager, Depends(_from_app("storage"))]
+DeliveryDep = Annotated[Delivery, Depends(_from_app("delivery"))]
+ComfyClientDep = Annotated[ComfyClient, Depends(_from_app("comfy_client"))]
+CatalogDep = Annotated[Catalog, Depends(_from_app("catalog"))]

@@ -17,8 +17,7 @@ from ..errors import ApiError, BadRequest, DownloadError, InvalidName
 from ..storage.auth import DownloadAuth
 from ..storage.manager import StorageManager
 from ..urls import redact_url, safe_leaf_name, url_leaf_name
-from ..workflows.catalog import catalog
-from .deps import ServicesDep
+from .deps import CatalogDep, ComfyClientDep, SettingsDep, StorageDep
 from .handlers import CLIENT_ERRORS
 
 logger = logging.getLogger(__name__)
@@ -83,34 +82,39 @@ class DownloadCompleted(_DownloadAnswer):
         202: {"model": DownloadStarted, "description": "`wait` is false: the download goes on in the background"},
     },
 )
-async def download(body: DownloadRequest, services: ServicesDep, background: BackgroundTasks) -> JSONResponse:
+async def download(
+    body: DownloadRequest,
+    settings: SettingsDep,
+    storage: StorageDep,
+    client: ComfyClientDep,
+    catalog: CatalogDep,
+    background: BackgroundTasks,
+) -> JSONResponse:
     """Download a model file (through the cache) and link it into `MODEL_DIR/<model_type>/`."""
-    model_dir = services.settings.models_path
+    model_dir = settings.models_path
     types = sorted(path.name for path in model_dir.iterdir() if path.is_dir()) if model_dir.is_dir() else []
     if body.model_type not in types:
         raise BadRequest(
             f"Unknown model type: {body.model_type}. Available types: {', '.join(types)}", location="model_type"
         )
     try:
-        await services.storage.check_url(body.url, body.auth)
-        services.storage.provider_for(body.url)
+        await storage.check_url(body.url, body.auth)
+        storage.provider_for(body.url)
     except DownloadError as exc:
         raise BadRequest(str(exc), location="url") from None
     filename = body.filename or url_leaf_name(body.url)
     echo: dict[str, Any] = {"url": redact_url(body.url), "model_type": body.model_type}
     if not body.wait:
-        background.add_task(_download_in_background, services.storage, body, model_dir / body.model_type, filename)
+        background.add_task(_download_in_background, storage, body, model_dir / body.model_type, filename)
         return JSONResponse({**echo, "filename": filename, "status": "started"}, status_code=202)
     started = time.monotonic()
     try:
-        result = await services.storage.download(
-            body.url, model_dir / body.model_type, filename=filename, auth=body.auth
-        )
+        result = await storage.download(body.url, model_dir / body.model_type, filename=filename, auth=body.auth)
     except DownloadError as exc:
         raise BadRequest(str(exc), location="url") from None
-    services.storage.release(result)
+    storage.release(result)
     with contextlib.suppress(ApiError):  # the download stands; the catalog catches up on the next refresh
-        await catalog.read_models(services.client, model_dir)  # workflow choices see the new file at once
+        await catalog.read_models(client, model_dir)  # workflow choices see the new file at once
     return JSONResponse(
         {
             **echo,

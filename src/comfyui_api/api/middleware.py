@@ -1,4 +1,5 @@
-"""ASGI middleware: the request id on every log line, and the body size limit."""
+"""ASGI middleware: the request id on every log line, the app's catalog for workflow fields, and the body size
+limit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import request_id_var
+from ..workflows.catalog import Catalog, using_catalog
 
 logger = logging.getLogger("comfyui_api.access")
 
@@ -50,6 +52,19 @@ class RequestContext:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 },
             )
+
+
+class CatalogContext:
+    """Makes the app's catalog the current one while a request runs: workflow field types (shared by every app in
+    the process) read it to validate a body and to build the OpenAPI document."""
+
+    def __init__(self, app: ASGIApp, catalog: Catalog) -> None:
+        self.app = app
+        self.catalog = catalog
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with using_catalog(self.catalog):
+            await self.app(scope, receive, send)
 
 
 class BodySizeLimit:

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ..logs import request_id_var
-from .deps import ServicesDep
+from .deps import DeliveryDep
 from .handlers import CLIENT_ERRORS
 from .schemas import AsyncAccepted, ErrorResponse, PromptRequest, PromptResponse
 
@@ -27,8 +27,8 @@ PROMPT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/prompt", response_model=PromptResponse, responses=PROMPT_RESPONSES)
-async def run_prompt(body: PromptRequest, services: ServicesDep) -> Response:
+async def run_prompt(body: PromptRequest, delivery: DeliveryDep) -> Response:
     """Run the graph and answer with its outputs (base64, or URLs with an upload block), in ComfyUI's
     execution order; or answer 202 at once when the request is async (webhooks, `async` uploads)."""
     request_id_var.set(body.id)
-    return await services.delivery.handle(body)
+    return await delivery.handle(body)

@@ -10,7 +10,8 @@
         scheduler: Scheduler = "normal"
 
 The choices are read when a value is validated and when the OpenAPI document is built, so models downloaded
-later and samplers from custom nodes are included.
+later and samplers from custom nodes are included. They are those of the app serving the request; outside one (a
+module used on its own) there are none, and any value is accepted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pydantic import AfterValidator, GetJsonSchemaHandler
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from .catalog import catalog
+from .catalog import current_catalog
 
 
 class LiveChoices:
@@ -34,7 +35,7 @@ class LiveChoices:
 
     def __call__(self, value: str) -> str:
         choices = self._source()
-        # Before ComfyUI has been asked (an empty list), nothing is known to be wrong.
+        # Before ComfyUI has been asked, or outside an app (an empty list), nothing is known to be wrong.
         if choices and value not in choices:
             shown = ", ".join(choices[:20]) + (", …" if len(choices) > 20 else "")
             raise ValueError(f"unknown {self._what} {value!r}; available: {shown}")
@@ -48,21 +49,25 @@ class LiveChoices:
 
 
 def samplers() -> list[str]:
-    return list(catalog.samplers)
+    catalog = current_catalog()
+    return list(catalog.samplers) if catalog is not None else []
 
 
 def schedulers() -> list[str]:
-    return list(catalog.schedulers)
+    catalog = current_catalog()
+    return list(catalog.schedulers) if catalog is not None else []
 
 
 def models(folder: str) -> list[str]:
     """The files ComfyUI lists in a model folder (`checkpoints`, `loras`, `vae`, …)."""
-    return list(catalog.models.get(folder, []))
+    catalog = current_catalog()
+    return list(catalog.models.get(folder, [])) if catalog is not None else []
 
 
 def default_checkpoint() -> str | None:
     """The warmup prompt's checkpoint, else the first checkpoint ComfyUI lists."""
-    return catalog.default_checkpoint()
+    catalog = current_catalog()
+    return catalog.default_checkpoint() if catalog is not None else None
 
 
 def model_choice(folder: str) -> Any:

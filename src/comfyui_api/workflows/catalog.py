@@ -1,11 +1,15 @@
 """What ComfyUI offers right now: model files by folder, samplers and schedulers (from /object_info, so
-custom-node samplers count), and the warmup prompt's checkpoint. Workflow modules read it through
-`comfyui_api.workflows`; the server refreshes it at startup, on GET /models and after downloads."""
+custom-node samplers count), and the warmup prompt's checkpoint. Each app owns one and refreshes it at startup, on
+GET /models and after downloads. Workflow modules read it through `comfyui_api.workflows`, which finds the catalog of
+the app serving the current request in a context variable (`current_catalog`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -74,4 +78,21 @@ def _disk_folders(model_dir: Path) -> dict[str, list[str]]:
     return found
 
 
-catalog = Catalog()
+# A context variable, not a module global: field types shared by every app in the process (workflow modules are
+# imported once) must see the catalog of the app at hand, and none at all outside one.
+_current: ContextVar[Catalog | None] = ContextVar("comfyui_api_catalog", default=None)
+
+
+def current_catalog() -> Catalog | None:
+    """The catalog of the app serving this request (or mounting its workflows); None elsewhere."""
+    return _current.get()
+
+
+@contextmanager
+def using_catalog(catalog: Catalog) -> Iterator[None]:
+    """Make `catalog` the current one for the code run inside (tasks started there inherit it)."""
+    token = _current.set(catalog)
+    try:
+        yield
+    finally:
+        _current.reset(token)

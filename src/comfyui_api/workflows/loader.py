@@ -21,11 +21,12 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError, create_model
 
-from ..api.deps import Services, ServicesDep
+from ..api.deps import DeliveryDep
 from ..api.prompt import PROMPT_RESPONSES
 from ..api.schemas import PromptOptions, PromptRequest, PromptResponse
 from ..errors import BadRequest
 from ..logs import request_id_var
+from ..pipeline.delivery import Delivery
 from .docs import inputs_table
 
 logger = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ def mount(app: FastAPI, workflows: list[Workflow], *, markdown_descriptions: boo
 
 
 def _endpoint(workflow: Workflow, body_model: type[PromptOptions]) -> Callable[..., Any]:
-    async def run_workflow(body: Any, services: Services) -> Response:
+    async def run_workflow(body: Any, delivery: Delivery) -> Response:
         request_id_var.set(body.id)
         user_input = body.input
         try:
@@ -134,13 +135,13 @@ def _endpoint(workflow: Workflow, body_model: type[PromptOptions]) -> Callable[.
             raise BadRequest(
                 f"Failed to generate workflow prompt: the graph is invalid: {exc}", location="input"
             ) from None
-        return await services.delivery.handle(request, extra={"input": user_input.model_dump(mode="json")})
+        return await delivery.handle(request, extra={"input": user_input.model_dump(mode="json")})
 
     # FastAPI reads the body's type from the signature; the model is made at runtime, so set it explicitly.
     run_workflow.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=body_model),
-            inspect.Parameter("services", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=ServicesDep),
+            inspect.Parameter("delivery", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=DeliveryDep),
         ],
         return_annotation=Response,
     )
