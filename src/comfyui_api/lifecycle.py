@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .api.schemas import PromptRequest
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
@@ -27,6 +26,7 @@ from .manifest import install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
+from .pipeline.request import PromptRequest
 from .pipeline.runner import PromptRunner
 from .pipeline.watchdog import Watchdog
 from .state import ServerState

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from .api.schemas import PromptRequest
 from .config import Settings
 from .errors import ConfigError
+from .pipeline.request import PromptRequest
 from .storage.net import describe_http_error
 
 

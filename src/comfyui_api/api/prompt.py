@@ -8,9 +8,11 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ..logs import request_id_var
+from ..pipeline.request import PromptRequest
+from .answers import respond
 from .deps import DeliveryDep
 from .handlers import CLIENT_ERRORS
-from .schemas import AsyncAccepted, ErrorResponse, PromptRequest, PromptResponse
+from .schemas import AsyncAccepted, ErrorResponse, PromptResponse
 
 router = APIRouter(tags=["prompt"])
 
@@ -31,4 +33,4 @@ async def run_prompt(body: PromptRequest, delivery: DeliveryDep) -> Response:
     """Run the graph and answer with its outputs (base64, or URLs with an upload block), in ComfyUI's
     execution order; or answer 202 at once when the request is async (webhooks, `async` uploads)."""
     request_id_var.set(body.id)
-    return await delivery.handle(body)
+    return await respond(await delivery.handle(body))

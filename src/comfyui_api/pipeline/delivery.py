@@ -13,15 +13,13 @@ outputs or of the prompt's strings; a small body is written at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi.responses import Response, StreamingResponse
-
-from ..api.schemas import PromptRequest
 from ..errors import ApiError, BadRequest, DownloadError, UnsafeUrl, UploadError, UploadFailed
 from ..storage.auth import S3Auth
 from ..storage.net import UrlGuard
@@ -31,11 +29,20 @@ from ..webhooks.body import Base64File, JsonBody
 from ..webhooks.sender import WebhookSender
 from .jobs import Job, now_ms
 from .outputs import delete_files
+from .request import PromptRequest
 from .runner import PromptRunner
 
 logger = logging.getLogger(__name__)
 
-_JSON = "application/json"
+
+@dataclass(frozen=True)
+class Answer:
+    """How a request is answered: a status code and a JSON body (the API turns it into a response)."""
+
+    status_code: int
+    body: JsonBody
+    # To await once the body has been sent, or could not be: it ends the job whose output files the body reads.
+    sent: Callable[[], Awaitable[None]] | None = None
 
 
 class Delivery:
@@ -59,8 +66,8 @@ class Delivery:
         self._azure_base = azure_base
         self._background: set[asyncio.Task[None]] = set()
 
-    async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Response:
-        """Run a request through the pipeline and answer it (200 with results, or 202 when async).
+    async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Answer:
+        """Run a request through the pipeline: 200 with its results, or 202 at once when it is async.
 
         `extra` fields are added to the response (a workflow endpoint's validated `input`).
         """
@@ -72,16 +79,15 @@ class Delivery:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
             self._spawn(self._complete_in_background(job, request))
             accepted = {**request.echo(), "status": "ok", "id": job.id, "prompt": job.graph, **extra}
-            return await self._respond(JsonBody(accepted), status_code=202)
-        response: Response | None = None
+            return Answer(202, JsonBody(accepted))
         try:
             await self._runner.finish(job, request.convert_output)
             images = await self._upload(job, request) if request.upload_block is not None else _files(job)
-            response = await self._respond(JsonBody({**self._body(job, request, images), **extra}), job=job)
-            return response
-        finally:
-            if not isinstance(response, StreamingResponse):
-                await self._runner.close(job)
+        except BaseException:
+            await self._runner.close(job)
+            raise
+        body = JsonBody({**self._body(job, request, images), **extra})
+        return Answer(200, body, sent=functools.partial(self._runner.close, job))
 
     async def _check_request(self, request: PromptRequest) -> None:
         """A 400 at the field, before any work starts (a failure after the prompt ran, or after the 202, could only
@@ -147,27 +153,6 @@ class Delivery:
             "filenames": [output.name for output in job.outputs],
             "stats": stats,
         }
-
-    async def _respond(self, body: JsonBody, *, status_code: int = 200, job: Job | None = None) -> Response:
-        """`body` encoded at once when small (the caller closes `job`); else a stream with its Content-Length,
-        which closes `job` once the last byte is sent."""
-        if body.is_small():
-            # In the event loop: a stream (a task per response, a thread hop per chunk) costs more than the
-            # encoding itself.
-            return Response(body.encode(), status_code=status_code, media_type=_JSON)
-        size = await asyncio.to_thread(body.size)
-        return StreamingResponse(
-            self._stream(body, job), status_code=status_code, media_type=_JSON, headers={"Content-Length": str(size)}
-        )
-
-    async def _stream(self, body: JsonBody, job: Job | None) -> AsyncIterator[bytes]:
-        try:
-            async with contextlib.aclosing(body.stream()) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        finally:
-            if job is not None:
-                await self._runner.close(job)
 
     async def _complete_in_background(self, job: Job, request: PromptRequest) -> None:
         # Output files that webhooks carry, kept past the job's end until they are sent.

@@ -12,7 +12,6 @@ import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..api.schemas import PromptRequest
 from ..comfy.client import ComfyClient
 from ..comfy.events import EventStream
 from ..config import Settings
@@ -25,6 +24,7 @@ from .janitor import Janitor
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
 from .preprocess import Preprocessor, require_saving_node, unique_to_cache
+from .request import PromptRequest
 
 logger = logging.getLogger(__name__)
 

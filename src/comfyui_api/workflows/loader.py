@@ -21,12 +21,14 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError, create_model
 
+from ..api.answers import respond
 from ..api.deps import DeliveryDep
 from ..api.prompt import PROMPT_RESPONSES
-from ..api.schemas import PromptOptions, PromptRequest, PromptResponse
+from ..api.schemas import PromptResponse
 from ..errors import BadRequest
 from ..logs import request_id_var
 from ..pipeline.delivery import Delivery
+from ..pipeline.request import PromptOptions, PromptRequest
 from .docs import inputs_table
 
 logger = logging.getLogger(__name__)
@@ -135,7 +137,7 @@ def _endpoint(workflow: Workflow, body_model: type[PromptOptions]) -> Callable[.
             raise BadRequest(
                 f"Failed to generate workflow prompt: the graph is invalid: {exc}", location="input"
             ) from None
-        return await delivery.handle(request, extra={"input": user_input.model_dump(mode="json")})
+        return await respond(await delivery.handle(request, extra={"input": user_input.model_dump(mode="json")}))
 
     # FastAPI reads the body's type from the signature; the model is made at runtime, so set it explicitly.
     run_workflow.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
