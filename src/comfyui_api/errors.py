@@ -29,17 +29,35 @@
 
 Each boundary converts foreign exceptions into this tree once: the ComfyUI client (comfy/client.py: transport
 and JSON errors), each storage provider (SDK and HTTP errors into StorageError), the webhook sender (it never
-raises; failures are logged), and the upload step (pipeline/delivery.py: UploadError into UploadFailed). The
-API's handlers (api/handlers.py) render ApiError; nothing else becomes an HTTP response.
+raises; failures are logged), and the upload step (pipeline/delivery.py: UploadError into UploadFailed). The API's
+handlers (api/handlers.py) are the one place errors become responses: ApiError with its own status, an error in a
+client's input (a URL, a name, inline data, an input, a download) 400, anything else 500. Code that knows which
+field a value came from says so with `located(...)` instead of converting the error.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 
 class ServerError(Exception):
     """The root: every exception this server defines."""
+
+    # The request field at fault, when the error came from one (see `located`).
+    location: str | None = None
+
+
+@contextlib.contextmanager
+def located(location: str) -> Iterator[None]:
+    """Errors raised inside come from the request field `location` (unless they already name one)."""
+    try:
+        yield
+    except ServerError as exc:
+        if exc.location is None:
+            exc.location = location
+        raise
 
 
 class ConfigError(ServerError, ValueError):

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from comfyui_api.api.handlers import install_error_handlers
 from comfyui_api.api.middleware import BodySizeLimit
-from comfyui_api.errors import ApiError, BadRequest, Conflict
+from comfyui_api.errors import ApiError, BadRequest, Conflict, DownloadError, InvalidUrl, TransportError, located
 
 MAX_BYTES = 256
 
@@ -253,3 +253,45 @@ async def test_a_streaming_response_is_not_cut_by_the_read_timeout() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         response = await http.post("/slow", content=b"{}")
     assert (response.status_code, response.content) == (200, b"0123")
+
+
+def _errors_app() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/located")
+    async def located_download() -> None:
+        with located("url"):
+            raise DownloadError("the server answered 404")
+
+    @app.get("/unlocated")
+    async def unlocated_url() -> None:
+        raise InvalidUrl("the URL cannot be parsed")
+
+    @app.get("/kept")
+    async def kept_location() -> None:
+        with located("url"):
+            raise BadRequest("bad node", location="prompt.3.inputs")
+
+    @app.get("/internal")
+    async def internal() -> None:
+        raise TransportError("no answer to GET /queue within 30s")
+
+    return app
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/located", 400, {"error": "the server answered 404", "location": "url"}),
+        ("/unlocated", 400, {"error": "the URL cannot be parsed"}),
+        ("/kept", 400, {"error": "bad node", "location": "prompt.3.inputs"}),
+        ("/internal", 500, {"error": "Internal error: TransportError"}),
+    ],
+)
+async def test_errors_of_the_tree_answer_in_one_place(path: str, status: int, body: dict[str, Any]) -> None:
+    transport = httpx.ASGITransport(app=_errors_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        response = await client.get(path)
+
+    assert (response.status_code, response.json()) == (status, body)

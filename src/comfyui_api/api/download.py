@@ -13,7 +13,7 @@ from fastapi import APIRouter, BackgroundTasks
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import ApiError, BadRequest, DownloadError, InvalidName
+from ..errors import ApiError, BadRequest, DownloadError, InvalidName, located
 from ..storage.auth import DownloadAuth
 from ..storage.manager import StorageManager
 from ..urls import redact_url, safe_leaf_name, url_leaf_name
@@ -97,21 +97,17 @@ async def download(
         raise BadRequest(
             f"Unknown model type: {body.model_type}. Available types: {', '.join(types)}", location="model_type"
         )
-    try:
+    with located("url"):
         await storage.check_url(body.url, body.auth)
         storage.provider_for(body.url)
-    except DownloadError as exc:
-        raise BadRequest(str(exc), location="url") from None
     filename = body.filename or url_leaf_name(body.url)
     echo: dict[str, Any] = {"url": redact_url(body.url), "model_type": body.model_type}
     if not body.wait:
         background.add_task(_download_in_background, storage, body, model_dir / body.model_type, filename)
         return JSONResponse({**echo, "filename": filename, "status": "started"}, status_code=202)
     started = time.monotonic()
-    try:
+    with located("url"):
         result = await storage.download(body.url, model_dir / body.model_type, filename=filename, auth=body.auth)
-    except DownloadError as exc:
-        raise BadRequest(str(exc), location="url") from None
     storage.release(result)
     with contextlib.suppress(ApiError):  # the download stands; the catalog catches up on the next refresh
         await catalog.read_models(client, model_dir)  # workflow choices see the new file at once

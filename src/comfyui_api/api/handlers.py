@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..errors import ApiError
+from ..errors import ApiError, DownloadError, InputError, InvalidInlineData, InvalidName, InvalidUrl, ServerError
 from .schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -37,6 +37,18 @@ def _location(loc: tuple[Any, ...]) -> str:
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return JSONResponse(exc.body(), status_code=exc.status_code)
+
+
+# Errors in what a client sent: a 400 at their location.
+_CLIENT_INPUT = (InvalidUrl, InvalidName, InvalidInlineData, InputError, DownloadError)
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServerError)
+    if not isinstance(exc, _CLIENT_INPUT):
+        return await _unexpected(request, exc)
+    body = {"error": str(exc)} if exc.location is None else {"error": str(exc), "location": exc.location}
+    return JSONResponse(body, status_code=400)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -79,6 +91,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ServerError, _server_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
