@@ -23,6 +23,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler that does not write every request to stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def serve_in_thread(handler: type[http.server.BaseHTTPRequestHandler]) -> http.server.ThreadingHTTPServer:
+    """A loopback HTTP server on a free port, serving in a daemon thread; stop it with `stop_server`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server
+
+
+def stop_server(server: http.server.ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 

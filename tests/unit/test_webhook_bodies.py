@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import http.server
 import json
 import math
 import os
-import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from comfyui_api.storage.net import UrlGuard
 from comfyui_api.webhooks.body import INLINE_LIMIT, Base64File, JsonBody
 from comfyui_api.webhooks.payloads import output_complete, prompt_complete
 from comfyui_api.webhooks.sender import WebhookSender
+from tests.support.listeners import QuietHandler, serve_in_thread, stop_server
 from tests.support.receiver import WebhookReceiver
 
 MIB = 1024 * 1024
@@ -240,7 +239,7 @@ class DrainingReceiver:
         self.headers: list[dict[str, str]] = []
         owner = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.0"
 
             def do_POST(self) -> None:
@@ -258,17 +257,11 @@ class DrainingReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = serve_in_thread(Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/hook"
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        stop_server(self._httpd)
 
 
 @pytest.fixture
