@@ -29,22 +29,19 @@ from .signing import Signer
 
 logger = logging.getLogger(__name__)
 
-# Module level so tests can substitute a deterministic source of jitter.
-_rng = random.Random()
-
 # An attempt's deadline grows by a second per MiB of body: a large webhook to a distant receiver needs longer than
 # the base timeout to upload, and a receiver slower than this would never get it anyway.
 _SLOWEST_UPLOAD_BYTES_S = 1024 * 1024
 
 
-def backoff_delay(failed_attempts: int, base_s: float, max_s: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(max_s, base_s * 2**(failed_attempts - 1))].
+def backoff_delay(failed_attempts: int, base_s: float, max_s: float, *, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(max_s, base_s * 2**(failed_attempts - 1))], drawn from `rng`.
 
     Full jitter spreads the retries of many senders that failed together (one receiver outage hits every
     in-flight webhook at once), which a fixed or merely exponential delay would keep in lockstep.
     """
     ceiling = min(max_s, base_s * 2 ** max(failed_attempts - 1, 0))
-    return _rng.uniform(0.0, ceiling)
+    return rng.uniform(0.0, ceiling)
 
 
 class WebhookSender:
@@ -54,7 +51,8 @@ class WebhookSender:
     system webhook's origin is trusted), HTTP_PROXY/HTTPS_PROXY/NO_PROXY apply, and redirects are followed with
     the guard's rules. The schedule: `retries` attempts at least (0: none at all), then more until `retry_window_s`
     has passed since the first (0: no more), waiting `backoff_delay(failures, backoff_base_s, backoff_max_s)`
-    between two; each attempt has `timeout_s` plus a second per MiB of body.
+    between two; each attempt has `timeout_s` plus a second per MiB of body. The jitter is drawn from `rng` (default:
+    a Random of its own).
     """
 
     def __init__(
@@ -67,6 +65,7 @@ class WebhookSender:
         retry_window_s: float = 0.0,
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
+        rng: random.Random | None = None,
     ) -> None:
         self._signer = Signer(secret)
         self._retries = retries
@@ -74,6 +73,7 @@ class WebhookSender:
         self._retry_window_s = retry_window_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
+        self._rng = rng if rng is not None else random.Random()
         self._client = guard.async_client(httpx.Timeout(timeout_s))
         # Set by stop_retrying(): a failed attempt is then the last one, so shutdown is not held up by a schedule.
         self._stopping = asyncio.Event()
@@ -188,7 +188,7 @@ class WebhookSender:
     def _next_delay(self, failed_attempts: int, window_left_s: float) -> float | None:
         """The backoff before the next attempt, or None when the schedule is over: the minimum attempts never wait
         on the window; after them, attempts go on while it lasts, the wait cut so that the last one is at its end."""
-        delay = backoff_delay(failed_attempts, self._backoff_base_s, self._backoff_max_s)
+        delay = backoff_delay(failed_attempts, self._backoff_base_s, self._backoff_max_s, rng=self._rng)
         if failed_attempts < self._retries:
             return delay
         if window_left_s <= 0:
