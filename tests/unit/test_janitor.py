@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -14,14 +14,6 @@ import pytest
 from comfyui_api.comfy.client import ComfyClient
 from comfyui_api.pipeline.janitor import Janitor
 from tests.unit.fake_comfy import FakeComfy, output_entry
-
-
-async def until(comfy: FakeComfy, predicate: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    """Wait, call by call to the fake ComfyUI, until `predicate` holds."""
-    async with asyncio.timeout(timeout_s):
-        while not predicate():
-            comfy.called.clear()
-            await comfy.called.wait()
 
 
 @pytest.fixture
@@ -48,34 +40,34 @@ async def test_history_entries_ending_during_a_delete_go_in_one_batch_after_it(
 ) -> None:
     comfy.history_deletes_go.clear()
     janitor.forget("a")
-    await until(comfy, lambda: comfy.named("delete_history") == [["a"]])
+    await comfy.until(lambda: comfy.named("delete_history") == [["a"]])
     for prompt_id in ("b", "c", "d"):
         janitor.forget(prompt_id)
     comfy.history_deletes_go.set()
 
-    await until(comfy, lambda: len(comfy.named("delete_history:answered")) == 2)
+    await comfy.until(lambda: len(comfy.named("delete_history:answered")) == 2)
     assert comfy.named("delete_history") == [["a"], ["b", "c", "d"]]
 
 
 async def test_a_failed_history_delete_is_sent_again_with_the_next_batch(comfy: FakeComfy, janitor: Janitor) -> None:
     comfy.answering = False
     janitor.forget("a")
-    await until(comfy, lambda: comfy.named("delete_history:answered") == [["a"]])
+    await comfy.until(lambda: comfy.named("delete_history:answered") == [["a"]])
     comfy.answering = True
     janitor.forget("b")
 
-    await until(comfy, lambda: ["a", "b"] in comfy.named("delete_history:answered"))
+    await comfy.until(lambda: ["a", "b"] in comfy.named("delete_history:answered"))
 
 
 async def test_a_pending_abandoned_prompt_leaves_the_queue_and_is_forgotten(comfy: FakeComfy, janitor: Janitor) -> None:
     comfy.pending = {"p", "other"}
     janitor.abandon("p")
-    await until(comfy, lambda: comfy.named("delete_from_queue") == [["p"]])
+    await comfy.until(lambda: comfy.named("delete_from_queue") == [["p"]])
     assert comfy.pending == {"other"}
     assert comfy.named("interrupt") == []
 
     janitor.observe(comfy.running, comfy.pending)  # the next watchdog tick: gone, and it never ran
-    await until(comfy, lambda: janitor.abandoned == 0)
+    await comfy.until(lambda: janitor.abandoned == 0)
     assert comfy.named("history") == ["p"]
 
 
@@ -84,7 +76,7 @@ async def test_a_running_abandoned_prompt_is_interrupted_and_its_late_outputs_an
 ) -> None:
     comfy.running = {"p"}
     janitor.abandon("p")
-    await until(comfy, lambda: comfy.named("interrupt") == ["p"])
+    await comfy.until(lambda: comfy.named("interrupt") == ["p"])
 
     # The prompt still wrote a file before it stopped; ComfyUI then reports its end.
     (output_dir / "late_00001_.png").write_bytes(b"png")
@@ -92,7 +84,7 @@ async def test_a_running_abandoned_prompt_is_interrupted_and_its_late_outputs_an
     comfy.history_entries["p"] = output_entry("late_00001_.png")
     janitor.on_event(ended("p"))
 
-    await until(comfy, lambda: janitor.abandoned == 0 and "p" not in comfy.history_entries)
+    await comfy.until(lambda: janitor.abandoned == 0 and "p" not in comfy.history_entries)
     assert list(output_dir.iterdir()) == []
 
 
@@ -102,7 +94,7 @@ async def test_an_abandoned_prompt_is_cleaned_up_once_a_stopped_comfyui_answers_
     comfy.answering = False  # stopped (SIGSTOP): nothing can be done now
     comfy.pending = {"p"}
     janitor.abandon("p")
-    await until(comfy, lambda: comfy.named("delete_from_queue") == [["p"]])
+    await comfy.until(lambda: comfy.named("delete_from_queue") == [["p"]])
     assert janitor.abandoned == 1
 
     # Resumed (SIGCONT): it ran the prompt before the janitor's next attempt.
@@ -112,7 +104,7 @@ async def test_an_abandoned_prompt_is_cleaned_up_once_a_stopped_comfyui_answers_
     comfy.history_entries["p"] = output_entry("resumed_00001_.png")
     janitor.observe(comfy.running, comfy.pending)
 
-    await until(comfy, lambda: janitor.abandoned == 0 and "p" not in comfy.history_entries)
+    await comfy.until(lambda: janitor.abandoned == 0 and "p" not in comfy.history_entries)
     assert list(output_dir.iterdir()) == []
 
 
@@ -129,7 +121,7 @@ async def test_a_restart_of_comfyui_forgets_what_was_left_to_clean(comfy: FakeCo
     task = asyncio.create_task(janitor.run())
     try:
         janitor.forget("z")
-        await until(comfy, lambda: comfy.named("delete_history:answered"))
+        await comfy.until(lambda: comfy.named("delete_history:answered"))
     finally:
         task.cancel()
     assert comfy.named("delete_history") == [["z"]]

@@ -75,6 +75,7 @@ async def test_a_prompt_comfyui_rejects_is_a_400_with_its_node_errors(p: Pipelin
     assert rejected.value.status_code == 400
     assert rejected.value.extra == {"node_errors": node_errors}
     assert len(p.jobs) == 0  # the id is free for the next request
+    assert p.janitor.abandoned == 0  # nothing of it reached ComfyUI's queue
 
 
 async def test_an_execution_error_fails_the_job_and_deletes_its_partial_outputs(p: Pipeline) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 from ..comfy.client import ComfyClient
 from ..comfy.events import EventStream
 from ..config import Settings
-from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptTimeout, ShuttingDown
+from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptRejected, PromptTimeout, ShuttingDown
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from .convert import ConvertOutput, convert_file, converted_name
@@ -79,9 +79,14 @@ class PromptRunner:
             async with self._deadline(job):
                 await self._wait_for_comfy(job)
                 job.state = JobState.SUBMITTING
-                accepted = await self._client.queue_prompt(
-                    unique_to_cache(graph, job.prompt_id), prompt_id=job.prompt_id, client_id=self._events.client_id
-                )
+                try:
+                    accepted = await self._client.queue_prompt(
+                        unique_to_cache(graph, job.prompt_id), prompt_id=job.prompt_id, client_id=self._events.client_id
+                    )
+                except PromptRejected:
+                    # Refused at validation: nothing of it is in ComfyUI, nothing to take out of it when the job closes.
+                    job.state = JobState.PREPROCESSING
+                    raise
                 if accepted != job.prompt_id:
                     # A ComfyUI older than 0.25 ignores the id we send: follow the one it chose.
                     logger.info(
