@@ -20,13 +20,14 @@ from .api.middleware import BodySizeLimit, CatalogContext, RequestContext
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
-from .config import Settings, system_metadata
+from .config import Settings, on_saladcloud, system_metadata
 from .errors import ConfigError, InvalidWebhookSecret
 from .lifecycle import Lifecycle, create_folder
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
 from .pipeline.runner import PromptRunner
+from .salad import DeletionCost
 from .state import ServerState
 from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
@@ -76,6 +77,9 @@ def create_app(
     storage = StorageManager(settings, guard, on_event=storage_events)
     janitor = Janitor(client, settings.outputs_path)
     events.subscribe(janitor.on_event)
+    deletion_cost = DeletionCost(settings.salad_metadata_url) if on_saladcloud(dict(os.environ)) else None
+    if deletion_cost is not None:
+        events.subscribe(deletion_cost.on_event)
     runner = PromptRunner(settings, client, events, jobs, state, storage, janitor)
     delivery = Delivery(
         runner,
@@ -100,6 +104,7 @@ def create_app(
         webhooks,
         system,
         request_exit,
+        deletion_cost=deletion_cost,
     )
 
     app = FastAPI(

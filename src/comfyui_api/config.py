@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     system_webhook_url: str | None = None
     system_webhook_events: Annotated[tuple[str, ...], NoDecode] = ()
 
+    # SaladCloud: the node's metadata service, where the deletion cost goes (when a SALAD_* variable is set).
+    salad_metadata_url: str = "http://169.254.169.254"
+
     @field_validator(
         "comfyui_python",
         "model_dir",
@@ -218,7 +221,7 @@ class Settings(BaseSettings):
             return tuple(dict.fromkeys(names))
         return value
 
-    @field_validator("system_webhook_url", "warmup_prompt_url")
+    @field_validator("system_webhook_url", "warmup_prompt_url", "salad_metadata_url")
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -301,6 +304,11 @@ class Settings(BaseSettings):
                 with contextlib.suppress(ValueError):
                     origins.append(url_origin(url))
         return tuple(dict.fromkeys(origins))
+
+
+def on_saladcloud(environ: dict[str, str]) -> bool:
+    """Whether this runs on SaladCloud: any Salad variable set (and not empty), as the reference decides."""
+    return any(environ.get(name) for name in SALAD_VARIABLES)
 
 
 def system_metadata(environ: dict[str, str]) -> dict[str, str]:

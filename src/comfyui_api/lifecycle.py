@@ -29,6 +29,7 @@ from .pipeline.jobs import JobRegistry
 from .pipeline.request import PromptRequest
 from .pipeline.runner import PromptRunner
 from .pipeline.watchdog import Watchdog
+from .salad import DeletionCost
 from .state import ServerState
 from .storage.manager import StorageManager
 from .tasks import TaskOwner
@@ -58,6 +59,8 @@ class Lifecycle:
         webhooks: WebhookSender,
         system: SystemWebhooks | None,
         request_exit: Callable[[int], None],
+        *,
+        deletion_cost: DeletionCost | None = None,
     ) -> None:
         self._settings = settings
         self._state = state
@@ -82,6 +85,7 @@ class Lifecycle:
         self._webhooks = webhooks
         self._system = system
         self._request_exit = request_exit
+        self._deletion_cost = deletion_cost
         self._warmup_prompt: dict[str, Any] | None = None
         self._tasks = TaskOwner(self._critical_death)
         self._stopping = False
@@ -134,6 +138,10 @@ class Lifecycle:
         self._tasks.spawn(self._janitor.run(), "janitor", critical=True)
         self._tasks.spawn(self._supervise(), "supervisor", critical=True)
         self._tasks.spawn(self._warm_up(), "warmup")
+        if self._deletion_cost is not None:
+            # Not critical: the scale-in order is advice to SaladCloud; the server serves on without it (its death is
+            # logged).
+            self._tasks.spawn(self._deletion_cost.run(), "salad-deletion-cost")
         if manifest is not None and manifest.after_start_models:
             self._tasks.spawn(install_after_start(manifest, self._settings, self._storage), "manifest-after-start")
 
@@ -157,6 +165,8 @@ class Lifecycle:
         if self._system is not None:
             await self._system.stop()
         await self._webhooks.aclose()
+        if self._deletion_cost is not None:
+            await self._deletion_cost.aclose()
         await self._process.stop()
         await self._client.aclose()
         await self._storage.aclose()

@@ -30,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 # Up to this many files are deleted in the event loop at a job's end; more (or folders) in a worker thread.
 _INLINE_DELETES = 8
+# How long POST /interrupt waits for ComfyUI to take a prompt out of its queue (ComfyUI answers in milliseconds when
+# it is well) before it ends the request without it.
+_INTERRUPT_WAIT_S = 5.0
 
 
 class PromptRunner:
@@ -200,7 +203,10 @@ class PromptRunner:
         return converted
 
     async def interrupt(self, job_id: str) -> bool:
-        """Interrupt a request: stop it running, or take it out of ComfyUI's queue. False if unknown."""
+        """Interrupt a request: stop it running, or take it out of ComfyUI's queue. False if unknown.
+
+        Whether ComfyUI is up or not: an unknown id never reaches it, and a known one waits on it for
+        `_INTERRUPT_WAIT_S` at most."""
         job = self._jobs.get(job_id)
         if job is None:
             return False
@@ -208,7 +214,18 @@ class PromptRunner:
         if job.state is JobState.PREPROCESSING:
             job.fail(PromptInterrupted())
         elif job.state is JobState.QUEUED:
-            await self._cancel_in_comfy(job)
+            try:
+                async with asyncio.timeout(_INTERRUPT_WAIT_S):
+                    await self._cancel_in_comfy(job)
+            except (ApiError, TimeoutError) as exc:
+                # ComfyUI is down, restarting or not answering: the request ends now, and its prompt, abandoned when
+                # the job closes, leaves ComfyUI's queue through the janitor once ComfyUI answers again.
+                reason = exc.message if isinstance(exc, ApiError) else f"no answer within {_INTERRUPT_WAIT_S:g}s"
+                logger.warning(
+                    "ComfyUI did not take the interrupt; the request ends now and its prompt is abandoned",
+                    extra={"request_id": job.id, "prompt_id": job.prompt_id, "reason": reason},
+                )
+                job.fail(PromptInterrupted())
         # SUBMITTING: the runner cancels it as soon as ComfyUI has accepted it.
         return True
 

@@ -18,8 +18,10 @@ from ..errors import ApiError
 
 logger = logging.getLogger(__name__)
 
-# Folders ComfyUI lists that are not models.
-_NOT_MODELS = {"custom_nodes", "configs"}
+# ComfyUI lists custom_nodes among its model folders (every file of every custom node); the reference's answer leaves
+# it out (only MODEL_DIR's folders are in its schema), and so does this one. `configs` (checkpoint configs) is listed
+# like any other folder, as the reference does.
+_NOT_MODELS = {"custom_nodes"}
 
 
 def combo_options(spec: Any) -> list[str]:
