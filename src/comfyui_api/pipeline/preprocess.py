@@ -1,4 +1,4 @@
-"""Rewrite a prompt before queueing: output filename prefixes and inline or remote media inputs.
+"""Rewrite a prompt before queueing: random seeds, output filename prefixes and inline or remote media inputs.
 
 Nodes are visited in key order and each matches at most one rule, as in the reference server.
 """
@@ -6,6 +6,7 @@ Nodes are visited in key order and each matches at most one rule, as in the refe
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import tempfile
 from collections.abc import Iterable
@@ -106,6 +107,30 @@ def _invalid(location: str, reason: str) -> BadRequest:
     return BadRequest(f"{location}: {reason}", location=location)
 
 
+# A seed of -1 asks for a random one, as popular ComfyUI clients do. ComfyUI's samplers take seeds up to 2**64 - 1,
+# but JavaScript reads a JSON number above 2**53 inexactly: a seed drawn below that is echoed (and re-serialised by a
+# JavaScript receiver verifying a webhook signature) exactly as it ran.
+RANDOM_SEED = -1
+MAX_RANDOM_SEED = 2**53 - 1
+SEED_INPUTS = ("seed", "noise_seed")
+_seeds = random.Random()
+
+
+def random_seed(rng: random.Random = _seeds) -> int:
+    return rng.randint(0, MAX_RANDOM_SEED)
+
+
+def replace_random_seeds(prompt: dict[str, dict[str, Any]], rng: random.Random = _seeds) -> None:
+    """Give every `seed` or `noise_seed` input of -1, in any node, a random seed (in place, so the echo shows it)."""
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for name in SEED_INPUTS:
+            value = inputs.get(name)
+            # -1.0 counts too: a JSON client may write the number either way.
+            if isinstance(value, int | float) and value == RANDOM_SEED:
+                inputs[name] = random_seed(rng)
+
+
 def rewrite_prefix(prefix: str, job_id: str, prepend: bool) -> str:
     return f"{job_id}_{prefix}" if prepend else job_id
 
@@ -120,6 +145,7 @@ class Preprocessor:
         prepend_filenames: bool,
         storage: StorageManager | None = None,
         allowed_dirs: tuple[Path, ...] = (),
+        rng: random.Random = _seeds,
     ) -> None:
         self._input_dir = input_dir
         self._output_dir = output_dir
@@ -127,12 +153,14 @@ class Preprocessor:
         self._prepend = prepend_filenames
         self._storage = storage
         self._media = MediaInputs(input_dir, output_dir, allowed_dirs=allowed_dirs)
+        self._rng = rng
 
     async def run(
         self, prompt: dict[str, dict[str, Any]], job: Job, credentials: list[Credential] | None = None
     ) -> None:
         """Rewrite `prompt` in place; files and downloads are recorded on the job for cleanup."""
         check_inputs(prompt)
+        replace_random_seeds(prompt, self._rng)
         run = _Run(job, credentials, self._input_dir, self._model_dir, self._storage, self._media)
         for node_id, node in prompt.items():
             inputs: dict[str, Any] = node["inputs"]

@@ -1,50 +1,39 @@
-"""Input groups the example workflows share; a workflow's RequestSchema subclasses the ones it needs
-(and redeclares a field to change its default)."""
+"""Field types the example workflows share. Each example declares its whole RequestSchema with the field names,
+types, defaults and bounds of the reference server's example of the same route, so that a client written for the
+reference works unchanged; these types carry the rules that need more than a bound."""
 
-from pydantic import BaseModel, Field
+from typing import Annotated, Any
 
-from . import Sampler, Scheduler, model_choice
+from pydantic import AfterValidator, Field
 
+from ..pipeline.preprocess import RANDOM_SEED, random_seed
 
-class Sampling(BaseModel):
-    seed: int = Field(0, ge=0, description="Noise seed; the same seed gives the same image")
-    steps: int = Field(20, ge=1, le=150, description="Sampling steps")
-    sampler_name: Sampler = Field("euler", description="Sampler")
-    scheduler: Scheduler = Field("normal", description="Noise schedule")
-
-
-class SdxlSampling(Sampling):
-    steps: int = Field(25, ge=1, le=150, description="Sampling steps")
-    sampler_name: Sampler = Field("dpmpp_2m", description="Sampler")
-    scheduler: Scheduler = Field("karras", description="Noise schedule")
+# The seeds ComfyUI's samplers take.
+MAX_SEED = 2**64 - 1
+# ComfyUI's KSampler spreads its schedule over steps / denoise steps: a tiny positive denoise (1e-300) asks for more
+# than memory holds, or overflows, and the prompt fails or stalls ComfyUI. 0 returns the latent as it is, and 0.01
+# is the step of ComfyUI's own widget.
+MIN_DENOISE = 0.01
 
 
-class Prompts(BaseModel):
-    prompt: str = Field(description="What the image shows")
-    negative_prompt: str = Field("text, watermark", description="What the image must not show")
-    cfg: float = Field(7.0, ge=0, le=30, description="Classifier-free guidance scale")
+def _random_if_asked(seed: int) -> int:
+    # Drawn here rather than in the graph, so that the response's `input` shows the seed that ran too.
+    return random_seed() if seed == RANDOM_SEED else seed
 
 
-class Size(BaseModel):
-    width: int = Field(512, ge=64, le=2048, multiple_of=8, description="Width in pixels")
-    height: int = Field(512, ge=64, le=2048, multiple_of=8, description="Height in pixels")
-    batch_size: int = Field(1, ge=1, le=16, description="Images per request")
+def _sampler_can_divide(denoise: float) -> float:
+    if 0 < denoise < MIN_DENOISE:
+        raise ValueError(f"must be 0 or at least {MIN_DENOISE}")
+    return denoise
 
 
-class SourceImage(BaseModel):
-    image: str = Field(description="The input image: http(s)/s3/Azure/Hugging Face URL, base64, or a data: URL")
-    # At least ComfyUI's own step (0.01): its samplers divide the steps by it, and a denoise like 1e-308 fails there.
-    denoise: float = Field(0.75, ge=0.01, le=1, description="How much to change: near 0 keeps the image, 1 ignores it")
+Seed = Annotated[int, Field(ge=RANDOM_SEED, le=MAX_SEED), AfterValidator(_random_if_asked)]
+Denoise = Annotated[float, Field(ge=0, le=1), AfterValidator(_sampler_can_divide)]
 
 
-class FluxModels(BaseModel):
-    unet: model_choice("diffusion_models") = Field("flux1-dev.safetensors", description="Flux diffusion model")
-    clip_l: model_choice("text_encoders") = Field("clip_l.safetensors", description="CLIP-L text encoder")
-    t5xxl: model_choice("text_encoders") = Field("t5xxl_fp16.safetensors", description="T5-XXL text encoder")
-    vae: model_choice("vae") = Field("ae.safetensors", description="Flux VAE")
-    guidance: float = Field(3.5, ge=0, le=30, description="Flux guidance")
-
-
-class SdxlSize(Size):
-    width: int = Field(1024, ge=256, le=2048, multiple_of=8, description="Width in pixels")
-    height: int = Field(1024, ge=256, le=2048, multiple_of=8, description="Height in pixels")
+def seed_field() -> Any:
+    """The default of a `Seed`: a new random seed per request, so that identical requests give new images."""
+    return Field(
+        default_factory=random_seed,
+        description="Noise seed; omitted or -1: a random one (the response's input shows it)",
+    )

@@ -3,7 +3,8 @@
 
 The body is every /prompt field but `prompt`, plus `input` (validated by RequestSchema); the generated graph
 runs through the prompt pipeline directly, and the response is /prompt's plus `input`. A module that fails to
-import or lacks the two names is skipped with one log line naming the file and the reason.
+import or lacks the two names is skipped with one log line naming the file and the reason, and so is each of the
+reference server's TypeScript and JavaScript workflow files, with a pointer to the README's migration section.
 """
 
 import importlib.util
@@ -11,15 +12,25 @@ import inspect
 import logging
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 from fastapi import FastAPI
 from fastapi.responses import Response
-from pydantic import BaseModel, ValidationError, create_model
+from pydantic import (
+    AliasChoices,
+    AliasPath,
+    BaseModel,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
 
 from ..api.answers import respond
 from ..api.deps import DeliveryDep
@@ -44,16 +55,23 @@ class Workflow:
     source: Path
 
 
+# Where the README tells how to rewrite a reference workflow (a TypeScript module) as a Python one.
+MIGRATION_DOC = "README.md#migrating-typescript-workflows"
+
+
 def discover(folder: Path) -> list[Workflow]:
     """Every valid workflow module under `folder`, in path order; invalid ones are logged and skipped."""
     if not folder.is_dir():
         return []
+    for path in _files(folder, "*.ts", "*.js"):
+        # The reference's workflows: a folder mounted from it would otherwise give no routes and no hint why.
+        logger.warning(
+            "skipping a TypeScript/JavaScript workflow file: workflows are Python modules here; see the README's "
+            "section 'Migrating TypeScript workflows'",
+            extra={"file": str(path), "docs": MIGRATION_DOC},
+        )
     found = []
-    for path in sorted(folder.rglob("*.py")):
-        if path.name.startswith(("_", ".")) or any(
-            part.startswith((".", "_")) for part in path.relative_to(folder).parts[:-1]
-        ):
-            continue
+    for path in _files(folder, "*.py"):
         route = path.relative_to(folder).with_suffix("").as_posix()
         try:
             module = _import(path, route)
@@ -63,6 +81,18 @@ def discover(folder: Path) -> list[Workflow]:
                 "skipping workflow module", extra={"file": str(path), "reason": f"{type(exc).__name__}: {exc}"}
             )
     return found
+
+
+def _files(folder: Path, *patterns: str) -> list[Path]:
+    """The files under `folder` matching a pattern, in path order, but for names starting with `_` or `.` (and
+    anything in such a folder, or in a node_modules folder a TypeScript project may have)."""
+    found = []
+    for pattern in patterns:
+        for path in folder.rglob(pattern):
+            parts = path.relative_to(folder).parts
+            if path.is_file() and not any(part.startswith(("_", ".")) or part == "node_modules" for part in parts):
+                found.append(path)
+    return sorted(found)
 
 
 def _import(path: Path, route: str) -> ModuleType:
@@ -97,10 +127,60 @@ def _workflow(module: ModuleType, route: str, path: Path) -> Workflow:
     )
 
 
+class WorkflowBody(PromptOptions):
+    """A workflow request (`mount` adds its `input`), which remembers the `input` fields its schema ignored."""
+
+    _ignored: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_ignored(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        body = handler(data)
+        if isinstance(data, dict):
+            body._ignored = list(ignored_fields(data.get("input"), getattr(body, "input", None), "input"))
+        return body
+
+    @property
+    def ignored(self) -> list[str]:
+        """The paths (`input.cfg`, `input.lora.weight`) of the fields validation dropped, in request order."""
+        return self._ignored
+
+
+def ignored_fields(raw: Any, value: Any, path: str) -> Iterator[str]:
+    """The keys of the JSON `raw` that validating it into `value` dropped, at every level of nested models (pydantic,
+    like the reference's zod, ignores unknown keys without a word)."""
+    if isinstance(value, BaseModel) and isinstance(raw, dict):
+        names = {key: name for name, field in type(value).model_fields.items() for key in _keys(name, field)}
+        for key, item in raw.items():
+            if key in names:
+                yield from ignored_fields(item, getattr(value, names[key]), f"{path}.{key}")
+            elif key not in (value.model_extra or {}):
+                yield f"{path}.{key}"
+    elif isinstance(value, dict) and isinstance(raw, dict):
+        for key, item in raw.items():
+            if key in value:
+                yield from ignored_fields(item, value[key], f"{path}.{key}")
+    elif isinstance(value, list | tuple) and isinstance(raw, list) and len(value) == len(raw):
+        for index, (item, validated) in enumerate(zip(raw, value, strict=True)):
+            yield from ignored_fields(item, validated, f"{path}.{index}")
+
+
+def _keys(name: str, field: FieldInfo) -> set[str]:
+    """The keys a field may be read from: its name, its alias, and the first key of each validation alias."""
+    keys = {name}
+    choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else []
+    for alias in (field.alias, field.validation_alias, *choices):
+        if isinstance(alias, str):
+            keys.add(alias)
+        elif isinstance(alias, AliasPath) and isinstance(alias.path[0], str):
+            keys.add(alias.path[0])
+    return keys
+
+
 def mount(app: FastAPI, workflows: list[Workflow], *, markdown_descriptions: bool) -> None:
     for workflow in workflows:
         name = "".join(part.capitalize() for part in re.split(r"\W+", workflow.route) if part)
-        body_model = create_model(f"{name}Request", __base__=PromptOptions, input=(workflow.schema, ...))
+        body_model = create_model(f"{name}Request", __base__=WorkflowBody, input=(workflow.schema, ...))
         response_model = create_model(f"{name}Response", __base__=PromptResponse, input=(workflow.schema, ...))
         description = inputs_table(workflow.schema) if markdown_descriptions else workflow.description
         if markdown_descriptions and workflow.description:
@@ -120,9 +200,16 @@ def mount(app: FastAPI, workflows: list[Workflow], *, markdown_descriptions: boo
     app.openapi_schema = None  # rebuilt with the new routes on the next request for it
 
 
-def _endpoint(workflow: Workflow, body_model: type[PromptOptions]) -> Callable[..., Any]:
+def _endpoint(workflow: Workflow, body_model: type[WorkflowBody]) -> Callable[..., Any]:
     async def run_workflow(body: Any, delivery: Delivery) -> Response:
         request_id_var.set(body.id)
+        if body.ignored:
+            # Ignored as the reference does, but said: a misspelt or renamed field (`cfg` for `cfg_scale`) would
+            # otherwise run with its default without anyone noticing.
+            logger.warning(
+                "ignoring input fields the workflow does not know",
+                extra={"route": f"/workflow/{workflow.route}", "fields": body.ignored},
+            )
         user_input = body.input
         try:
             graph = workflow.generate(user_input)

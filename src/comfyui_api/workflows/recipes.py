@@ -1,14 +1,18 @@
 """API-format graphs of the common Stable Diffusion and Flux workflows, for workflow modules to build on.
 
-Each function returns the graph a ComfyUI user would export (Save → Export (API)) for that workflow, with
-the given values filled in.
+Each function returns the graph a ComfyUI user would export (Save → Export (API)) for that workflow, with the given
+values filled in. Parameters are named as the reference server's example workflows name their request fields
+(`cfg_scale`, `negative_prompt`, …), so a RequestSchema with those names can be passed as `**input.model_dump()`.
+Only core ComfyUI nodes are used.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 Graph = dict[str, dict[str, Any]]
+# ImageScale's methods.
+UpscaleMethod = Literal["nearest-exact", "bilinear", "area", "bicubic", "lanczos"]
 
 
 def _node(class_type: str, title: str, **inputs: Any) -> dict[str, Any]:
@@ -26,31 +30,34 @@ def sd_txt2img(
     *,
     checkpoint: str,
     prompt: str,
+    seed: int,
     negative_prompt: str = "",
     width: int = 512,
     height: int = 512,
     batch_size: int = 1,
-    seed: int = 0,
     steps: int = 20,
-    cfg: float = 7.0,
+    cfg_scale: float = 8.0,
     sampler_name: str = "euler",
     scheduler: str = "normal",
+    denoise: float = 1.0,
+    latent: Literal["EmptyLatentImage", "EmptySD3LatentImage"] = "EmptyLatentImage",
     filename_prefix: str = "ComfyUI",
 ) -> Graph:
-    """Checkpoint → text encoders → empty latent → KSampler → VAE decode → save (SD1.5, SDXL)."""
+    """Checkpoint → text encoders → empty latent → KSampler → VAE decode → save (SD1.5, SDXL; Flux and SD3
+    checkpoints with `latent="EmptySD3LatentImage"`)."""
     return {
         "4": _node("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=checkpoint),
         **_encoders(["4", 1], prompt, negative_prompt),
-        "5": _node("EmptyLatentImage", "Empty Latent Image", width=width, height=height, batch_size=batch_size),
+        "5": _node(latent, "Empty Latent Image", width=width, height=height, batch_size=batch_size),
         "3": _node(
             "KSampler",
             "KSampler",
             seed=seed,
             steps=steps,
-            cfg=cfg,
+            cfg=cfg_scale,
             sampler_name=sampler_name,
             scheduler=scheduler,
-            denoise=1.0,
+            denoise=denoise,
             model=["4", 0],
             positive=["6", 0],
             negative=["7", 0],
@@ -61,24 +68,82 @@ def sd_txt2img(
     }
 
 
-def sd_img2img(*, image: str, denoise: float = 0.75, **txt2img: Any) -> Graph:
-    """The txt2img graph with the latent encoded from `image` (a URL, base64 or an input file name)."""
-    graph = sd_txt2img(**txt2img)
+def sd_img2img(
+    *,
+    image: str,
+    width: int = 512,
+    height: int = 512,
+    multiple_of: int = 0,
+    upscale_method: UpscaleMethod = "nearest-exact",
+    denoise: float = 0.8,
+    **txt2img: Any,
+) -> Graph:
+    """The txt2img graph with the latent encoded from `image` (a URL, base64 or an input file name), first scaled to
+    cover `width` x `height` and centre-cropped to it, so the result is exactly that size (each side first rounded
+    down to a multiple of `multiple_of` when that is above 1)."""
+    if multiple_of > 1:
+        width, height = (max(multiple_of, side - side % multiple_of) for side in (width, height))
+    graph = sd_txt2img(width=width, height=height, denoise=denoise, **txt2img)
     del graph["5"]
     graph["10"] = _node("LoadImage", "Load Image", image=image)
-    graph["11"] = _node("VAEEncode", "VAE Encode", pixels=["10", 0], vae=["4", 2])
-    graph["3"]["inputs"].update(latent_image=["11", 0], denoise=denoise)
+    graph["11"] = _node(
+        "ImageScale",
+        "Resize Image",
+        upscale_method=upscale_method,
+        width=width,
+        height=height,
+        crop="center",
+        image=["10", 0],
+    )
+    graph["12"] = _node("VAEEncode", "VAE Encode", pixels=["11", 0], vae=["4", 2])
+    graph["3"]["inputs"]["latent_image"] = ["12", 0]
     return graph
 
 
-def sdxl_refiner(*, refiner_checkpoint: str, refiner_steps: int = 5, **txt2img: Any) -> Graph:
-    """SDXL base for the first steps, then the refiner for the last `refiner_steps` (KSamplerAdvanced)."""
+def sdxl_img2img(
+    *,
+    target_width: int = 1024,
+    target_height: int = 1024,
+    width: int = 1024,
+    height: int = 1024,
+    **img2img: Any,
+) -> Graph:
+    """The img2img graph at `target_width` x `target_height`, its prompts encoded with SDXL's size conditioning
+    (`width` x `height`: the size the model is told the image has)."""
+    graph = sd_img2img(width=target_width, height=target_height, **img2img)
+    size = {
+        "width": width,
+        "height": height,
+        "crop_w": 0,
+        "crop_h": 0,
+        "target_width": target_width,
+        "target_height": target_height,
+    }
+    for node_id, title in (("6", "Positive prompt"), ("7", "Negative prompt")):
+        text = graph[node_id]["inputs"]["text"]
+        graph[node_id] = _node("CLIPTextEncodeSDXL", title, **size, text_g=text, text_l=text, clip=["4", 1])
+    return graph
+
+
+def sdxl_refiner(
+    *,
+    refiner_checkpoint: str,
+    base_start_step: int = 0,
+    base_end_step: int = 20,
+    refiner_start_step: int = 20,
+    **txt2img: Any,
+) -> Graph:
+    """SDXL base from `base_start_step` to `base_end_step` (KSamplerAdvanced, leftover noise kept), then the refiner
+    from `refiner_start_step` to the end, each with its own checkpoint and text encoders."""
     graph = sd_txt2img(**txt2img)
     base = graph.pop("3")["inputs"]
-    total = base["steps"]
-    switch = max(0, total - refiner_steps)
-    shared = {"noise_seed": base["seed"], "steps": total, "cfg": base["cfg"], "sampler_name": base["sampler_name"]}
-    shared["scheduler"] = base["scheduler"]
+    shared = {
+        "noise_seed": base["seed"],
+        "steps": base["steps"],
+        "cfg": base["cfg"],
+        "sampler_name": base["sampler_name"],
+        "scheduler": base["scheduler"],
+    }
     graph.update(
         {
             "12": _node("CheckpointLoaderSimple", "Load Refiner", ckpt_name=refiner_checkpoint),
@@ -87,8 +152,8 @@ def sdxl_refiner(*, refiner_checkpoint: str, refiner_steps: int = 5, **txt2img: 
                 "KSamplerAdvanced",
                 "Base",
                 add_noise="enable",
-                start_at_step=0,
-                end_at_step=switch,
+                start_at_step=base_start_step,
+                end_at_step=base_end_step,
                 return_with_leftover_noise="enable",
                 model=["4", 0],
                 positive=["6", 0],
@@ -100,7 +165,7 @@ def sdxl_refiner(*, refiner_checkpoint: str, refiner_steps: int = 5, **txt2img: 
                 "KSamplerAdvanced",
                 "Refiner",
                 add_noise="disable",
-                start_at_step=switch,
+                start_at_step=refiner_start_step,
                 end_at_step=10000,
                 return_with_leftover_noise="disable",
                 model=["12", 0],
@@ -112,57 +177,4 @@ def sdxl_refiner(*, refiner_checkpoint: str, refiner_steps: int = 5, **txt2img: 
         }
     )
     graph["8"]["inputs"].update(samples=["11", 0], vae=["12", 2])
-    return graph
-
-
-def flux_txt2img(
-    *,
-    prompt: str,
-    unet: str = "flux1-dev.safetensors",
-    clip_l: str = "clip_l.safetensors",
-    t5xxl: str = "t5xxl_fp16.safetensors",
-    vae: str = "ae.safetensors",
-    width: int = 1024,
-    height: int = 1024,
-    batch_size: int = 1,
-    seed: int = 0,
-    steps: int = 20,
-    guidance: float = 3.5,
-    sampler_name: str = "euler",
-    scheduler: str = "simple",
-    filename_prefix: str = "ComfyUI",
-) -> Graph:
-    """Flux (dev or schnell): separate UNet, dual CLIP and VAE loaders, guidance, custom sampler."""
-    return {
-        "12": _node("UNETLoader", "Load Diffusion Model", unet_name=unet, weight_dtype="default"),
-        "11": _node("DualCLIPLoader", "DualCLIPLoader", clip_name1=t5xxl, clip_name2=clip_l, type="flux"),
-        "10": _node("VAELoader", "Load VAE", vae_name=vae),
-        "6": _node("CLIPTextEncode", "Prompt", text=prompt, clip=["11", 0]),
-        "26": _node("FluxGuidance", "FluxGuidance", guidance=guidance, conditioning=["6", 0]),
-        "27": _node("EmptySD3LatentImage", "Empty Latent", width=width, height=height, batch_size=batch_size),
-        "25": _node("RandomNoise", "Noise", noise_seed=seed),
-        "16": _node("KSamplerSelect", "Sampler", sampler_name=sampler_name),
-        "17": _node("BasicScheduler", "Scheduler", scheduler=scheduler, steps=steps, denoise=1.0, model=["12", 0]),
-        "22": _node("BasicGuider", "Guider", model=["12", 0], conditioning=["26", 0]),
-        "13": _node(
-            "SamplerCustomAdvanced",
-            "Sample",
-            noise=["25", 0],
-            guider=["22", 0],
-            sampler=["16", 0],
-            sigmas=["17", 0],
-            latent_image=["27", 0],
-        ),
-        "8": _node("VAEDecode", "VAE Decode", samples=["13", 0], vae=["10", 0]),
-        "9": _node("SaveImage", "Save Image", filename_prefix=filename_prefix, images=["8", 0]),
-    }
-
-
-def flux_img2img(*, image: str, denoise: float = 0.75, **txt2img: Any) -> Graph:
-    graph = flux_txt2img(**txt2img)
-    del graph["27"]
-    graph["30"] = _node("LoadImage", "Load Image", image=image)
-    graph["31"] = _node("VAEEncode", "VAE Encode", pixels=["30", 0], vae=["10", 0])
-    graph["13"]["inputs"]["latent_image"] = ["31", 0]
-    graph["17"]["inputs"]["denoise"] = denoise
     return graph
