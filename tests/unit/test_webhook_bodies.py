@@ -1,6 +1,7 @@
 """Bodies of any size in bounded memory (webhooks/body.py), and webhooks that stream them from disk: the bytes are
-json.dumps's, a receiver verifies them with svix, and memory does not grow with the size of the outputs or of the
-prompt's strings."""
+JSON.stringify's (JavaScript's key order and numbers, json.dumps's text otherwise), a receiver verifies them with svix,
+and memory does not grow with the size of the outputs or of the prompt's strings. (A receiver in JavaScript:
+tests/test_javascript_receivers.py.)"""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -30,8 +32,40 @@ SECRET = "whsec_" + base64.b64encode(b"a key for streamed bodies, 32 B.").decode
 
 
 def dumps(value: Any) -> bytes:
-    """What every body must be, byte for byte: the reference's JSON.stringify, as json.dumps writes it."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    """What every body must be, byte for byte: the reference's JSON.stringify, written by json.dumps once the value is
+    as JavaScript holds it (for the floats these tests use; test_floats_are_written_as_javascript_writes_them has the
+    others)."""
+    return json.dumps(as_javascript(value), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+ARRAY_INDEX = re.compile(r"(0|[1-9][0-9]*)\Z")
+
+
+def is_array_index(key: str) -> bool:
+    """ECMAScript's array index: a canonical numeric string of an integer below 2^32 - 1."""
+    return ARRAY_INDEX.match(key) is not None and int(key) < 2**32 - 1
+
+
+def as_javascript(value: Any) -> Any:
+    """`value` as JSON.parse would give it to JavaScript: each object's keys that are array indices first, in
+    ascending order, then the others in insertion order (OrdinaryOwnPropertyKeys); integral floats as integers, NaN and
+    infinities as null (what JSON.stringify writes for them)."""
+    if isinstance(value, dict):
+
+        def text(key: Any) -> str:
+            return key if isinstance(key, str) else json.dumps(key)
+
+        indices = sorted((key for key in value if is_array_index(text(key))), key=lambda key: int(text(key)))
+        others = [key for key in value if not is_array_index(text(key))]
+        return {key: as_javascript(value[key]) for key in indices + others}
+    if isinstance(value, list | tuple):
+        return [as_javascript(member) for member in value]
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
+    return value
 
 
 def write_random(path: Path, size: int) -> Path:
@@ -93,6 +127,34 @@ LONG = 1024 * 1024 + 17  # past the slice a long string is escaped in
         {"k" * LONG: "a long key"},
         "a bare string",
         12,
+        # Node ids and the execution order of stats.comfy_execution.nodes: not JavaScript's order, at any depth.
+        {
+            "prompt": {
+                "9": {"inputs": {"b": 1, "a": 2.0}},
+                "10": {"inputs": {}},
+                "2": {"inputs": {"x": [{"1": 0, "0": 1}]}},
+            },
+            "stats": {"comfy_execution": {"nodes": {"9": {"start": 1}, "10": {"start": 2}, "2": {"start": 3}}}},
+        },
+        # Only canonical integers below 2^32 - 1 are array indices; the others stay where they were inserted.
+        {
+            "b": 1,
+            "4294967295": 2,
+            "4294967294": 3,
+            "01": 4,
+            "-1": 5,
+            "1.5": 6,
+            "10": 7,
+            "2": 8,
+            "0": 9,
+            "1e3": 10,
+            " 1": 11,
+            "\u0661": 12,  # ARABIC-INDIC DIGIT ONE: a digit to str.isdigit, not to JavaScript
+            "00": 13,
+            "a": 14,
+        },
+        {"b": 1, 3: "int key", "2": "string key", True: "bool key", 4.0: "float key"},
+        {"long": {"2": "y" * LONG, "1": "z", "x": {"10": 1, "9": 2}}},
     ],
     ids=[
         "empty-dict",
@@ -106,13 +168,67 @@ LONG = 1024 * 1024 + 17  # past the slice a long string is escaped in
         "long-key",
         "string",
         "number",
+        "node-ids",
+        "index-like-keys",
+        "non-str-index-keys",
+        "long-string-reordered",
     ],
 )
-def test_a_body_is_byte_for_byte_json_dumps(value: Any) -> None:
+def test_a_body_is_byte_for_byte_json_stringify(value: Any) -> None:
     body = JsonBody(value)
     expected = dumps(value)
     assert written(body) == expected
     assert body.encode() == expected
+    assert body.size() == len(expected)
+
+
+def test_javascript_order_is_the_reference_implementations() -> None:
+    """The walk's order and the reference above agree (and the order is the one JavaScript gives: see
+    tests/test_javascript_receivers.py, where node re-serialises the bodies)."""
+    body = {"9": 0, "x": 1, "10": 2, "2": {"b": 3, "0": 4}, "01": 5, "4294967294": 6, "4294967295": 7}
+    assert JsonBody(body).encode() == (b'{"2":{"0":4,"b":3},"9":0,"10":2,"4294967294":6,"x":1,"01":5,"4294967295":7}')
+    assert written(JsonBody(body)) == dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("number", "text"),
+    [
+        # What node writes for each (JSON.stringify([x])), where Python's repr differs or might.
+        (1.0, "1"),
+        (-0.0, "0"),
+        (7.5, "7.5"),
+        (0.1 + 0.2, "0.30000000000000004"),
+        (1e-4, "0.0001"),
+        (0.00012345, "0.00012345"),
+        (1e-5, "0.00001"),
+        (-1.5e-5, "-0.000015"),
+        (1e-6, "0.000001"),
+        (1e-7, "1e-7"),
+        (-1.5e-7, "-1.5e-7"),
+        (1e-10, "1e-10"),
+        (5e-324, "5e-324"),
+        (2.0**53 + 2, "9007199254740994"),
+        (1e16, "10000000000000000"),
+        (483573978521458769920.0, "483573978521458800000"),
+        (1e20, "100000000000000000000"),
+        (1e21, "1e+21"),
+        (-1e22, "-1e+22"),
+        (1.5e300, "1.5e+300"),
+        (math.nan, "null"),
+        (math.inf, "null"),
+        (-math.inf, "null"),
+        (12, "12"),
+        (True, "true"),
+        # Beyond 2^53 JavaScript would round an integer (to 1e+40 here); this server keeps it exact.
+        (10**40, "1" + "0" * 40),
+    ],
+)
+def test_floats_are_written_as_javascript_writes_them(number: Any, text: str) -> None:
+    """In a small body written at once (json.dumps, or the walk when json.dumps cannot write it so) and in chunks."""
+    body = JsonBody({"2": [number], "1": {"n": number}})
+    expected = f'{{"1":{{"n":{text}}},"2":[{text}]}}'.encode()
+    assert body.encode() == expected
+    assert written(body) == expected
     assert body.size() == len(expected)
 
 
@@ -132,6 +248,10 @@ def test_small_and_large_bodies() -> None:
     assert JsonBody({"text": "x" * 1000}).is_small()
     assert not JsonBody({"text": "x" * (INLINE_LIMIT + 1)}).is_small()
     assert not JsonBody([["y" * 1000] * 600] * 2).is_small()
+    # About 400 KB of text, but 40,000 objects and arrays for encode() to walk: written in chunks, in a thread.
+    tiny = {"prompt": {str(i): {"a": [i]} for i in range(20000)}}
+    assert len(dumps(tiny)) < INLINE_LIMIT / 2
+    assert not JsonBody(tiny).is_small()
 
 
 def test_what_json_cannot_hold_is_an_error_like_json_dumps(tmp_path: Path) -> None:
