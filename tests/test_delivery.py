@@ -150,7 +150,7 @@ def test_sync_uploads_answer_with_urls_to_valid_images(
     uploads: FileServer,
 ) -> None:
     block = {
-        "s3": {"s3": {"bucket": "outputs", "prefix": "sync"}},
+        "s3": {"s3": {"bucket": "outputs", "prefix": "sync/"}},
         "azure": {"azure_blob_upload": {"container": "outputs", "blob_prefix": "sync/"}},
         "hf": {"hf_upload": {"repo": "org/outputs", "directory": "sync"}},
         "http": {"http_upload": {"url_prefix": f"{uploads.url}/put/"}},
@@ -165,6 +165,29 @@ def test_sync_uploads_answer_with_urls_to_valid_images(
     assert (uploaded.format, uploaded.size) == ("PNG", (64, 48))
     assert body["stats"]["upload_time"] >= 0
     assert delivery_server.files_under("output") == []
+
+
+@pytest.mark.parametrize("kind", ["s3", "azure"])
+def test_an_upload_prefix_is_joined_to_the_file_name_as_given(
+    delivery_server: ApiServer, kind: str, s3_server: SeaweedS3, azurite: Azurite
+) -> None:
+    """The reference server's object keys: `runs/42-` + the name, no '/' added, so objects land where its clients
+    look for them."""
+    block = {
+        "s3": {"s3": {"bucket": "outputs", "prefix": "runs/42-"}},
+        "azure": {"azure_blob_upload": {"container": "outputs", "blob_prefix": "runs/42-"}},
+    }[kind]
+    response = post(delivery_server, solid(8, 8), id=f"prefixed-{kind}", **block)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    key = f"runs/42-prefixed-{kind}_solid_00001_.png"
+    if kind == "s3":
+        assert body["images"] == [f"s3://outputs/{key}"]
+        stored = s3_server.get("outputs", key)
+    else:
+        assert body["images"] == [f"{azurite.blob_endpoint}/outputs/{key}"]
+        stored = azurite.get("outputs", key)
+    assert image(stored).size == (8, 8)
 
 
 def test_an_async_upload_answers_202_and_the_signed_webhook_follows(

@@ -202,11 +202,11 @@ async def test_a_legacy_webhook_gets_one_unsigned_output_complete_per_output(par
 
 async def test_uploads_answer_with_their_urls(parts: Parts) -> None:
     p = parts.p
-    handling = asyncio.create_task(parts.delivery.handle(request(s3={"bucket": "bucket", "prefix": "runs"})))
+    handling = asyncio.create_task(parts.delivery.handle(request(s3={"bucket": "bucket", "prefix": "runs/42-"})))
 
     answer = await answered(parts, handling, lambda _: saved(p.output_dir, OUTPUT))
 
-    url = f"s3://bucket/runs/{OUTPUT}"
+    url = f"s3://bucket/runs/42-{OUTPUT}"  # the prefix and the name as given, as the reference server joins them
     assert body_of(answer)["images"] == [url]
     assert parts.uploads.uploaded == [((p.output_dir / OUTPUT).resolve(), url, f"image {OUTPUT}".encode())]
     assert answer.sent is not None

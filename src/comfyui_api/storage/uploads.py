@@ -38,7 +38,10 @@ _HF_REPO = r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$"
 
 class S3Upload(_UploadBlock):
     bucket: str = Field(pattern=_S3_BUCKET, description="An S3 bucket name.")
-    prefix: str = Field(description="Key prefix; a '/' is added between it and the file name when missing.")
+    prefix: str = Field(
+        description="Put before each file name as given, as the reference server does: `runs/` gives "
+        "`runs/<name>`, `runs/42-` gives `runs/42-<name>`."
+    )
 
 
 class HfUpload(_UploadBlock):
@@ -52,7 +55,11 @@ class AzureBlobUpload(_UploadBlock):
     container: str = Field(
         pattern=_AZURE_CONTAINER, min_length=3, max_length=63, description="An Azure Blob container name."
     )
-    blob_prefix: str = ""
+    blob_prefix: str = Field(
+        "",
+        description="Put before each file name as given, as the reference server does: `runs/` gives "
+        "`runs/<name>`, `runs/42-` gives `runs/42-<name>`.",
+    )
 
 
 class HttpUpload(_UploadBlock):
@@ -62,9 +69,17 @@ class HttpUpload(_UploadBlock):
 UploadBlock = S3Upload | HfUpload | AzureBlobUpload | HttpUpload
 
 
-def _join(prefix: str, name: str) -> str:
-    prefix = prefix.strip("/")
-    return f"{prefix}/{name}" if prefix else name
+def _in_folder(directory: str, name: str) -> str:
+    """`name` inside `directory`, one '/' between them (hf_upload's `directory` names a folder)."""
+    directory = directory.strip("/")
+    return f"{directory}/{name}" if directory else name
+
+
+def _prefixed(prefix: str, name: str) -> str:
+    """`prefix` and `name` joined as given (no '/' added), as the reference server builds S3 keys and blob names, so
+    that objects land where a client written for it expects them. Its leading '/' is dropped: the reference drops
+    it from a blob prefix, and an S3 key read from an `s3://` URL here never starts with one."""
+    return prefix.lstrip("/") + name
 
 
 def _quoted(path: str) -> str:
@@ -74,17 +89,16 @@ def _quoted(path: str) -> str:
 def upload_url(block: UploadBlock, filename: str, *, hf_endpoint: str, azure_base: str | None) -> str:
     """The URL one output file goes to under an upload block."""
     if isinstance(block, S3Upload):
-        return f"s3://{block.bucket}/{_join(block.prefix, filename)}"
+        return f"s3://{block.bucket}/{_prefixed(block.prefix, filename)}"
     if isinstance(block, HfUpload):
         kind = "datasets/" if block.repo_type == "dataset" else ""
-        path = _quoted(_join(block.directory, filename))
+        path = _quoted(_in_folder(block.directory, filename))
         return f"{hf_endpoint.rstrip('/')}/{kind}{block.repo}/resolve/{quote(block.revision, safe='')}/{path}"
     if isinstance(block, AzureBlobUpload):
         if azure_base is None:
             raise UploadError("Azure Blob uploads need AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT")
-        return (
-            f"{azure_base.rstrip('/')}/{quote(block.container, safe='')}/{_quoted(_join(block.blob_prefix, filename))}"
-        )
+        blob = _quoted(_prefixed(block.blob_prefix, filename))
+        return f"{azure_base.rstrip('/')}/{quote(block.container, safe='')}/{blob}"
     if isinstance(block, HttpUpload):
         return f"{block.url_prefix.rstrip('/')}/{_quoted(filename)}"
     raise TypeError(type(block))
