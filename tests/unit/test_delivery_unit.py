@@ -1,5 +1,6 @@
 """Delivery's decisions: a sync answer and when its job ends, an async request's 202 and its webhook (complete or
-failed), an upload's failure as a 502, and the checks that refuse a request before any work starts.
+failed; with both `webhook` and `webhook_v2`, where each goes), an upload's failure as a 502, and the checks that
+refuse a request before any work starts.
 
 The runner is real, over FakeComfy (tests/unit/fake_pipeline.py). The uploader and the webhook sender are stand-ins
 that record what they are given, so that what Delivery hands them is checked here, in process; the real uploads
@@ -32,6 +33,8 @@ from tests.unit.fake_pipeline import OUTPUT, REQUEST_ID, Pipeline, pipeline, req
 # A receiver on loopback, trusted by the guard as an operator's origin would be (nothing listens: nothing is sent).
 HOOK_ORIGIN = "http://127.0.0.1:8999"
 HOOK = f"{HOOK_ORIGIN}/hook"
+LEGACY_HOOK = f"{HOOK_ORIGIN}/legacy"
+EXECUTION_ERROR = {"node_id": "9", "node_type": "SaveImage", "exception_type": "ValueError", "exception_message": "bad"}
 
 
 @dataclass(frozen=True)
@@ -167,15 +170,14 @@ async def test_an_async_request_that_fails_sends_prompt_failed_and_logs_it(
     p = parts.p
     await parts.delivery.handle(request(webhook_v2=HOOK))
     (prompt_id,) = p.queued()
-    error = {"node_id": "9", "node_type": "SaveImage", "exception_type": "ValueError", "exception_message": "bad"}
-    p.comfy.end(prompt_id, failed(saved(p.output_dir, OUTPUT), "execution_error", **error))
+    p.comfy.end(prompt_id, failed(saved(p.output_dir, OUTPUT), "execution_error", **EXECUTION_ERROR))
     await parts.delivery.aclose()
 
     (sent,) = parts.webhooks.sent
     assert (sent.url, sent.message_id) == (HOOK, REQUEST_ID)
     assert sent.body["type"] == "prompt.failed"
     assert sent.body["error"] == "Prompt execution failed at node 9 (SaveImage): ValueError: bad"
-    assert {key: sent.body[key] for key in error} == error
+    assert {key: sent.body[key] for key in EXECUTION_ERROR} == EXECUTION_ERROR
     assert "images" not in sent.body
     (logged,) = [record for record in caplog.records if record.getMessage() == "async request failed"]
     assert logged.levelno == logging.ERROR
@@ -198,6 +200,48 @@ async def test_a_legacy_webhook_gets_one_unsigned_output_complete_per_output(par
     assert (sent.body["id"], sent.body["filename"]) == (REQUEST_ID, OUTPUT)
     assert sent.body["image"] == base64.b64encode(f"image {OUTPUT}".encode()).decode()
     assert parts.uploads.uploaded == []
+
+
+async def test_with_both_webhooks_success_goes_to_both(parts: Parts) -> None:
+    p = parts.p
+    await parts.delivery.handle(request(webhook=LEGACY_HOOK, webhook_v2=HOOK))
+    (prompt_id,) = p.queued()
+    p.comfy.end(prompt_id, saved(p.output_dir, OUTPUT))
+    await parts.delivery.aclose()
+
+    legacy, signed = parts.webhooks.sent
+    assert (legacy.url, legacy.signed, legacy.body["event"]) == (LEGACY_HOOK, False, "output.complete")
+    assert (signed.url, signed.signed, signed.body["type"]) == (HOOK, True, "prompt.complete")
+
+
+async def test_with_both_webhooks_a_failure_goes_to_webhook_v2_only(parts: Parts) -> None:
+    """The reference server sends a failure to `webhook_v2`, else (`else if`) to the legacy `webhook`."""
+    p = parts.p
+    await parts.delivery.handle(request(webhook=LEGACY_HOOK, webhook_v2=HOOK))
+    (prompt_id,) = p.queued()
+    p.comfy.end(prompt_id, failed(saved(p.output_dir, OUTPUT), "execution_error", **EXECUTION_ERROR))
+    await parts.delivery.aclose()
+
+    (sent,) = parts.webhooks.sent
+    assert (sent.url, sent.message_id, sent.signed) == (HOOK, REQUEST_ID, True)
+    assert sent.body["type"] == "prompt.failed"
+    assert {key: sent.body[key] for key in EXECUTION_ERROR} == EXECUTION_ERROR
+
+
+async def test_a_legacy_webhook_alone_gets_the_unsigned_legacy_failure(parts: Parts) -> None:
+    p = parts.p
+    await parts.delivery.handle(request(webhook=LEGACY_HOOK))
+    (prompt_id,) = p.queued()
+    p.comfy.end(prompt_id, failed(saved(p.output_dir, OUTPUT), "execution_error", **EXECUTION_ERROR))
+    await parts.delivery.aclose()
+
+    (sent,) = parts.webhooks.sent
+    assert (sent.url, sent.signed) == (LEGACY_HOOK, False)
+    # The reference's legacy failure body: no `type`, `timestamp` or node details.
+    assert set(sent.body) == {"event", "id", "prompt", "error"}
+    assert (sent.body["event"], sent.body["id"]) == ("prompt.failed", REQUEST_ID)
+    assert sent.body["error"] == "Prompt execution failed at node 9 (SaveImage): ValueError: bad"
+    assert not (p.output_dir / OUTPUT).exists()
 
 
 async def test_uploads_answer_with_their_urls(parts: Parts) -> None:

@@ -4,6 +4,9 @@ Delivery mode, as the reference server: a legacy `webhook` sends one `output.com
 blocks are then ignored); else the first upload block present (s3, hf_upload, azure_blob_upload,
 http_upload) uploads every output and `images` are URLs; else `images` are base64. A request is async
 (202 at once, the rest in the background) with `webhook`, `webhook_v2`, or an upload block with `async`.
+Success goes to both webhooks when both are set (`output.complete` per output, then `prompt.complete`); a failure
+goes to one, as the reference's `else if` sends it: the signed `prompt.failed` to `webhook_v2` when it is set, else
+the legacy unsigned `prompt.failed` to `webhook`.
 
 Every body (response or webhook) is a JsonBody (webhooks/body.py): output files are base64-encoded from disk as it
 is written and the echoed prompt is escaped a slice at a time, so memory stays bounded whatever the size of the
@@ -197,7 +200,7 @@ class Delivery:
         if request.webhook_v2:
             body = payloads.prompt_failed(job.id, job.graph, error.message, **details)
             await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
-        if request.webhook:
+        elif request.webhook:
             await self._webhooks.send(
                 request.webhook, payloads.legacy_failed(job.id, job.graph, error.message), signed=False
             )
