@@ -334,9 +334,17 @@ def test_the_same_id_and_graph_sent_twice_both_succeed(server: ApiServer) -> Non
     assert server.files_under("output") == []
 
 
-def test_an_upload_block_this_server_cannot_serve_is_a_400_before_the_prompt_runs(server: ApiServer) -> None:
-    response = server.http.post("/prompt", json={"prompt": solid(8, 8), "azure_blob_upload": {"container": "outputs"}})
+@pytest.mark.parametrize("async_", [False, True], ids=["sync", "async"])
+def test_an_upload_block_this_server_cannot_serve_is_a_400_before_the_prompt_runs(
+    server: ApiServer, async_: bool
+) -> None:
+    """The reference server drops an `azure_blob_upload` it has no Azure settings for and answers base64 images; here
+    it is refused before any work, also when async (never a 202, then a failure after the prompt ran)."""
+    block = {"container": "outputs", "async": async_}
+    response = server.http.post("/prompt", json={"prompt": solid(8, 8), "azure_blob_upload": block})
     assert response.status_code == 400, response.text
     assert response.json()["location"] == "azure_blob_upload"
-    assert "AZURE_STORAGE_CONNECTION_STRING" in response.json()["error"]
+    assert response.json()["error"] == (
+        "azure_blob_upload: Azure Blob uploads need AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT"
+    )
     assert server.comfy_queue() == ([], []) and server.files_under("output") == []

@@ -1,4 +1,5 @@
-"""Error responses of the HTTP layer: the body size limit and the JSON error handlers, in process."""
+"""Error responses of the HTTP layer, in process: the body size limit and the JSON error handlers, including
+FastAPI's and Starlette's own errors (404, 405, a body that is not UTF-8 or nests too deeply to parse)."""
 
 from __future__ import annotations
 
@@ -277,6 +278,10 @@ def _errors_app() -> FastAPI:
     async def internal() -> None:
         raise TransportError("no answer to GET /queue within 30s")
 
+    @app.post("/graph")
+    async def graph(graph: Graph) -> dict[str, Any]:
+        return {"nodes": sorted(graph.prompt)}
+
     return app
 
 
@@ -295,3 +300,62 @@ async def test_errors_of_the_tree_answer_in_one_place(path: str, status: int, bo
         response = await client.get(path)
 
     assert (response.status_code, response.json()) == (status, body)
+
+
+@pytest.fixture
+async def errors_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `_errors_app`, which has no body size limit: bodies deeper than the parser goes fit."""
+    transport = httpx.ASGITransport(app=_errors_app(), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        yield client
+
+
+async def test_an_unknown_route_is_a_json_404(errors_client: httpx.AsyncClient) -> None:
+    response = await errors_client.post("/nowhere", json={})
+
+    assert (response.status_code, response.json()) == (404, {"error": "Not Found"})
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_a_method_the_route_does_not_take_is_a_json_405_with_allow(errors_client: httpx.AsyncClient) -> None:
+    response = await errors_client.get("/graph")
+
+    assert (response.status_code, response.json()) == (405, {"error": "Method Not Allowed"})
+    assert response.headers["allow"] == "POST"
+
+
+async def test_a_body_that_is_not_utf8_is_a_400_at_body(errors_client: httpx.AsyncClient) -> None:
+    response = await errors_client.post(
+        "/graph", content=b'{"prompt": "\xff"}', headers={"content-type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "Malformed JSON body: 'utf-8' codec can't decode byte 0xff in position 12: invalid start byte",
+        "location": "body",
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [
+        (b"[" * 100_000, "array"),
+        (b"[" * 100_000 + b"]" * 100_000, "array"),
+        (b'{"prompt": {"1": {"class_type": "X", "inputs": {"x": ' + b"[" * 5_000 + b"]" * 5_000 + b"}}}}", "array"),
+        (b'{"a": ' * 5_000 + b"1" + b"}" * 5_000, "object"),
+    ],
+    ids=["unclosed-arrays", "closed-arrays", "inside-an-input", "objects"],
+)
+async def test_a_body_nested_too_deeply_to_parse_is_a_400_at_body(
+    errors_client: httpx.AsyncClient, body: bytes, kind: str
+) -> None:
+    """Python's parser gives up with a RecursionError, which FastAPI turns into its own 400; it answers in this
+    server's shape, like any malformed body."""
+    response = await errors_client.post("/graph", content=body, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": f"Malformed JSON body: maximum recursion depth exceeded while decoding a JSON {kind} from a unicode "
+        "string",
+        "location": "body",
+    }

@@ -76,7 +76,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     """Starlette's and FastAPI's own errors in this server's shape: an unknown route (404), a method the route does
-    not take (405), and a body FastAPI could not read (400, e.g. not UTF-8: the only 400 they raise)."""
+    not take (405), and a body FastAPI could not read (its only 400, raised from the cause: a UnicodeDecodeError for a
+    body that is not UTF-8, a RecursionError for one nested deeper than the JSON parser recurses)."""
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400:
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
