@@ -288,6 +288,7 @@ def nested(depth: int) -> Any:
     [
         # Nested this deep, an input kills ComfyUI's prompt worker while its HTTP server keeps answering.
         ({**solid(8, 8), "3": node("PrimitiveNode", value=nested(500))}, "prompt.3.inputs.value"),
+        ({**solid(8, 8), "3": {**node("EmptyImage", width=8), "_meta": {"title": nested(500)}}}, "prompt.3._meta"),
         (
             {
                 "1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
@@ -304,7 +305,7 @@ def nested(depth: int) -> Any:
         ),
         ({**solid(8, 8), "3": node("LoadImage", image="")}, "prompt.3.inputs.image"),
     ],
-    ids=["nested-500", "nul-prefix", "dotdot-prefix", "empty-image"],
+    ids=["nested-500", "nested-meta", "nul-prefix", "dotdot-prefix", "empty-image"],
 )
 def test_inputs_comfyui_cannot_take_are_a_400_and_the_server_keeps_serving(
     server: ApiServer, graph: dict[str, Any], location: str

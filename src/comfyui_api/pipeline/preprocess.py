@@ -71,6 +71,9 @@ def check_inputs(prompt: dict[str, dict[str, Any]]) -> None:
     """A 400 at the input for what ComfyUI cannot take: values nested deeper than MAX_INPUT_DEPTH, and saving
     prefixes that could leave the output folder or not fit a file name."""
     for node_id, node in prompt.items():
+        # `_meta` goes to ComfyUI with the graph (and comes back in every echo): it is held to the same depth.
+        if _depth(node.get("_meta")) > MAX_INPUT_DEPTH:
+            raise _invalid(f"prompt.{node_id}._meta", f"nested deeper than {MAX_INPUT_DEPTH} levels")
         for name, value in node["inputs"].items():
             location = f"prompt.{node_id}.inputs.{name}"
             if _depth(value) > MAX_INPUT_DEPTH:
