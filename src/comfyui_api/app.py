@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
 from .api import control, download, models, probes, prompt
+from .api.auth import install_bearer_auth
 from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, CatalogContext, RequestContext
 from .comfy.client import ComfyClient
@@ -133,9 +134,11 @@ def create_app(
     app.include_router(models.router)
     _add_doc_routes(app)
     # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
-    # id is set before anything logs.
+    # id is set before anything logs, and a request that auth refuses is logged too, before its body is read.
     app.add_middleware(CatalogContext, catalog=catalog)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
+    if settings.api_keys:
+        install_bearer_auth(app, settings.api_keys)
     app.add_middleware(RequestContext)
     return app
 

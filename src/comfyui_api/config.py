@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +46,10 @@ SALAD_VARIABLES = (
     "SALAD_CONTAINER_GROUP_NAME",
     "SALAD_INSTANCE_ID",
 )
+
+# What a key may hold: RFC 6750's b64token, the syntax of the credentials in `Authorization: Bearer <key>`, so every
+# configured key can be sent (`openssl rand -hex 32` and Python's `secrets.token_urlsafe()` both fit).
+_API_KEY = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -87,6 +92,10 @@ class Settings(BaseSettings):
     shutdown_grace_period_s: float = Field(300.0, ge=0)
     workflow_dir: Path = Path("/workflows")
     markdown_schema_descriptions: bool = True
+    # Static bearer auth (api/auth.py): keys given inline, comma-separated, or in a file, one per line. After
+    # validation `api_keys` holds the keys from either; empty = auth off.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    api_keys_file: Path | None = None
 
     # Warmup and startup installs
     warmup_prompt_file: Path | None = None
@@ -147,6 +156,7 @@ class Settings(BaseSettings):
         "hf_token",
         "webhook_secret",
         "system_webhook_url",
+        "api_keys_file",
         mode="before",
     )
     @classmethod
@@ -158,6 +168,18 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_origins(cls, value: Any) -> Any:
         return parse_origins(value) if isinstance(value, str) else value
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if not value.strip():  # `API_KEYS: ""` is "not set", as for every other variable
+            return ()
+        keys = [key.strip() for key in value.split(",") if key.strip()]
+        if not keys:
+            raise ValueError("holds no key: give one or more keys separated by commas")
+        return _checked_keys(keys, "a key")
 
     @field_validator("input_allowed_dirs", mode="before")
     @classmethod
@@ -236,6 +258,27 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _read_api_keys_file(self) -> Settings:
+        # A model validator, so that the keys read land in `api_keys`; its messages name the variable themselves.
+        path = self.api_keys_file
+        if path is None:
+            return self
+        if self.api_keys:
+            raise ValueError("API_KEYS and API_KEYS_FILE are both set: set one of them")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"API_KEYS_FILE: cannot read {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"API_KEYS_FILE: {path} is not UTF-8 text") from None
+        keys = [line.strip() for line in text.splitlines()]
+        keys = [key for key in keys if key and not key.startswith("#")]
+        if not keys:
+            raise ValueError(f"API_KEYS_FILE: {path} holds no key: write one key per line")
+        self.api_keys = tuple(SecretStr(key) for key in _checked_keys(keys, f"API_KEYS_FILE: line of {path}"))
+        return self
+
+    @model_validator(mode="after")
     def _derive_dirs(self) -> Settings:
         self.model_dir = self.model_dir or self.comfy_home / "models"
         self.input_dir = self.input_dir or self.comfy_home / "input"
@@ -306,6 +349,18 @@ class Settings(BaseSettings):
         return tuple(dict.fromkeys(origins))
 
 
+def _checked_keys(keys: list[str], what: str) -> list[str]:
+    """`keys`, or a ValueError if one cannot be sent in a bearer header. The message says which by position only,
+    never by value: it is logged."""
+    for number, key in enumerate(keys, start=1):
+        if not _API_KEY.fullmatch(key):
+            raise ValueError(
+                f"{what} (number {number}) has characters a bearer token cannot carry: "
+                "use letters, digits and - . _ ~ + / (and = at the end)"
+            )
+    return keys
+
+
 def on_saladcloud(environ: dict[str, str]) -> bool:
     """Whether this runs on SaladCloud: any Salad variable set (and not empty), as the reference decides."""
     return any(environ.get(name) for name in SALAD_VARIABLES)
@@ -327,8 +382,11 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]).upper() or "settings"
-            problems.append(f"{name}: {error['msg']}")
+            name = ".".join(str(part) for part in error["loc"]).upper()
+            if name:
+                problems.append(f"{name}: {error['msg']}")
+            else:  # a model validator's error, whose message names its variable
+                problems.append(str(error["msg"]).removeprefix("Value error, "))
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
 
 
