@@ -8,7 +8,7 @@ import time
 import psutil
 import pytest
 
-from comfyui_api.comfy.process import ComfyProcess
+from comfyui_api.comfy.process import ComfyProcess, child_environment
 from comfyui_api.errors import StartupError
 
 # A child that runs until stopped, standing in for a ComfyUI that is booting.
@@ -80,3 +80,13 @@ def wait_for_child(parent: psutil.Process) -> psutil.Process:
             return children[0]
         time.sleep(0.02)
     raise AssertionError("the script started no child")
+
+
+def test_comfyui_gets_the_environment_without_this_servers_api_keys() -> None:
+    env = child_environment(
+        {"API_KEYS": "k1,k2", "HF_TOKEN": "hf_x", "PATH": "/usr/bin"}, address="127.0.0.1", port=8188
+    )
+
+    assert "API_KEYS" not in env
+    assert env["HF_TOKEN"] == "hf_x"  # custom nodes may download from the Hub themselves
+    assert env["COMFYUI_PORT_HOST"] == "8188"

@@ -152,9 +152,14 @@ def _log_line(line: bytes) -> None:
         comfy_logger.info(text, extra={"source": "comfyui"})
 
 
+# This server's own secrets, which nothing in ComfyUI needs (cloud credentials and tokens stay: custom nodes use them).
+_NOT_FOR_COMFYUI = ("API_KEYS",)
+
+
 def child_environment(base: dict[str, str], *, address: str, port: int) -> dict[str, str]:
-    """The parent's environment plus the variables the reference server passes to ComfyUI."""
-    env = dict(base)
+    """The parent's environment, less this server's own secrets, plus the variables the reference server passes
+    to ComfyUI."""
+    env = {name: value for name, value in base.items() if name not in _NOT_FOR_COMFYUI}
     env.update(
         {
             "DIRECT_ADDRESS": address,
