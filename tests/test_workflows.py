@@ -350,7 +350,7 @@ def test_a_workflow_request_takes_an_upload_block(workflow_server: ApiServer, s3
         "tests/deep/er/solid",
         id="wf-upload",
         input={"size": 16},
-        s3={"bucket": "workflow-outputs", "prefix": "wf"},
+        s3={"bucket": "workflow-outputs", "prefix": "wf/"},
     )
     assert response.status_code == 200, response.text
     assert response.json()["images"] == ["s3://workflow-outputs/wf/wf-upload_echo_00001_.png"]
