@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(0, ge=0)
     prepend_filenames: bool = True
     prompt_timeout_s: float | None = Field(None, gt=0)
+    cancel_on_disconnect: bool = True
     comfy_stall_timeout_s: float = Field(60.0, gt=0)
     shutdown_grace_period_s: float = Field(300.0, ge=0)
     workflow_dir: Path = Path("/workflows")
@@ -191,6 +192,7 @@ class Settings(BaseSettings):
     @field_validator(
         "always_restart_comfyui",
         "prepend_filenames",
+        "cancel_on_disconnect",
         "markdown_schema_descriptions",
         "http_block_private_addresses",
         mode="before",

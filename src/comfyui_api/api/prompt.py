@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from ..logs import request_id_var
 from ..pipeline.request import PromptRequest
-from .answers import respond
-from .deps import DeliveryDep
+from .deps import DeliveryDep, SettingsDep
+from .disconnect import deliver
 from .handlers import CLIENT_ERRORS
 from .schemas import AsyncAccepted, ErrorResponse, PromptResponse
 
@@ -29,8 +29,8 @@ PROMPT_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/prompt", response_model=PromptResponse, responses=PROMPT_RESPONSES)
-async def run_prompt(body: PromptRequest, delivery: DeliveryDep) -> Response:
+async def run_prompt(body: PromptRequest, delivery: DeliveryDep, settings: SettingsDep, request: Request) -> Response:
     """Run the graph and answer with its outputs (base64, or URLs with an upload block), in ComfyUI's
     execution order; or answer 202 at once when the request is async (webhooks, `async` uploads)."""
     request_id_var.set(body.id)
-    return await respond(await delivery.handle(body))
+    return await deliver(request, delivery, body, cancel_on_disconnect=settings.cancel_on_disconnect)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Self
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import (
     AliasChoices,
@@ -32,10 +32,11 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from ..api.answers import respond
-from ..api.deps import DeliveryDep
+from ..api.deps import DeliveryDep, SettingsDep
+from ..api.disconnect import deliver
 from ..api.prompt import PROMPT_RESPONSES
 from ..api.schemas import PromptResponse
+from ..config import Settings
 from ..errors import BadRequest
 from ..logs import request_id_var
 from ..pipeline.delivery import Delivery
@@ -201,7 +202,7 @@ def mount(app: FastAPI, workflows: list[Workflow], *, markdown_descriptions: boo
 
 
 def _endpoint(workflow: Workflow, body_model: type[WorkflowBody]) -> Callable[..., Any]:
-    async def run_workflow(body: Any, delivery: Delivery) -> Response:
+    async def run_workflow(body: Any, delivery: Delivery, settings: Settings, http: Request) -> Response:
         request_id_var.set(body.id)
         if body.ignored:
             # Ignored as the reference does, but said: a misspelt or renamed field (`cfg` for `cfg_scale`) would
@@ -224,13 +225,21 @@ def _endpoint(workflow: Workflow, body_model: type[WorkflowBody]) -> Callable[..
             raise BadRequest(
                 f"Failed to generate workflow prompt: the graph is invalid: {exc}", location="input"
             ) from None
-        return await respond(await delivery.handle(request, extra={"input": user_input.model_dump(mode="json")}))
+        return await deliver(
+            http,
+            delivery,
+            request,
+            cancel_on_disconnect=settings.cancel_on_disconnect,
+            extra={"input": user_input.model_dump(mode="json")},
+        )
 
     # FastAPI reads the body's type from the signature; the model is made at runtime, so set it explicitly.
     run_workflow.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=body_model),
             inspect.Parameter("delivery", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=DeliveryDep),
+            inspect.Parameter("settings", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=SettingsDep),
+            inspect.Parameter("http", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
         ],
         return_annotation=Response,
     )
