@@ -134,3 +134,16 @@ async def test_abandoned_prompts_are_bounded(comfy: FakeComfy, output_dir: Path)
         janitor.abandon(prompt_id)
 
     assert janitor.abandoned == 3
+
+
+async def test_a_prompt_that_reaches_the_queue_after_its_delete_is_taken_out_again(
+    comfy: FakeComfy, janitor: Janitor
+) -> None:
+    janitor.abandon("p")  # its submission is still on the way: the delete finds nothing
+    await comfy.until(lambda: comfy.named("delete_from_queue") == [["p"]])
+
+    comfy.pending = {"p"}  # then ComfyUI queues it
+    janitor.observe(comfy.running, comfy.pending)
+
+    await comfy.until(lambda: comfy.named("delete_from_queue") == [["p"], ["p"]])
+    assert comfy.pending == set()

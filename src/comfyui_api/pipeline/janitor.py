@@ -73,7 +73,11 @@ class Janitor:
     def observe(self, running: set[str], pending: set[str]) -> None:
         """A watchdog tick's view of ComfyUI's queue: an abandoned prompt absent from it has ended (or never ran)."""
         for prompt_id, abandoned in self._abandoned.items():
-            if prompt_id not in running and prompt_id not in pending:
+            if prompt_id in running or prompt_id in pending:
+                # Still there after it was taken out: a submission in flight reached ComfyUI after the delete, or an
+                # interrupt has not been seen yet. Take it out again.
+                abandoned.removed = False
+            else:
                 abandoned.ended = True
         if self._abandoned or self._history:
             self._wake.set()
