@@ -105,3 +105,25 @@ def test_prompts_that_timed_out_while_comfyui_was_stopped_leave_no_files_or_hist
     response = post(server, solid(8, 8), "afterwards")
     assert response.status_code == 200, response.text
     assert server.files_under("output") == []
+
+
+def test_a_prompt_past_its_deadline_that_ignores_its_interrupt_gets_comfyui_restarted(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server("stuck", PROMPT_TIMEOUT_S="8", INTERRUPT_GRACE_S="3", COMFY_STALL_TIMEOUT_S="3600")
+    shutil.copy(CUSTOM_NODES / "ignore_interrupts.py", server.base / "custom_nodes")
+    server.start()
+    wait_until(server.ready, 60, "readiness")
+    old_pid = server.comfy_process().pid
+    stuck = {
+        "1": node("EmptyImage", width=8, height=8, batch_size=1, color=0),
+        "2": node("IgnoreInterrupts", image=["1", 0], seconds=3600.0),
+        "3": node("SaveImage", images=["2", 0], filename_prefix="stuck"),
+    }
+
+    response = post(server, stuck, "ignores-interrupts")
+
+    assert response.status_code == 504
+    wait_until(lambda: wedge_lines(server), 120, "the restart's log line")
+    assert "ignored its interrupt" in wedge_lines(server)[0]["cause"]
+    assert_serves_again(server, old_pid)

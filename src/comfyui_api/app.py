@@ -76,7 +76,7 @@ def create_app(
     if system is not None:
         events.subscribe(system.on_comfy_event)
     storage = StorageManager(settings, guard, on_event=storage_events)
-    janitor = Janitor(client, settings.outputs_path)
+    janitor = Janitor(client, settings.outputs_path, interrupt_grace_s=settings.interrupt_grace_s)
     events.subscribe(janitor.on_event)
     deletion_cost = DeletionCost(settings.salad_metadata_url) if on_saladcloud(dict(os.environ)) else None
     if deletion_cost is not None:

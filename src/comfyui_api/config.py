@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     prompt_timeout_s: float | None = Field(None, gt=0)
     cancel_on_disconnect: bool = True
     comfy_stall_timeout_s: float = Field(60.0, gt=0)
+    interrupt_grace_s: float = Field(30.0, gt=0)
     shutdown_grace_period_s: float = Field(300.0, ge=0)
     workflow_dir: Path = Path("/workflows")
     markdown_schema_descriptions: bool = True

@@ -147,3 +147,34 @@ async def test_a_prompt_that_reaches_the_queue_after_its_delete_is_taken_out_aga
 
     await comfy.until(lambda: comfy.named("delete_from_queue") == [["p"], ["p"]])
     assert comfy.pending == set()
+
+
+async def test_a_running_prompt_that_ignores_its_interrupt_past_the_grace_is_reported(
+    comfy: FakeComfy, output_dir: Path
+) -> None:
+    now = [100.0]
+    janitor = Janitor(cast(ComfyClient, comfy), output_dir, interrupt_grace_s=30, clock=lambda: now[0])
+    task = asyncio.create_task(janitor.run())
+    try:
+        comfy.running = {"stuck"}
+        janitor.abandon("stuck")
+        await comfy.until(lambda: comfy.named("interrupt") == ["stuck"])
+
+        now[0] += 29
+        assert janitor.observe(comfy.running, comfy.pending) is None  # within the grace: a node may finish
+        now[0] += 1
+        cause = janitor.observe(comfy.running, comfy.pending)
+    finally:
+        task.cancel()
+    assert cause == "prompt stuck ignored its interrupt for 30s"
+
+
+async def test_a_pending_abandoned_prompt_is_never_reported_as_stuck(comfy: FakeComfy, output_dir: Path) -> None:
+    now = [100.0]
+    janitor = Janitor(cast(ComfyClient, comfy), output_dir, interrupt_grace_s=30, clock=lambda: now[0])
+    comfy.answering = False  # never taken out: it stays pending
+    comfy.pending = {"p"}
+    janitor.abandon("p")
+
+    now[0] += 3600
+    assert janitor.observe(comfy.running, comfy.pending) is None

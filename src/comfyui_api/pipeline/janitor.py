@@ -5,6 +5,10 @@ it is taken out of ComfyUI's queue (interrupted if it runs), and whatever it sti
 history entry, is deleted once it ends. ComfyUI may not answer at that moment (stopped, wedged, restarting), so
 the work is kept here and retried on every watchdog tick, in a task of its own that no client can cancel.
 
+A running prompt gets its interrupt when it is abandoned, but ComfyUI only acts on one between nodes or at a
+sampler step: a node stuck in C code never gets there and holds the GPU for ever. A prompt still running
+INTERRUPT_GRACE_S after its first interrupt is reported by `observe`, and the watchdog has ComfyUI restarted.
+
 History entries of finished jobs are deleted in batches: one request carries every entry that ended while the
 previous one was in flight, so under load ComfyUI handles a delete per batch, not per prompt.
 """
@@ -13,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +36,25 @@ class _Abandoned:
     removed: bool = False
     # Seen to end: ComfyUI's end-of-prompt event, or absent from its queue at a watchdog tick.
     ended: bool = False
+    # When it was first interrupted while running (the clock's time).
+    interrupted_at: float | None = None
 
 
 class Janitor:
-    def __init__(self, client: ComfyClient, output_dir: Path, *, max_abandoned: int = 10_000) -> None:
+    def __init__(
+        self,
+        client: ComfyClient,
+        output_dir: Path,
+        *,
+        interrupt_grace_s: float = 30.0,
+        max_abandoned: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._output_dir = output_dir
+        self._interrupt_grace_s = interrupt_grace_s
         self._max_abandoned = max_abandoned
+        self._clock = clock
         self._history: list[str] = []
         self._abandoned: dict[str, _Abandoned] = {}
         self._wake = asyncio.Event()
@@ -70,17 +88,23 @@ class Janitor:
                 abandoned.ended = True
                 self._wake.set()
 
-    def observe(self, running: set[str], pending: set[str]) -> None:
-        """A watchdog tick's view of ComfyUI's queue: an abandoned prompt absent from it has ended (or never ran)."""
+    def observe(self, running: set[str], pending: set[str]) -> str | None:
+        """A watchdog tick's view of ComfyUI's queue: an abandoned prompt absent from it has ended (or never ran).
+        Returns why ComfyUI must be restarted, when an abandoned prompt ignored its interrupt past the grace."""
+        stuck = None
         for prompt_id, abandoned in self._abandoned.items():
             if prompt_id in running or prompt_id in pending:
                 # Still there after it was taken out: a submission in flight reached ComfyUI after the delete, or an
                 # interrupt has not been seen yet. Take it out again.
                 abandoned.removed = False
+                held = self._clock() - abandoned.interrupted_at if abandoned.interrupted_at is not None else 0.0
+                if prompt_id in running and held >= self._interrupt_grace_s:
+                    stuck = f"prompt {prompt_id} ignored its interrupt for {held:.0f}s"
             else:
                 abandoned.ended = True
         if self._abandoned or self._history:
             self._wake.set()
+        return stuck
 
     def reset(self) -> None:
         """ComfyUI was restarted: its queue and its history are gone, and with them everything left to clean."""
@@ -120,6 +144,8 @@ class Janitor:
             if prompt_id in running:
                 # Only while it runs: a ComfyUI build that ignores the prompt id interrupts whatever is running.
                 await self._client.interrupt(prompt_id)
+                if prompt_id in self._abandoned and self._abandoned[prompt_id].interrupted_at is None:
+                    self._abandoned[prompt_id].interrupted_at = self._clock()
             if prompt_id in self._abandoned:
                 self._abandoned[prompt_id].removed = True
 

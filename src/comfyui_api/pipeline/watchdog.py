@@ -7,8 +7,9 @@ Each tick reads ComfyUI's queue once, whatever the number of requests in flight;
   on every change): the channel is open on our side but dead on ComfyUI's, so it is dropped and dialled again.
   Reading the queue and the history heals what it missed; ComfyUI is not restarted for it.
 - ComfyUI is wedged when, for COMFY_STALL_TIMEOUT_S, work is pending but nothing runs (its prompt worker died
-  or hangs between prompts), or its HTTP server does not answer (a hung or stopped process). Then `on_wedged`
-  is called with the cause. A prompt that runs without events is never a wedge: model loads, video models and
+  or hangs between prompts), or its HTTP server does not answer (a hung or stopped process), or when a prompt
+  abandoned by its request ignores its interrupt for INTERRUPT_GRACE_S (janitor.py). Then `on_wedged` is called
+  with the cause. A prompt that runs without events is never a wedge: model loads, video models and
   custom nodes may be quiet for long, and PROMPT_TIMEOUT_S bounds them.
 """
 
@@ -104,7 +105,9 @@ class Watchdog:
         self._unanswered_since = None
         running, pending = queue
         self._wake_lost(running, pending)
-        self._janitor.observe(running, pending)
+        stuck = self._janitor.observe(running, pending)
+        if stuck is not None:
+            return stuck
         self._check_channel(running, pending)
         if pending and not running:
             if self._stuck_since is None:
