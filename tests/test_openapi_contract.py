@@ -58,6 +58,7 @@ OPERATIONS: dict[str, dict[GenerationMode, int]] = {
     "GET /ready": {GenerationMode.POSITIVE: 1},
     "GET /models": {GenerationMode.POSITIVE: 1},
     "POST /prompt": {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100},
+    "GET /prompt/{id}": {GenerationMode.POSITIVE: 20},
     "POST /interrupt": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 30},
     "POST /download": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 60},
     "POST /workflow/contract/solid": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 60},

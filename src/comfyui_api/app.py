@@ -14,7 +14,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
-from .api import control, download, models, probes, prompt
+from .api import control, download, job_status, models, probes, prompt
 from .api.auth import install_bearer_auth
 from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, CatalogContext, RequestContext
@@ -23,6 +23,8 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import Settings, on_saladcloud, system_metadata
 from .errors import ConfigError, InvalidWebhookSecret
+from .jobstore.sqlite import SQLiteJobStore
+from .jobstore.writer import RecordWriter
 from .lifecycle import Lifecycle, create_folder
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
@@ -56,7 +58,8 @@ def create_app(
     state = ServerState()
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
-    jobs = JobRegistry()
+    records = RecordWriter(SQLiteJobStore(settings.state_dir / "jobs.db"), retention_s=settings.job_retention_s)
+    jobs = JobRegistry(records.changed)
     events.subscribe(jobs.dispatch)
     azure = azure_service_client(settings)
     guard = url_guard(settings, azure.primary_endpoint if azure is not None else None)
@@ -106,6 +109,7 @@ def create_app(
         system,
         request_exit,
         deletion_cost=deletion_cost,
+        records=records,
     )
 
     app = FastAPI(
@@ -120,6 +124,7 @@ def create_app(
     app.state.server_state = state
     app.state.events = events
     app.state.jobs = jobs
+    app.state.job_records = records
     app.state.runner = runner
     app.state.storage = storage
     app.state.delivery = delivery
@@ -129,6 +134,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(prompt.router)
+    app.include_router(job_status.router)
     app.include_router(control.router)
     app.include_router(download.router)
     app.include_router(models.router)

@@ -59,6 +59,12 @@ def _default_cache_dir() -> Path:
     return Path(os.environ.get("HOME", "~")).expanduser() / ".cache" / "comfyui-api"
 
 
+def _default_state_dir() -> Path:
+    # XDG's place for state that should survive a restart but is not worth backing up (unlike the cache, which may
+    # be deleted at any time).
+    return Path(os.environ.get("HOME", "~")).expanduser() / ".local" / "state" / "comfyui-api"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
 
@@ -104,6 +110,10 @@ class Settings(BaseSettings):
     warmup_prompt_url: str | None = None
     manifest: Path | None = None
     manifest_json: SecretStr | None = None
+
+    # Job records (jobstore/): the SQLite file's folder, and how long a finished job's record is kept.
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    job_retention_s: float = Field(86400.0, gt=0)
 
     # Downloads, cache and storage providers
     cache_dir: Path = Field(default_factory=_default_cache_dir)

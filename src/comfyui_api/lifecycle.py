@@ -22,6 +22,8 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable, ConfigError, ManifestError, StartupError
+from .jobstore.sweeper import sweep_expired, sweep_interval
+from .jobstore.writer import RecordWriter
 from .manifest import install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
@@ -61,7 +63,9 @@ class Lifecycle:
         request_exit: Callable[[int], None],
         *,
         deletion_cost: DeletionCost | None = None,
+        records: RecordWriter | None = None,
     ) -> None:
+        """`records` writes the job records (and its store is swept here); without it, none are kept."""
         self._settings = settings
         self._state = state
         self._process = process
@@ -86,6 +90,7 @@ class Lifecycle:
         self._system = system
         self._request_exit = request_exit
         self._deletion_cost = deletion_cost
+        self._records = records
         self._warmup_prompt: dict[str, Any] | None = None
         self._tasks = TaskOwner(self._critical_death)
         self._stopping = False
@@ -119,8 +124,17 @@ class Lifecycle:
             ("INPUT_DIR", settings.inputs_path),
             ("OUTPUT_DIR", settings.outputs_path),
             ("CACHE_DIR", settings.cache_dir),
+            ("STATE_DIR", settings.state_dir),
         ):
             create_folder(variable, folder)
+        if self._records is not None:
+            await self._records.open()
+            # Critical: GET /prompt/{id} answers from what it writes.
+            self._tasks.spawn(self._records.run(), "job-records", critical=True)
+            self._tasks.spawn(
+                sweep_expired(self._records.store, interval_s=sweep_interval(settings.job_retention_s)),
+                "job-sweeper",
+            )
         self._warmup_prompt = await load_warmup(self._settings)
         manifest = load_manifest(self._settings)
         if self._system is not None:
@@ -162,6 +176,9 @@ class Lifecycle:
         self._webhooks.stop_retrying()
         await self._delivery.aclose()
         await self._runner.aclose()
+        if self._records is not None:
+            # After the deliveries: their jobs' last changes are written too.
+            await self._records.aclose()
         if self._system is not None:
             await self._system.stop()
         await self._webhooks.aclose()

@@ -38,6 +38,8 @@ _THIRD_PARTY_LOGGERS = (
     "azure",
     "huggingface_hub",
     "filelock",
+    # Logs every statement of the job store with its parameters (the records' delivery options).
+    "aiosqlite",
 )
 
 

@@ -85,10 +85,13 @@ class Delivery:
             return Answer(202, JsonBody(accepted))
         try:
             await self._runner.finish(job, request.convert_output)
-            images = await self._upload(job, request) if request.upload_block is not None else _files(job)
-        except BaseException:
+            urls = await self._upload(job, request) if request.upload_block is not None else None
+        except BaseException as exc:
+            job.mark_ended(exc)
             await self._runner.close(job)
             raise
+        job.mark_succeeded(urls or ())
+        images = urls if urls is not None else _files(job)
         body = JsonBody({**self._body(job, request, images), **extra})
         return Answer(200, body, sent=functools.partial(self._runner.close, job))
 
@@ -162,7 +165,10 @@ class Delivery:
         kept: list[Path] = []
         try:
             await self._runner.finish(job, request.convert_output)
-            images = await self._upload(job, request) if request.upload_block is not None else _files(job)
+            urls = await self._upload(job, request) if request.upload_block is not None else None
+            # The job's outcome is known: its webhooks deliver it, however long they take.
+            job.mark_succeeded(urls or ())
+            images = urls if urls is not None else _files(job)
             # Webhooks come last and may retry for minutes: the job ends before them (its id is free again, a drain
             # does not wait for them, its inputs and ComfyUI's history entry go), only its output files stay.
             kept, job.files_to_delete = job.files_to_delete, []
@@ -195,6 +201,7 @@ class Delivery:
 
     async def _send_failure(self, job: Job, request: PromptRequest, error: ApiError) -> None:
         # The job ends first: the failure webhooks carry no files, and their retries must not hold it open.
+        job.mark_ended(error)
         await self._runner.close(job)
         details = {key: value for key, value in error.extra.items() if key != "location"}
         if request.webhook_v2:

@@ -1,17 +1,34 @@
-"""One job per request, and the registry that routes ComfyUI's events to it in O(1)."""
+"""One job per request, and the registry that routes ComfyUI's events to it in O(1).
+
+Each job keeps its record (jobstore/records.py) current as it goes, and passes every change to the registry's
+`on_record` (the write-behind RecordWriter in the server): created when the registry takes the job, queued with its
+position once ComfyUI accepted it, running at ComfyUI's `execution_start` (progress from its node and step events),
+then succeeded, failed or canceled; the first end recorded stands.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
-import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ApiError, Conflict
+from ..errors import (
+    ApiError,
+    Conflict,
+    DownloadError,
+    InputError,
+    InvalidInlineData,
+    InvalidName,
+    InvalidUrl,
+    PromptInterrupted,
+)
+from ..jobstore.records import JobRecord, JobStatus, now_ms
 from ..storage.manager import Download
 from .outputs import OutputFile
 
@@ -20,9 +37,14 @@ logger = logging.getLogger(__name__)
 # The prompt's end, as ComfyUI's executor reports it (its history entry is written a moment later).
 _END_EVENTS = {"execution_success", "execution_error", "execution_interrupted"}
 
+# Errors in what a client sent, which api/handlers.py answers with 400 and their message; any other ServerError is
+# answered 500 without it (it may name server paths). A job's record says what its request was answered.
+_CLIENT_INPUT = (InvalidUrl, InvalidName, InvalidInlineData, InputError, DownloadError)
+_ABANDONED = "The request ended before its outcome was known: its client left or the server stopped it"
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+
+def _unrecorded(_: JobRecord) -> None:
+    """Where the record of a job outside a registry goes: nowhere."""
 
 
 class JobState(enum.Enum):
@@ -64,6 +86,17 @@ class Job:
     files_to_delete: list[Path] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # What the job store and GET /prompt/{id} keep of this job; each change is passed to `record_changed`.
+    record: JobRecord = field(init=False)
+    record_changed: Callable[[JobRecord], None] = field(default=_unrecorded, repr=False)
+    # Progress: the nodes ComfyUI took from its cache, and the node running now with its sampler steps.
+    cached_nodes: set[str] = field(default_factory=set)
+    current_node: str | None = None
+    step: int | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        self.record = JobRecord(id=self.id, created_at=self.received_at)
 
     def fail(self, error: ApiError) -> None:
         if self.failure is None:
@@ -73,24 +106,137 @@ class Job:
     def on_event(self, event_type: str, data: dict[str, Any]) -> None:
         if event_type == "execution_start":
             self.exec_start = now_ms()
+            record = self.record
+            if record.status is JobStatus.QUEUED:  # a job being canceled stays canceling
+                record.status = JobStatus.RUNNING
+            record.started_at = self.exec_start
+            record.queue_position = None
+            self._progressed()
         elif event_type == "executing":
             node = data.get("node")
             if node is None:
                 # ComfyUI sends this after every prompt, whatever its outcome, once it has written the history
                 # entry; the end events come before that entry exists, so they only mark the time.
                 self.wake.set()
+                self.current_node = None
             else:
                 self.node_starts.setdefault(str(node), now_ms())
+                self.current_node = str(node)
+            self.step = self.steps = None
+            self._progressed()
+        elif event_type == "progress":
+            value, maximum = data.get("value"), data.get("max")
+            # Whole steps: some nodes report fractions.
+            counted = isinstance(value, int | float) and isinstance(maximum, int | float)
+            self.step, self.steps = (int(value), int(maximum)) if counted else (None, None)
+            self._progressed()
+        elif event_type == "execution_cached":
+            self.cached_nodes.update(str(node) for node in data.get("nodes") or ())
+            self._progressed()
         elif event_type == "executed":
             self.executed_nodes.setdefault(str(data.get("node")), None)
         elif event_type in _END_EVENTS:
             self.exec_end = now_ms()
 
+    # The record -------------------------------------------------------------------------------------
+    def mark_queued(self, position: int) -> None:
+        """ComfyUI accepted the prompt, with `position` of this server's prompts ahead of it."""
+        if self.record.status is JobStatus.QUEUED:
+            self.record.queue_position = position
+            self.record_changed(self.record)
+
+    def mark_canceling(self) -> None:
+        """An interrupt was asked for."""
+        if self.record.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+            self.record.status = JobStatus.CANCELING
+            self.record_changed(self.record)
+
+    def mark_succeeded(self, urls: Sequence[str] = ()) -> None:
+        """The outputs are collected (and uploaded, to `urls` in output order): their names and sizes are recorded,
+        not their contents."""
+        record = self.record
+        if record.terminal:
+            return
+        outputs = []
+        for index, output in enumerate(self.outputs):
+            entry = {"node_id": output.node_id, "name": output.name, "size_bytes": output.path.stat().st_size}
+            if index < len(urls):
+                entry["url"] = urls[index]
+            outputs.append(entry)
+        record.outputs = outputs
+        total = len(self.graph)
+        record.progress = {
+            "value": 1.0,
+            "nodes_done": total,
+            "nodes_total": total,
+            "current_node": None,
+            "current_node_class": None,
+            "step": None,
+            "steps": None,
+        }
+        self._end(JobStatus.SUCCEEDED, None)
+
+    def mark_ended(self, exc: BaseException) -> None:
+        """The job ended with `exc`: failed with the error its request was answered, or canceled (interrupted, or
+        abandoned when its client left or the server stopped)."""
+        if self.record.terminal:
+            return
+        if isinstance(exc, ApiError):
+            status = JobStatus.CANCELED if isinstance(exc, PromptInterrupted) else JobStatus.FAILED
+            self._end(status, {**exc.body(), "status_code": exc.status_code})
+        elif isinstance(exc, _CLIENT_INPUT):
+            located = {"location": exc.location} if exc.location is not None else {}
+            self._end(JobStatus.FAILED, {"error": str(exc), **located, "status_code": 400})
+        elif isinstance(exc, Exception):
+            # As api/handlers.py answers an unexpected error: its type only.
+            self._end(JobStatus.FAILED, {"error": f"Internal error: {type(exc).__name__}", "status_code": 500})
+        else:
+            self.mark_abandoned()
+
+    def mark_abandoned(self) -> None:
+        """The job ends without an outcome of its own (cancelled with its caller): canceled, unless it has one."""
+        if not self.record.terminal:
+            self._end(JobStatus.CANCELED, {"error": _ABANDONED})
+
+    def _end(self, status: JobStatus, error: dict[str, Any] | None) -> None:
+        record = self.record
+        record.status = status
+        record.error = error
+        record.completed_at = now_ms()
+        record.started_at = record.started_at or self.exec_start
+        record.queue_position = None
+        self.record_changed(record)
+
+    def _progressed(self) -> None:
+        self.record.progress = self._progress()
+        self.record_changed(self.record)
+
+    def _progress(self) -> dict[str, Any]:
+        """Node- and step-weighted: each node of the graph counts one, the running one by its sampler steps."""
+        total = len(self.graph)
+        running = self.current_node
+        done = len(self.cached_nodes) + len(self.node_starts) - (1 if running is not None else 0)
+        fraction = self.step / self.steps if running is not None and self.step and self.steps else 0.0
+        node = self.graph.get(running) if running is not None else None
+        return {
+            "value": min(1.0, (done + fraction) / total) if total else 0.0,
+            "nodes_done": done,
+            "nodes_total": total,
+            "current_node": running,
+            "current_node_class": node.get("class_type") if isinstance(node, dict) else None,
+            "step": self.step,
+            "steps": self.steps,
+        }
+
 
 class JobRegistry:
-    def __init__(self) -> None:
+    def __init__(self, on_record: Callable[[JobRecord], None] = _unrecorded) -> None:
+        """`on_record(record)` is told of every change to a job's record, from the moment the job is added."""
+        self._on_record = on_record
         self._by_prompt: dict[str, Job] = {}
         self._by_id: dict[str, Job] = {}
+        # Jobs ComfyUI accepted that have not started executing, in the order it accepted them.
+        self._waiting: dict[str, Job] = {}
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -103,6 +249,13 @@ class JobRegistry:
         self._by_id[job.id] = job
         self._by_prompt[job.prompt_id] = job
         self._idle.clear()
+        job.record_changed = self._on_record
+        self._on_record(job.record)
+
+    def queued(self, job: Job) -> None:
+        """ComfyUI accepted the job's prompt: it waits behind the ones it accepted before."""
+        self._waiting[job.id] = job
+        job.mark_queued(len(self._waiting) - 1)
 
     def rekey(self, job: Job, prompt_id: str) -> None:
         """Route ComfyUI's events for `prompt_id` to `job` (the id ComfyUI echoed differs from the one sent)."""
@@ -113,11 +266,20 @@ class JobRegistry:
     def remove(self, job: Job) -> None:
         self._by_id.pop(job.id, None)
         self._by_prompt.pop(job.prompt_id, None)
+        self._waiting.pop(job.id, None)
         if not self._by_id:
             self._idle.set()
 
     def get(self, job_id: str) -> Job | None:
         return self._by_id.get(job_id)
+
+    def record(self, job_id: str) -> JobRecord | None:
+        """A copy of the record of the job in flight with this id, its queue position counted now."""
+        job = self._by_id.get(job_id)
+        if job is None:
+            return None
+        position = next((index for index, waiting in enumerate(self._waiting) if waiting == job_id), None)
+        return dataclasses.replace(job.record, queue_position=position)
 
     def by_prompt_id(self, prompt_id: str) -> Job | None:
         return self._by_prompt.get(prompt_id)
@@ -132,7 +294,10 @@ class JobRegistry:
         data = event["data"]
         job = self._by_prompt.get(str(data.get("prompt_id")))
         if job is not None:
-            job.on_event(str(event.get("type")), data)
+            event_type = str(event.get("type"))
+            job.on_event(event_type, data)
+            if event_type == "execution_start":
+                self._waiting.pop(job.id, None)
 
     def fail_in_comfy(self, error: ApiError) -> None:
         """Fail every job ComfyUI has accepted or is accepting (it exited and forgot them)."""

@@ -69,6 +69,7 @@ class PromptRunner:
         if self._state.draining:
             raise ShuttingDown()
         job = Job(id=request.id)
+        job.record.delivery = request.echo()  # recorded with the job; never credentials
         if self._settings.prompt_timeout_s is not None:
             job.deadline = asyncio.get_running_loop().time() + self._settings.prompt_timeout_s
         self._jobs.add(job)
@@ -98,6 +99,7 @@ class PromptRunner:
                     )
                     self._jobs.rekey(job, accepted)
                 job.state = JobState.QUEUED
+                self._jobs.queued(job)
                 logger.debug("prompt queued", extra={"request_id": job.id, "prompt_id": job.prompt_id})
                 if job.interrupt_requested:
                     await self._cancel_in_comfy(job)
@@ -137,6 +139,7 @@ class PromptRunner:
         """Start and finish a prompt (the caller delivers the outputs and closes the job)."""
         job = await self.start(request)
         await self.finish(job, request.convert_output)
+        job.mark_succeeded()
         return job
 
     async def close(self, job: Job) -> None:
@@ -147,6 +150,7 @@ class PromptRunner:
         if job.closed:
             return
         job.closed = True
+        job.mark_abandoned()  # a job that ends without a verdict (its caller was cancelled)
         self._jobs.remove(job)
         for download in job.downloads:
             self._storage.release(download)
@@ -173,6 +177,7 @@ class PromptRunner:
             await asyncio.wait(set(self._cleanups))
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
+        job.mark_ended(exc)
         if isinstance(exc, ApiError):
             logger.warning(
                 "prompt failed", extra={"request_id": job.id, "status": exc.status_code, "error": exc.message}
@@ -211,6 +216,7 @@ class PromptRunner:
         if job is None:
             return False
         job.interrupt_requested = True
+        job.mark_canceling()
         if job.state is JobState.PREPROCESSING:
             job.fail(PromptInterrupted())
         elif job.state is JobState.QUEUED:

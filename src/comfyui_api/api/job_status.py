@@ -1,0 +1,110 @@
+"""GET /prompt/{id}: where a /prompt or workflow request stands, while it runs and for JOB_RETENTION_S after."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ApiError
+from ..jobstore.records import JobRecord, JobStatus
+from ..jobstore.writer import RecordWriter
+from .deps import JobsDep
+from .schemas import ErrorResponse
+
+router = APIRouter(tags=["prompt"])
+
+
+async def _records(request: Request) -> RecordWriter:
+    # async: FastAPI runs a plain `def` dependency in a worker thread.
+    records: RecordWriter = request.app.state.job_records
+    return records
+
+
+RecordsDep = Annotated[RecordWriter, Depends(_records)]
+
+
+class JobProgress(BaseModel):
+    value: float = Field(description="Overall fraction done, 0 to 1: each node counts one, the running one by steps.")
+    nodes_done: int
+    nodes_total: int
+    current_node: str | None = None
+    current_node_class: str | None = None
+    step: int | None = Field(None, description="The running node's sampler step, when it reports steps.")
+    steps: int | None = None
+
+
+class JobOutput(BaseModel):
+    node_id: str
+    name: str = Field(description="The file's name, relative to the output folder (its contents are not kept).")
+    size_bytes: int
+    url: str | None = Field(None, description="Where it was uploaded, with an upload block.")
+
+
+class JobError(BaseModel):
+    """The error body the request was answered with (or its webhook carried), and that answer's status code."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    status_code: int | None = Field(None, description="Absent when the request ended without an answer of its own.")
+
+
+class JobStatusResponse(BaseModel):
+    id: str
+    status: JobStatus = Field(
+        description="queued (preprocessing, or waiting in ComfyUI's queue) → running → succeeded, failed or "
+        "canceled; canceling after an /interrupt until the request ends."
+    )
+    created_at: datetime
+    started_at: datetime | None = Field(description="When ComfyUI started executing it.")
+    completed_at: datetime | None
+    expires_at: datetime = Field(description="When this record is deleted: JOB_RETENTION_S after the job ended.")
+    queue_position: int | None = Field(
+        description="How many of this server's prompts are ahead of it in ComfyUI's queue; null unless it waits there."
+    )
+    progress: JobProgress | None
+    attempts: int
+    outputs: list[JobOutput]
+    error: JobError | None
+
+
+@router.get(
+    "/prompt/{id}",
+    response_model=JobStatusResponse,
+    responses={
+        404: {"model": ErrorResponse, "description": "No request with this id, or its record has expired"},
+        # Declaring the range also keeps FastAPI from documenting its own 422, which this route never sends.
+        "4XX": {"model": ErrorResponse, "description": "Any other client error has the same shape"},
+    },
+)
+async def job_status(id: str, jobs: JobsDep, records: RecordsDep) -> dict[str, Any]:
+    """The state of a /prompt or workflow request by its `id`: from the server's memory while it runs, from the
+    job store after (also after a restart) until `expires_at`. Outputs are listed by name and size; their
+    contents are delivered with the request and not kept."""
+    record = jobs.record(id) or await records.get(id)
+    if record is None:
+        raise ApiError(f"No request with id {id!r} is known (it may have expired)", status_code=404)
+    return _body(record)
+
+
+def _body(record: JobRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "status": record.status,
+        "created_at": _time(record.created_at),
+        "started_at": _time(record.started_at),
+        "completed_at": _time(record.completed_at),
+        "expires_at": _time(record.expires_at),
+        "queue_position": record.queue_position,
+        "progress": record.progress,
+        "attempts": record.attempts,
+        "outputs": record.outputs,
+        "error": record.error,
+    }
+
+
+def _time(ms: int | None) -> datetime | None:
+    return datetime.fromtimestamp(ms / 1000, UTC) if ms is not None else None

@@ -1,0 +1,203 @@
+"""The embedded job store: one SQLite file (`STATE_DIR/jobs.db`), through SQLAlchemy Core's asyncio extension over
+aiosqlite, so that no query blocks the event loop.
+
+The database runs in WAL mode: readers (GET /prompt/{id}) never wait for the writer, and a committed transaction
+survives the process being killed. `synchronous=NORMAL` may lose the last transactions on a power cut, never
+corrupt the file. The schema's version is SQLite's `user_version`: a file written by a newer schema is refused at
+startup instead of misread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    and_,
+    delete,
+    event,
+    or_,
+    select,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ..errors import ConfigError
+from .base import JobQuery, JobStoreError
+from .records import JobRecord, JobStatus, now_ms
+
+SCHEMA_VERSION = 1
+
+_metadata = MetaData()
+jobs_table = Table(
+    "jobs",
+    _metadata,
+    Column("id", String, primary_key=True),
+    Column("status", String, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("completed_at", BigInteger),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("queue_position", Integer),
+    Column("attempts", Integer, nullable=False),
+    # none_as_null: a record's None is SQL NULL, not the JSON text 'null'.
+    Column("progress", JSON(none_as_null=True)),
+    Column("outputs", JSON, nullable=False),
+    Column("error", JSON(none_as_null=True)),
+    Column("delivery", JSON, nullable=False),
+    Index("jobs_by_expiry", "expires_at"),
+    Index("jobs_by_creation", "created_at", "id"),
+)
+
+
+class SQLiteJobStore:
+    def __init__(self, path: Path, *, clock: Callable[[], int] = now_ms) -> None:
+        self.path = path
+        self._clock = clock
+        self._engine: AsyncEngine | None = None
+        insert = sqlite_insert(jobs_table)
+        self._upsert = insert.on_conflict_do_update(
+            index_elements=[jobs_table.c.id],
+            set_={column.name: insert.excluded[column.name] for column in jobs_table.c if column.name != "id"},
+        )
+
+    async def open(self) -> None:
+        engine = create_async_engine(URL.create("sqlite+aiosqlite", database=str(self.path)))
+        event.listen(engine.sync_engine, "connect", _configure_connection)
+        try:
+            async with engine.begin() as connection:
+                version = (await connection.exec_driver_sql("PRAGMA user_version")).scalar_one()
+                if version not in (0, SCHEMA_VERSION):
+                    raise ConfigError(
+                        f"STATE_DIR: {self.path} holds job records of schema version {version}, which this version "
+                        f"of the server (schema {SCHEMA_VERSION}) cannot read; point STATE_DIR at another folder"
+                    )
+                await connection.run_sync(_metadata.create_all)
+                await connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except SQLAlchemyError as exc:
+            await engine.dispose()
+            raise ConfigError(f"STATE_DIR: cannot open the job store {self.path}: {_cause(exc)}") from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+
+    async def save(self, records: Sequence[JobRecord]) -> None:
+        if not records:
+            return
+        with self._converted():
+            async with self._connected().begin() as connection:
+                await connection.execute(self._upsert, [_row(record) for record in records])
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        statement = select(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.expires_at > self._clock())
+        with self._converted():
+            async with self._connected().connect() as connection:
+                row = (await connection.execute(statement)).first()
+        return _record(row) if row is not None else None
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        table = jobs_table.c
+        statement = select(jobs_table).where(table.expires_at > self._clock())
+        if query.statuses is not None:
+            statement = statement.where(table.status.in_([status.value for status in query.statuses]))
+        if query.created_after is not None:
+            statement = statement.where(table.created_at >= query.created_after)
+        if query.created_before is not None:
+            statement = statement.where(table.created_at < query.created_before)
+        if query.before is not None:
+            created, job_id = query.before
+            statement = statement.where(
+                or_(table.created_at < created, and_(table.created_at == created, table.id < job_id))
+            )
+        statement = statement.order_by(table.created_at.desc(), table.id.desc()).limit(query.limit)
+        with self._converted():
+            async with self._connected().connect() as connection:
+                rows = (await connection.execute(statement)).all()
+        return [_record(row) for row in rows]
+
+    async def delete_expired(self) -> int:
+        with self._converted():
+            async with self._connected().begin() as connection:
+                result = await connection.execute(delete(jobs_table).where(jobs_table.c.expires_at <= self._clock()))
+        return result.rowcount
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @contextlib.contextmanager
+    def _converted(self) -> Iterator[None]:
+        """SQLAlchemy's and the driver's errors as JobStoreError (the one place they are converted)."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise JobStoreError(f"job store {self.path}: {_cause(exc)}") from exc
+
+    def _connected(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the job store is not open")
+        return self._engine
+
+
+def _cause(exc: SQLAlchemyError) -> str:
+    # The driver's own message ("unable to open database file", "database is locked") without SQLAlchemy's wrapping.
+    return str(getattr(exc, "orig", None) or exc)
+
+
+def _configure_connection(connection: Any, _: Any) -> None:
+    cursor = connection.cursor()
+    # WAL: readers and the writer do not block each other; NORMAL is durable against a crash of the process.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    # Another process on the same file (a second server on one STATE_DIR) holds the write lock only briefly.
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def _row(record: JobRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "completed_at": record.completed_at,
+        "expires_at": record.expires_at,
+        "queue_position": record.queue_position,
+        "attempts": record.attempts,
+        "progress": record.progress,
+        "outputs": record.outputs,
+        "error": record.error,
+        "delivery": record.delivery,
+    }
+
+
+def _record(row: Row[Any]) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        created_at=row.created_at,
+        status=JobStatus(row.status),
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        expires_at=row.expires_at,
+        queue_position=row.queue_position,
+        progress=row.progress,
+        outputs=row.outputs,
+        error=row.error,
+        attempts=row.attempts,
+        delivery=row.delivery,
+    )

@@ -1,0 +1,152 @@
+"""Write-behind for job records: a request never waits for the store.
+
+`changed(record)` is all the request path does: O(1), no await. Changes are coalesced per job (the pending map
+holds each job's latest record, so a job that moved through four states before the next write costs one row), and
+one task, `run()`, writes them in batches, one transaction per batch, once changes have gathered for
+`flush_interval_s` (at once when a batch is full). Reads see what is pending or being written before they ask the
+store, so a record is readable the moment it changed. A failed write keeps its changes and is retried with backoff.
+
+The pending map is bounded: while the store cannot keep up (or is failing) and `max_pending` jobs have unwritten
+changes, the oldest job's changes are dropped, and the streak is logged. A job still in flight records its next
+change again; only a finished job's record can be lost that way. At shutdown `aclose()` writes what is pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from .base import JobStore, JobStoreError
+from .records import JobRecord, now_ms
+
+logger = logging.getLogger(__name__)
+
+# How long changes gather before a transaction: long enough that the requests of a burst share one, short enough
+# that little is lost if the process is killed.
+FLUSH_INTERVAL_S = 0.25
+# Records per transaction (about 1 ms of the event loop for SQLAlchemy to bind them); a batch this large is written
+# without waiting for the interval.
+BATCH_SIZE = 100
+# Jobs with unwritten changes at most (about 1 KiB each).
+MAX_PENDING = 10_000
+_RETRY_FIRST_S = 1.0
+_RETRY_MAX_S = 30.0
+
+
+class RecordWriter:
+    def __init__(
+        self,
+        store: JobStore,
+        *,
+        retention_s: float,
+        clock: Callable[[], int] = now_ms,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.store = store
+        self._retention_ms = round(retention_s * 1000)
+        self._clock = clock
+        self._flush_interval_s = flush_interval_s
+        self._max_pending = max_pending
+        # Job id → its latest record with unwritten changes, oldest change first.
+        self._pending: dict[str, JobRecord] = {}
+        # The batch in the transaction under way: still readable here until it is committed.
+        self._writing: dict[str, JobRecord] = {}
+        self._changes = asyncio.Event()
+        self._batch_full = asyncio.Event()
+        # One transaction at a time: the writer task's and the final one at shutdown.
+        self._lock = asyncio.Lock()
+        # Changes dropped in the current streak of a full pending map.
+        self.dropped = 0
+
+    def changed(self, record: JobRecord) -> None:
+        """Record that `record` changed; it is written within the flush interval (the caller never waits)."""
+        # Retention counts from the job's end, and from its creation while it runs.
+        record.expires_at = (record.completed_at or record.created_at) + self._retention_ms
+        pending = self._pending
+        if record.id not in pending and len(pending) >= self._max_pending:
+            self._drop_oldest()
+        pending[record.id] = record
+        self._changes.set()
+        if len(pending) >= BATCH_SIZE:
+            self._batch_full.set()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job's latest record: unwritten, being written, or from the store; None if unknown or expired."""
+        record = self._pending.get(job_id) or self._writing.get(job_id)
+        if record is None:
+            return await self.store.get(job_id)
+        return record if record.expires_at > self._clock() else None
+
+    async def open(self) -> None:
+        await self.store.open()
+
+    async def run(self) -> None:
+        """Write changes behind until cancelled. A transaction under way when it is cancelled still completes."""
+        failures = 0
+        while True:
+            await self._changes.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_full.wait(), self._flush_interval_s)
+            self._changes.clear()
+            self._batch_full.clear()
+            try:
+                # Shielded: cancelling this task (the server stopping) must not cut a transaction in half; aclose()
+                # waits for it through the lock.
+                await asyncio.shield(self.flush())
+            except JobStoreError as exc:
+                failures += 1
+                delay = min(_RETRY_FIRST_S * 2 ** (failures - 1), _RETRY_MAX_S)
+                if failures == 1:
+                    logger.error("writing job records failed; retrying", extra={"reason": str(exc)})
+                await asyncio.sleep(delay)  # backoff before the retry
+                self._changes.set()
+                continue
+            if failures:
+                logger.info("writing job records works again", extra={"failed_attempts": failures})
+                failures = 0
+
+    async def flush(self) -> None:
+        """Write every pending change now, a transaction per batch; on failure the changes stay pending."""
+        async with self._lock:
+            while self._pending:
+                ids = list(self._pending)[:BATCH_SIZE]
+                self._writing = {job_id: self._pending.pop(job_id) for job_id in ids}
+                try:
+                    await self.store.save(list(self._writing.values()))
+                except BaseException:
+                    # Back in front of what changed since (a job's newer record wins), so they are retried first.
+                    self._pending = self._writing | self._pending
+                    self._trim()
+                    raise
+                finally:
+                    self._writing = {}
+            if self.dropped:
+                logger.warning("job record writes caught up", extra={"dropped_changes": self.dropped})
+                self.dropped = 0
+
+    async def aclose(self) -> None:
+        """Write what is pending (waiting for a transaction under way), then close the store."""
+        try:
+            await self.flush()
+        except JobStoreError as exc:
+            logger.error(
+                "job records could not be written at shutdown",
+                extra={"reason": str(exc), "lost": len(self._pending)},
+            )
+        await self.store.close()
+
+    def _drop_oldest(self) -> None:
+        del self._pending[next(iter(self._pending))]
+        self.dropped += 1
+        if self.dropped == 1:
+            logger.warning(
+                "job records are not being written fast enough; dropping the oldest unwritten changes",
+                extra={"max_pending": self._max_pending},
+            )
+
+    def _trim(self) -> None:
+        while len(self._pending) > self._max_pending:
+            self._drop_oldest()
