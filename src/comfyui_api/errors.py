@@ -16,6 +16,7 @@
     │   │   └── UnsafeUrl               a URL the server refuses to fetch
     │   │       └── AddressRefused      a connection the address check refused
     │   └── UploadError                 an upload failed; the message is the provider's cause
+    ├── JobStoreError                   the job store could not read or write
     └── ApiError                        answered over HTTP: a status code and a JSON body
         ├── BadRequest (400)            the request is wrong; `location` names the field at fault
         │   └── PromptRejected          ComfyUI refused the graph at validation
@@ -131,6 +132,10 @@ class AddressRefused(UnsafeUrl):
 
 class UploadError(StorageError):
     """An upload failed; the message is the provider's cause, fit for the client."""
+
+
+class JobStoreError(ServerError):
+    """The store could not read or write; the message says why. Each store converts its driver's errors into it."""
 
 
 class ApiError(ServerError):

@@ -85,6 +85,8 @@ class ApiServer:
             "COMFYUI_PORT_HOST": str(self.comfy_api_port),
             "WORKFLOW_DIR": str(base / "workflows"),
             "CACHE_DIR": str(base / "cache"),
+            # Each server's job store in its own folder: servers of one session never share records.
+            "STATE_DIR": str(base / "state"),
             "STARTUP_CHECK_INTERVAL_S": "0.5",
             "STARTUP_CHECK_MAX_TRIES": str(int(STARTUP_DEADLINE_S / 0.5)),
             "LOG_LEVEL": "debug",

@@ -11,12 +11,10 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..errors import ServerError
+from ..errors import JobStoreError
 from .records import JobRecord, JobStatus
 
-
-class JobStoreError(ServerError):
-    """The store could not read or write; the message says why. Each store converts its driver's errors into it."""
+__all__ = ["MAX_LIST_LIMIT", "JobQuery", "JobStore", "JobStoreError"]
 
 
 # The most records one `list_jobs` call returns.

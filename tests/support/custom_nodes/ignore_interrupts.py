@@ -10,7 +10,7 @@ class IgnoreInterrupts:
     FUNCTION = "run"
 
     @classmethod
-    def INPUT_TYPES(cls):  # noqa: N802 (ComfyUI's name)
+    def INPUT_TYPES(cls):
         return {"required": {"image": ("IMAGE",), "seconds": ("FLOAT", {"default": 600.0, "min": 0.0})}}
 
     def run(self, image, seconds):
