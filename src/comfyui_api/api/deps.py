@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from ..comfy.client import ComfyClient
 from ..comfy.events import EventStream
 from ..config import Settings
+from ..jobstore.writer import RecordWriter
 from ..pipeline.delivery import Delivery
 from ..pipeline.jobs import JobRegistry
 from ..pipeline.runner import PromptRunner
@@ -36,3 +37,4 @@ StorageDep = Annotated[StorageManager, Depends(_from_app("storage"))]
 DeliveryDep = Annotated[Delivery, Depends(_from_app("delivery"))]
 ComfyClientDep = Annotated[ComfyClient, Depends(_from_app("comfy_client"))]
 CatalogDep = Annotated[Catalog, Depends(_from_app("catalog"))]
+RecordsDep = Annotated[RecordWriter, Depends(_from_app("job_records"))]

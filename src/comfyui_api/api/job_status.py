@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApiError
 from ..jobstore.records import JobRecord, JobStatus
-from ..jobstore.writer import RecordWriter
-from .deps import JobsDep
+from .deps import JobsDep, RecordsDep
 from .schemas import ErrorResponse
 
 router = APIRouter(tags=["prompt"])
-
-
-async def _records(request: Request) -> RecordWriter:
-    # async: FastAPI runs a plain `def` dependency in a worker thread.
-    records: RecordWriter = request.app.state.job_records
-    return records
-
-
-RecordsDep = Annotated[RecordWriter, Depends(_records)]
 
 
 class JobProgress(BaseModel):
