@@ -7,8 +7,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import httpx
-
 from tests.support.graphs import slow, solid
 from tests.support.server import ApiServer, run_in_background, wait_until
 
@@ -35,10 +33,7 @@ def test_interrupting_while_comfyui_is_stopped(make_server: Callable[..., ApiSer
     finally:
         comfy.resume()
 
-    def clean() -> bool:
-        queue = server.comfy_queue()
-        history = httpx.get(f"{server.comfy_url}/history", timeout=10).json()
-        return queue == ([], []) and history == {} and server.files_under("output") == []
-
-    wait_until(clean, 120, "the interrupted prompt to leave ComfyUI, its history and outputs", interval_s=0.5)
+    wait_until(
+        server.comfy_left_clean, 120, "the interrupted prompt to leave ComfyUI, its history and outputs", interval_s=0.5
+    )
     assert server.http.post("/prompt", json={"prompt": solid(8, 8), "id": "after-resume"}).status_code == 200

@@ -7,7 +7,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from comfyui_api.config import Settings
+from comfyui_api.config import SALAD_VARIABLES, Settings
 from comfyui_api.pipeline.preprocess import MAX_INPUT_DEPTH
 from comfyui_api.pipeline.request import ID_MAX_BYTES
 
@@ -49,14 +49,7 @@ REFERENCE_VARIABLES = frozenset(
         "PORT",
         "PREPEND_FILENAMES",
         "PROMPT_WEBHOOK_RETRIES",
-        "SALAD_CONTAINER_GROUP_ID",
-        "SALAD_MACHINE_ID",
-        "SALAD_ORGANIZATION_NAME",
-        "SALAD_ORGANIZATION_ID",
-        "SALAD_PROJECT_NAME",
-        "SALAD_PROJECT_ID",
-        "SALAD_CONTAINER_GROUP_NAME",
-        "SALAD_INSTANCE_ID",
+        *SALAD_VARIABLES,
         "STARTUP_CHECK_INTERVAL_S",
         "STARTUP_CHECK_MAX_TRIES",
         "SYSTEM_WEBHOOK_EVENTS",

@@ -94,14 +94,16 @@ def test_prompts_that_timed_out_while_comfyui_was_stopped_leave_no_files_or_hist
     finally:
         comfy.resume()
 
-    def clean() -> bool:
-        queue = server.comfy_queue()
-        history = httpx.get(f"{server.comfy_url}/history", timeout=10).json()
-        return queue == ([], []) and history == {} and server.files_under("output") == []
-
-    wait_until(clean, 180, "ComfyUI's queue, history and the output folder to be empty", interval_s=0.5)
-    # The prompt that ran on after SIGCONT ended there with an entry of its own, which the server removed.
-    assert any(entry.get("msg") == "cleaned up an abandoned prompt" for entry in server.log_entries())
+    wait_until(
+        server.comfy_left_clean, 180, "ComfyUI's queue, history and the output folder to be empty", interval_s=0.5
+    )
+    # The prompt that ran on after SIGCONT ended there with an entry of its own, which the server removed (its log
+    # line is written by the log's own thread, possibly just after).
+    wait_until(
+        lambda: any(entry.get("msg") == "cleaned up an abandoned prompt" for entry in server.log_entries()),
+        30,
+        "the cleanup's log line",
+    )
     response = post(server, solid(8, 8), "afterwards")
     assert response.status_code == 200, response.text
     assert server.files_under("output") == []

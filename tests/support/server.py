@@ -175,6 +175,11 @@ class ApiServer:
         """The prompt id ComfyUI is executing, once it executes one."""
         return wait_until(lambda: next(iter(self.comfy_queue()[0]), None), timeout_s, "ComfyUI to run a prompt")
 
+    def comfy_left_clean(self) -> bool:
+        """Nothing of past requests is left: ComfyUI's queue and history and the output folder are empty."""
+        history = httpx.get(f"{self.comfy_url}/history", timeout=10).json()
+        return self.comfy_queue() == ([], []) and history == {} and self.files_under("output") == []
+
     def wait_comfy_pending(self, count: int, timeout_s: float = 120) -> list[str]:
         return wait_until(
             lambda: len(pending := self.comfy_queue()[1]) >= count and pending, timeout_s, "prompts to queue in ComfyUI"
