@@ -18,6 +18,7 @@ from typing import Any, cast
 from comfyui_api.comfy.client import ComfyClient
 from comfyui_api.comfy.events import EventStream
 from comfyui_api.config import Settings
+from comfyui_api.pipeline.delivery import Delivery
 from comfyui_api.pipeline.janitor import Janitor
 from comfyui_api.pipeline.jobs import JobRegistry
 from comfyui_api.pipeline.request import PromptRequest
@@ -25,6 +26,8 @@ from comfyui_api.pipeline.runner import PromptRunner
 from comfyui_api.state import ServerState
 from comfyui_api.storage.manager import StorageManager
 from comfyui_api.storage.net import UrlGuard
+from comfyui_api.storage.uploads import Uploader
+from comfyui_api.webhooks.sender import WebhookSender
 from tests.unit.fake_comfy import FakeComfy
 
 REQUEST_ID = "req-1"
@@ -109,3 +112,19 @@ async def pipeline(
                 await janitor_task
         await runner.aclose()
         await storage.aclose()
+
+
+def delivery_for(
+    p: Pipeline, *, uploader: object = None, webhooks: object = None, guard: UrlGuard | None = None
+) -> Delivery:
+    """A Delivery over the pipeline's runner, with stand-ins for the uploader and the webhook sender (None where the
+    test needs neither: a base64 answer uses them not at all), the Hub's endpoint and no Azure."""
+    return Delivery(
+        p.runner,
+        cast(Uploader, uploader),
+        cast(WebhookSender, webhooks),
+        output_dir=p.output_dir,
+        hf_endpoint="https://huggingface.co",
+        azure_base=None,
+        guard=guard or UrlGuard(),
+    )

@@ -17,18 +17,16 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from comfyui_api.errors import BadRequest, UploadError, UploadFailed
 from comfyui_api.pipeline.delivery import Answer, Delivery
 from comfyui_api.storage.net import UrlGuard
-from comfyui_api.storage.uploads import Uploader
 from comfyui_api.webhooks.body import JsonBody
-from comfyui_api.webhooks.sender import WebhookSender
 from tests.unit.fake_comfy import failed, saved
-from tests.unit.fake_pipeline import OUTPUT, REQUEST_ID, Pipeline, pipeline, request
+from tests.unit.fake_pipeline import OUTPUT, REQUEST_ID, Pipeline, delivery_for, pipeline, request
 
 # A receiver on loopback, trusted by the guard as an operator's origin would be (nothing listens: nothing is sent).
 HOOK_ORIGIN = "http://127.0.0.1:8999"
@@ -86,15 +84,7 @@ class Parts:
 async def parts(tmp_path: Path) -> AsyncIterator[Parts]:
     async with pipeline(tmp_path) as p:
         webhooks, uploads = Webhooks(), Uploads()
-        delivery = Delivery(
-            p.runner,
-            cast(Uploader, uploads),
-            cast(WebhookSender, webhooks),
-            output_dir=p.output_dir,
-            hf_endpoint="https://huggingface.co",
-            azure_base=None,
-            guard=UrlGuard(trusted_origins=[HOOK_ORIGIN]),
-        )
+        delivery = delivery_for(p, uploader=uploads, webhooks=webhooks, guard=UrlGuard(trusted_origins=[HOOK_ORIGIN]))
         yield Parts(p, delivery, webhooks, uploads)
         await delivery.aclose()
 

@@ -21,7 +21,7 @@ from comfyui_api.storage.net import UrlGuard
 from comfyui_api.storage.uploads import Uploader
 from comfyui_api.webhooks.sender import WebhookSender
 from tests.unit.fake_comfy import saved
-from tests.unit.fake_pipeline import OUTPUT, REQUEST_ID, Pipeline, pipeline, request
+from tests.unit.fake_pipeline import OUTPUT, REQUEST_ID, Pipeline, delivery_for, pipeline, request
 
 
 class Client:
@@ -136,16 +136,7 @@ async def test_a_cancellation_from_elsewhere_stays_a_cancellation() -> None:
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Delivery]]:
     async with pipeline(tmp_path) as p:
-        # A base64 answer needs neither uploads nor webhooks.
-        delivery = Delivery(
-            p.runner,
-            cast(Uploader, None),
-            cast(WebhookSender, None),
-            output_dir=p.output_dir,
-            hf_endpoint="https://huggingface.co",
-            azure_base=None,
-            guard=UrlGuard(),
-        )
+        delivery = delivery_for(p)  # a base64 answer needs neither uploads nor webhooks
         yield p, delivery
 
 
