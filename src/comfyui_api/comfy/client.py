@@ -106,3 +106,15 @@ class ComfyClient:
 
     async def interrupt(self, prompt_id: str) -> None:
         await self._json("POST", "/interrupt", json_body={"prompt_id": prompt_id})
+
+
+async def take_out(client: ComfyClient, prompt_ids: list[str]) -> tuple[set[str], set[str]]:
+    """Take prompts out of ComfyUI: delete them from its queue, interrupt those already running. Returns the
+    prompt ids running and pending as ComfyUI answered after the delete."""
+    await client.delete_from_queue(prompt_ids)
+    running, pending = await client.queue()
+    for prompt_id in prompt_ids:
+        if prompt_id in running:
+            # Only while it runs: a ComfyUI build that ignores the prompt id interrupts whatever is running.
+            await client.interrupt(prompt_id)
+    return running, pending

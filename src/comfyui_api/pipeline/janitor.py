@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..comfy.client import ComfyClient
+from ..comfy.client import ComfyClient, take_out
 from ..errors import ApiError
 from .outputs import collect_outputs, delete_files
 
@@ -138,16 +138,14 @@ class Janitor:
         waiting = [prompt_id for prompt_id, abandoned in self._abandoned.items() if not abandoned.removed]
         if not waiting:
             return
-        await self._client.delete_from_queue(waiting)
-        running, _ = await self._client.queue()
+        running, _ = await take_out(self._client, waiting)
         for prompt_id in waiting:
-            if prompt_id in running:
-                # Only while it runs: a ComfyUI build that ignores the prompt id interrupts whatever is running.
-                await self._client.interrupt(prompt_id)
-                if prompt_id in self._abandoned and self._abandoned[prompt_id].interrupted_at is None:
-                    self._abandoned[prompt_id].interrupted_at = self._clock()
-            if prompt_id in self._abandoned:
-                self._abandoned[prompt_id].removed = True
+            abandoned = self._abandoned.get(prompt_id)
+            if abandoned is None:
+                continue
+            if prompt_id in running and abandoned.interrupted_at is None:
+                abandoned.interrupted_at = self._clock()
+            abandoned.removed = True
 
     async def _clean_up(self, prompt_id: str) -> None:
         entry = await self._client.history(prompt_id)

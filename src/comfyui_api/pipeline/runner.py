@@ -12,7 +12,7 @@ import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..comfy.client import ComfyClient
+from ..comfy.client import ComfyClient, take_out
 from ..comfy.events import EventStream
 from ..config import Settings
 from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptRejected, PromptTimeout, ShuttingDown
@@ -270,12 +270,8 @@ class PromptRunner:
                 raise ComfyUnavailable("ComfyUI dropped the prompt: it is neither queued nor in its history")
 
     async def _cancel_in_comfy(self, job: Job) -> None:
-        await self._client.delete_from_queue([job.prompt_id])
-        running, pending = await self._client.queue()
-        if job.prompt_id in running:
-            # Only while ours runs: a ComfyUI build that ignores the prompt id interrupts whatever is running.
-            await self._client.interrupt(job.prompt_id)
-        elif job.prompt_id not in pending:
+        running, pending = await take_out(self._client, [job.prompt_id])
+        if job.prompt_id not in running and job.prompt_id not in pending:
             job.missing_from_queue = True
             job.wake.set()
 
