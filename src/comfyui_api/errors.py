@@ -212,6 +212,31 @@ class PromptTimeout(ApiError):
     status_code = 504
 
 
+class V2Error(ApiError):
+    """A Comfy API v2 error: `{"error": {"code", "message", "details"}}` (the contract's ErrorEnvelope), with a
+    `Retry-After` header when `retry_after_s` is set."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status_code: int,
+        details: dict[str, Any] | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        super().__init__(message, status_code=status_code)
+        self.code = code
+        self.details = details
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
 class ShuttingDown(ApiError):
     status_code = 503
 

@@ -85,13 +85,13 @@ class BearerAuth:
         return None if self.accepts(token.strip()) else INVALID
 
 
-def _in_v2(path: str) -> bool:
+def in_v2(path: str) -> bool:
     return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
 
 
 def _error_body(path: str, message: str) -> dict[str, Any]:
     """The 401 body in the shape of the path's route family."""
-    if _in_v2(path):
+    if in_v2(path):
         return {"error": {"code": "unauthorized", "message": message}}  # Comfy API v2's ErrorEnvelope
     return {"error": message, "location": "authorization"}
 
@@ -142,7 +142,7 @@ def _documenting_bearer_auth(generate: Callable[[], dict[str, Any]]) -> Callable
                     operation["security"] = []
                     continue
                 # The family's error schema, where the document has it (ErrorEnvelope comes with the v2 routes).
-                schema = "ErrorEnvelope" if _in_v2(path) else "ErrorResponse"
+                schema = "ErrorEnvelope" if in_v2(path) else "ErrorResponse"
                 unauthorized: dict[str, Any] = {"description": "Missing or invalid bearer token"}
                 if schema in schemas:
                     unauthorized["content"] = {
