@@ -2,7 +2,8 @@
 
 Every prompt is queued with this stream's client id, so ComfyUI sends their execution events
 here. Listeners are called synchronously from the reader task and must do O(1) work, so one slow
-consumer can never hold up completion of every other request.
+consumer can never hold up completion of every other request. JSON messages go to `subscribe`'s
+listeners as dicts, binary ones (previews, comfy/previews.py) to `subscribe_binary`'s as bytes.
 
 The reader is `run()`, a task its owner (the lifecycle) spawns and watches. `reconnect()` drops the
 connection and dials again: the watchdog calls it when ComfyUI's queue moves but no message arrives,
@@ -25,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 logger = logging.getLogger(__name__)
 
 Listener = Callable[[dict[str, Any]], None]
+BinaryListener = Callable[[bytes], None]
 
 _MAX_BACKOFF_S = 1.0
 
@@ -35,6 +37,7 @@ class EventStream:
         self._url = f"{ws_url}?clientId={self.client_id}"
         self._ping_interval_s = ping_interval_s
         self._listeners: list[Listener] = []
+        self._binary_listeners: list[BinaryListener] = []
         self._retry_now = asyncio.Event()
         # Set by reconnect(): the reader leaves the current connection.
         self._drop = asyncio.Event()
@@ -47,6 +50,9 @@ class EventStream:
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def subscribe_binary(self, listener: BinaryListener) -> None:
+        self._binary_listeners.append(listener)
 
     def reconnect_now(self) -> None:
         """Skip the current backoff delay (ComfyUI just came back)."""
@@ -118,6 +124,8 @@ class EventStream:
         async for message in ws:
             if isinstance(message, str):
                 self._handle(message)
+            else:
+                self._handle_binary(message)
 
     def _handle(self, message: str) -> None:
         self.received += 1
@@ -139,3 +147,11 @@ class EventStream:
                 listener(event)
             except Exception:
                 logger.exception("websocket event listener failed", extra={"event_type": event.get("type")})
+
+    def _handle_binary(self, message: bytes) -> None:
+        self.received += 1
+        for listener in self._binary_listeners:
+            try:
+                listener(message)
+            except Exception:
+                logger.exception("websocket binary listener failed", extra={"size": len(message)})
