@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
+from collections.abc import Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -69,20 +71,31 @@ class CatalogContext:
 
 class BodySizeLimit:
     """413 for bodies over the limit, checked on Content-Length and again while the body streams in; 400 for a body
-    that stops arriving (shorter than its Content-Length, or a client gone quiet) for `read_timeout_s`."""
+    that stops arriving (shorter than its Content-Length, or a client gone quiet) for `read_timeout_s`.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, read_timeout_s: float = 30.0) -> None:
+    `unlimited`: the `(method, path)` of routes that bound their bodies themselves as they read them (asset
+    uploads); only the read timeout applies to those."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        read_timeout_s: float = 30.0,
+        unlimited: Collection[tuple[str, str]] = (),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.read_timeout_s = read_timeout_s
+        self.unlimited = frozenset(unlimited)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = math.inf if (scope["method"], scope["path"]) in self.unlimited else self.max_bytes
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             await self._reject(send)
             return
         received = 0
@@ -102,7 +115,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 complete = not message.get("more_body", False)
-                if received > self.max_bytes:
+                if received > max_bytes:
                     too_large = complete = True
                     return {"type": "http.request", "body": b"", "more_body": False}
             return message
