@@ -235,8 +235,8 @@ class AssetStore:
     async def receiving(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[Upload]:
         """The bytes of `chunks`, written to a temporary file and hashed as they arrive (never held whole), for
         `commit` to store; the file is removed on leaving unless `commit` moved it into the store. Raises 413
-        `payload_too_large` past `max_upload_bytes` and 507 `storage_full` past the room left, as soon as the bytes
-        received pass them."""
+        `payload_too_large` as soon as the bytes received pass `max_upload_bytes`. (The disk limit waits for
+        `commit`: bytes the store holds already take no more room.)"""
         temporary = self._temporaries / f"{uuid.uuid4().hex}.part"
         try:
             yield await self._receive(chunks, temporary)
@@ -422,7 +422,6 @@ class AssetStore:
         return expired
 
     async def _receive(self, chunks: AsyncIterator[bytes], temporary: Path) -> Upload:
-        room = await self._room()
         hasher = blake3()
         size = 0
         pending: list[bytes] = []
@@ -431,7 +430,8 @@ class AssetStore:
         try:
             async for chunk in chunks:
                 size += len(chunk)
-                self._check_size(size, room)
+                if size > self.max_upload_bytes:
+                    raise self._too_large()
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= _WRITE_SIZE:
@@ -442,24 +442,13 @@ class AssetStore:
             await asyncio.to_thread(handle.close)
         return Upload(temporary, hasher.hexdigest(), size)
 
-    def _check_size(self, size: int, room: int | None) -> None:
-        if size > self.max_upload_bytes:
-            raise V2Error(
-                "payload_too_large",
-                f"The file is larger than the {self.max_upload_bytes} bytes an upload may have",
-                status_code=413,
-                details={"max_bytes": self.max_upload_bytes},
-            )
-        if room is not None and size > room:
-            raise _storage_full()
-
-    async def _room(self) -> int | None:
-        """The bytes new blobs may still take, or None without a limit."""
-        if not self.disk_limit_bytes:
-            return None
-        with self._converted():
-            async with self._connected().connect() as connection:
-                return self.disk_limit_bytes - await _stored_bytes(connection)
+    def _too_large(self) -> V2Error:
+        return V2Error(
+            "payload_too_large",
+            f"The file is larger than the {self.max_upload_bytes} bytes an upload may have",
+            status_code=413,
+            details={"max_bytes": self.max_upload_bytes},
+        )
 
     async def _store(self, upload: Upload, record: AssetRecord, *, idempotency_key: str | None, limited: bool) -> bool:
         """Insert `record`, and move `upload`'s file into place when its blob is new (the return value)."""
