@@ -229,6 +229,39 @@ async def test_an_upload_past_the_size_limit_is_413(client: httpx.AsyncClient, s
     assert list((store.blobs / "tmp").iterdir()) == []
 
 
+async def test_a_body_past_the_limit_in_other_parts_is_413(client: httpx.AsyncClient) -> None:
+    chunk = b"y" * 65536
+
+    async def padded() -> AsyncIterator[bytes]:
+        yield f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="padding"\r\n\r\n'.encode()
+        for _ in range(2 * 1024 * 1024 // len(chunk)):
+            yield chunk
+
+    response = await client.post(
+        "/api/v2/assets", content=padded(), headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    )
+
+    assert_envelope(response, 413, "payload_too_large")
+
+
+async def test_a_declared_length_past_the_limit_is_413_before_the_body_is_read(client: httpx.AsyncClient) -> None:
+    read = False
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal read
+        read = True
+        yield b""
+
+    response = await client.post(
+        "/api/v2/assets",
+        content=body(),
+        headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "Content-Length": str(10**12)},
+    )
+
+    assert_envelope(response, 413, "payload_too_large")
+    assert not read
+
+
 async def test_an_idempotency_key_is_single_use(client: httpx.AsyncClient) -> None:
     first = await post_upload(client, headers={"Idempotency-Key": "key-1"})
     assert first.status_code == 201

@@ -40,6 +40,8 @@ UPLOAD_ROUTE = ("POST", "/api/v2/assets")
 
 # The text fields of an upload, all together: the file is the only large part.
 MAX_FIELD_BYTES = 1024 * 1024
+# What a body may hold besides the file and the fields: part headers, boundaries, parts of other names.
+MAX_FORM_OVERHEAD = 64 * 1024
 # How long a content URL is said to last for an asset kept until deleted.
 URL_LIFETIME = timedelta(seconds=MAX_EXPIRES_IN_S)
 
@@ -168,7 +170,7 @@ async def upload_asset(
     server already has are stored once: 201 for new bytes, 200 for an asset minted over stored ones."""
     if idempotency_key is not None:
         await store.check_idempotency_key(idempotency_key)
-    form = _UploadForm(request.headers.get("content-type", ""))
+    form = _UploadForm(request.headers, max_bytes=store.max_upload_bytes + MAX_FIELD_BYTES + MAX_FORM_OVERHEAD)
     async with aclosing(form.file_chunks(request.stream())) as chunks, store.receiving(chunks) as upload:
         fields = form.validated()
         record, created_new = await store.commit(
@@ -303,15 +305,20 @@ def _single_range(value: str) -> bool:
 
 class _UploadForm:
     """A multipart/form-data body, read as it streams in: the text fields are kept (MAX_FIELD_BYTES in all), the
-    bytes of the one `file` part are handed on as they arrive. Parts of other names are skipped unread."""
+    bytes of the one `file` part are handed on as they arrive. Parts of other names are skipped unread. A body past
+    `max_bytes` in all is refused (413), whatever its parts: the app's body size limit leaves this one alone."""
 
     _FIELDS = frozenset(UploadFields.model_fields)
 
-    def __init__(self, content_type: str) -> None:
-        media_type, options = parse_options_header(content_type)
+    def __init__(self, headers: Headers, *, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        media_type, options = parse_options_header(headers.get("content-type"))
         boundary = options.get(b"boundary")
         if media_type != b"multipart/form-data" or not boundary:
             raise _invalid_body("Send the upload as multipart/form-data (with a boundary)")
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise self._too_large()
         self.values: dict[str, list[str]] = defaultdict(list)
         self.has_file = False
         self.complete = False
@@ -329,6 +336,7 @@ class _UploadForm:
             },
         )
         self._kept = 0
+        self._received = 0
         self._file_data: list[bytes] = []
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -341,6 +349,9 @@ class _UploadForm:
         """The `file` part's bytes, read from the whole of `body`: once they are exhausted, the fields are too."""
         try:
             async for chunk in body:
+                self._received += len(chunk)
+                if self._received > self.max_bytes:
+                    raise self._too_large()
                 self._feed(chunk)
                 data, self._file_data = self._file_data, []
                 for piece in data:
@@ -363,6 +374,14 @@ class _UploadForm:
         if problems:
             raise RequestValidationError(problems)
         return fields
+
+    def _too_large(self) -> V2Error:
+        return V2Error(
+            "payload_too_large",
+            f"The body is larger than the {self.max_bytes} bytes an upload may have, its fields included",
+            status_code=413,
+            details={"max_bytes": self.max_bytes},
+        )
 
     def _feed(self, chunk: bytes) -> None:
         try:
