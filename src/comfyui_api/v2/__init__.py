@@ -1,0 +1,1 @@
+"""Comfy API v2: jobs and assets."""
