@@ -95,6 +95,8 @@ class Settings(BaseSettings):
     prepend_filenames: bool = True
     prompt_timeout_s: float | None = Field(None, gt=0)
     cancel_on_disconnect: bool = True
+    # Attempts a job gets when ComfyUI exits or is restarted under it (the first included).
+    job_max_attempts: int = Field(2, ge=1)
     comfy_stall_timeout_s: float = Field(60.0, gt=0)
     interrupt_grace_s: float = Field(30.0, gt=0)
     shutdown_grace_period_s: float = Field(300.0, ge=0)

@@ -200,7 +200,8 @@ async def server(tmp_path: Path, *, warmup: bool = False, **settings: Any) -> As
 
 
 async def test_comfyui_exiting_without_always_restart_fails_its_jobs_and_exits(tmp_path: Path) -> None:
-    async with server(tmp_path) as s:
+    # One attempt: with more, the job would wait for a ComfyUI that does not come back (the exit then ends it).
+    async with server(tmp_path, job_max_attempts=1) as s:
         await until(s.state.changed, lambda: s.state.healthy)
         job = await s.p.runner.start(request())
         finishing = asyncio.create_task(s.p.runner.finish(job))
@@ -245,7 +246,7 @@ async def test_a_wedge_fails_held_jobs_kills_comfyui_and_relaunches_it_even_with
     tmp_path: Path,
 ) -> None:
     # A short stall timeout: the watchdog sees the prompt pending with nothing running for that long.
-    async with server(tmp_path, comfy_stall_timeout_s=0.2) as s:
+    async with server(tmp_path, comfy_stall_timeout_s=0.2, job_max_attempts=1) as s:
         await until(s.state.changed, lambda: s.state.healthy)
         job = await s.p.runner.start(request())
         assert job.prompt_id in s.p.comfy.pending

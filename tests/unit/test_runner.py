@@ -149,18 +149,71 @@ async def test_an_interrupt_while_running_interrupts_that_prompt(p: Pipeline) ->
     assert interrupted.value.extra == {"node_id": "9", "node_type": "SaveImage"}
 
 
-async def test_comfyui_exiting_fails_the_queued_job_with_503(p: Pipeline) -> None:
+async def test_comfyui_exiting_fails_the_queued_job_with_503_when_its_attempts_are_spent(tmp_path: Path) -> None:
+    async with pipeline(tmp_path, job_max_attempts=1) as p:
+        job = await p.runner.start(request())
+        finishing = asyncio.create_task(p.runner.finish(job))
+
+        exited = ComfyUnavailable("ComfyUI exited with code 1 while the prompt was queued or running")
+        p.jobs.fail_in_comfy(exited)
+
+        with pytest.raises(ComfyUnavailable) as failure:
+            await finishing
+        assert failure.value is exited
+        assert failure.value.status_code == 503
+        assert p.jobs.get(REQUEST_ID) is None
+
+
+async def test_a_job_comfyui_exits_under_is_queued_again_once_it_is_back_and_keeps_why(p: Pipeline) -> None:
+    job = await p.runner.start(request())
+    first = job.prompt_id
+    finishing = asyncio.create_task(p.runner.finish(job))
+    p.comfy.emit("execution_start", {"prompt_id": first})
+
+    # ComfyUI exits (the lifecycle clears comfy_up and fails what it held), then comes back.
+    p.state.comfy_up.clear()
+    p.jobs.fail_in_comfy(ComfyUnavailable("ComfyUI exited with code -9 while the prompt was queued or running"))
+    async with asyncio.timeout(10):
+        while job.record.attempts != 2:
+            await asyncio.sleep(0.01)
+    assert job.record.status.value == "queued" and job.record.started_at is None
+    assert [entry["error"] for entry in job.record.attempt_errors] == [
+        "ComfyUI exited with code -9 while the prompt was queued or running"
+    ]
+    assert p.queued() == [first]  # nothing is sent while ComfyUI is down
+    p.state.comfy_up.set()
+
+    await p.comfy.until(lambda: len(p.queued()) == 2)
+    second = p.queued()[1]
+    assert second != first and job.prompt_id == second
+    p.comfy.end(second, saved(p.output_dir, OUTPUT))
+    await finishing
+    assert [output.name for output in job.outputs] == [OUTPUT]
+    await p.runner.close(job)
+
+
+async def test_a_job_comfyui_fails_on_every_attempt_fails_with_each_attempts_error(p: Pipeline) -> None:
     job = await p.runner.start(request())
     finishing = asyncio.create_task(p.runner.finish(job))
+    p.jobs.fail_in_comfy(ComfyUnavailable("first death"))
+    await p.comfy.until(lambda: len(p.queued()) == 2)
+    p.jobs.fail_in_comfy(ComfyUnavailable("second death"))
 
-    exited = ComfyUnavailable("ComfyUI exited with code 1 while the prompt was queued or running")
-    p.jobs.fail_in_comfy(exited)
-
-    with pytest.raises(ComfyUnavailable) as failure:
+    with pytest.raises(ComfyUnavailable, match="second death"):
         await finishing
-    assert failure.value is exited
-    assert failure.value.status_code == 503
-    assert p.jobs.get(REQUEST_ID) is None
+    assert job.record.attempts == 2
+    assert [entry["error"] for entry in job.record.attempt_errors] == ["first death"]
+    assert job.record.error is not None and job.record.error["error"] == "second death"
+
+
+async def test_an_interrupted_job_is_not_queued_again(p: Pipeline) -> None:
+    job = await p.runner.start(request())
+    finishing = asyncio.create_task(p.runner.finish(job))
+    job.interrupt_requested = True
+    p.jobs.fail_in_comfy(ComfyUnavailable("ComfyUI exited"))
+    with pytest.raises(ComfyUnavailable):
+        await finishing
+    assert len(p.queued()) == 1
 
 
 async def test_close_deletes_the_files_even_when_its_caller_is_cancelled(p: Pipeline) -> None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import JobStoreError
-from .records import JobRecord, JobStatus
+from .records import JobKind, JobRecord, JobStatus
 
 __all__ = ["MAX_LIST_LIMIT", "JobQuery", "JobStore", "JobStoreError"]
 
@@ -27,6 +27,7 @@ class JobQuery:
 
     `before` is the (`created_at`, `id`) of the last record of the previous page: the next page starts after it."""
 
+    kind: JobKind | None = None
     statuses: Collection[JobStatus] | None = None
     created_after: int | None = None  # ms since the epoch, inclusive
     created_before: int | None = None  # ms since the epoch, exclusive

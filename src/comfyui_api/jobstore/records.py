@@ -30,6 +30,14 @@ class JobStatus(enum.StrEnum):
     EXPIRED = "expired"  # v2's end for a job that waited past its deadline (no job reaches it yet)
 
 
+class JobKind(enum.StrEnum):
+    """Which front door took the job: the reference-compatible routes, or Comfy API v2 (whose routes see only its
+    own jobs)."""
+
+    PROMPT = "prompt"
+    V2 = "v2"
+
+
 TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.CANCELED, JobStatus.FAILED, JobStatus.EXPIRED})
 
 
@@ -55,8 +63,15 @@ class JobRecord:
     # `status_code`.
     error: dict[str, Any] | None = None
     attempts: int = 1
+    # Why each earlier attempt ended (ComfyUI exited or was restarted under it): attempt, error, at.
+    attempt_errors: list[dict[str, Any]] = field(default_factory=list)
     # The request's delivery options (its echo: webhooks, upload blocks, convert_output); never credentials.
     delivery: dict[str, Any] = field(default_factory=dict)
+    kind: JobKind = JobKind.PROMPT
+    # What it takes to run the job again after a server restart (its graph and delivery options, never credentials
+    # or extra_data); None for a job no one could receive the outcome of then (a sync request's client is gone).
+    # `needs_memory` set in it: the request held what is kept in memory only, so it cannot be run again.
+    request: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:

@@ -37,9 +37,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import ConfigError
 from .base import JobQuery, JobStoreError
-from .records import JobRecord, JobStatus, now_ms
+from .records import JobKind, JobRecord, JobStatus, now_ms
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each version added to the one before: a file of an older version is brought up to date at startup.
+_MIGRATIONS = {
+    2: (
+        "ALTER TABLE jobs ADD COLUMN kind VARCHAR NOT NULL DEFAULT 'prompt'",
+        "ALTER TABLE jobs ADD COLUMN request JSON",
+        "ALTER TABLE jobs ADD COLUMN attempt_errors JSON NOT NULL DEFAULT '[]'",
+    ),
+}
 
 _metadata = MetaData()
 jobs_table = Table(
@@ -58,6 +66,9 @@ jobs_table = Table(
     Column("outputs", JSON, nullable=False),
     Column("error", JSON(none_as_null=True)),
     Column("delivery", JSON, nullable=False),
+    Column("kind", String, nullable=False, server_default="prompt"),
+    Column("request", JSON(none_as_null=True)),
+    Column("attempt_errors", JSON, nullable=False, server_default="[]"),
     Index("jobs_by_expiry", "expires_at"),
     Index("jobs_by_creation", "created_at", "id"),
 )
@@ -80,11 +91,14 @@ class SQLiteJobStore:
         try:
             async with engine.begin() as connection:
                 version = (await connection.exec_driver_sql("PRAGMA user_version")).scalar_one()
-                if version not in (0, SCHEMA_VERSION):
+                if version > SCHEMA_VERSION:
                     raise ConfigError(
                         f"STATE_DIR: {self.path} holds job records of schema version {version}, which this version "
                         f"of the server (schema {SCHEMA_VERSION}) cannot read; point STATE_DIR at another folder"
                     )
+                for step in range(version + 1, SCHEMA_VERSION + 1) if version else ():
+                    for statement in _MIGRATIONS[step]:
+                        await connection.exec_driver_sql(statement)
                 await connection.run_sync(_metadata.create_all)
                 await connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except SQLAlchemyError as exc:
@@ -112,6 +126,8 @@ class SQLiteJobStore:
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
         table = jobs_table.c
         statement = select(jobs_table).where(table.expires_at > self._clock())
+        if query.kind is not None:
+            statement = statement.where(table.kind == query.kind.value)
         if query.statuses is not None:
             statement = statement.where(table.status.in_([status.value for status in query.statuses]))
         if query.created_after is not None:
@@ -183,6 +199,9 @@ def _row(record: JobRecord) -> dict[str, Any]:
         "outputs": record.outputs,
         "error": record.error,
         "delivery": record.delivery,
+        "kind": record.kind.value,
+        "request": record.request,
+        "attempt_errors": record.attempt_errors,
     }
 
 
@@ -200,4 +219,7 @@ def _record(row: Row[Any]) -> JobRecord:
         error=row.error,
         attempts=row.attempts,
         delivery=row.delivery,
+        kind=JobKind(row.kind),
+        request=row.request,
+        attempt_errors=row.attempt_errors,
     )

@@ -9,6 +9,10 @@ store, so a record is readable the moment it changed. A failed write keeps its c
 The pending map is bounded: while the store cannot keep up (or is failing) and `max_pending` jobs have unwritten
 changes, the oldest job's changes are dropped, and the streak is logged. A job still in flight records its next
 change again; only a finished job's record can be lost that way. At shutdown `aclose()` writes what is pending.
+
+`saved(record)` is for the one caller that must know a record is on disk (a v2 submission answers 201 only then):
+it writes at once instead of after the interval, sharing the transaction with whatever else is pending, so a burst
+of submissions is a handful of transactions.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class RecordWriter:
         self._lock = asyncio.Lock()
         # Changes dropped in the current streak of a full pending map.
         self.dropped = 0
+        # Job id → the callers of `saved` waiting for its record to be committed.
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def changed(self, record: JobRecord) -> None:
         """Record that `record` changed; it is written within the flush interval (the caller never waits)."""
@@ -72,6 +78,14 @@ class RecordWriter:
         self._changes.set()
         if len(pending) >= BATCH_SIZE:
             self._batch_full.set()
+
+    async def saved(self, record: JobRecord) -> None:
+        """Record that `record` changed and return once it is committed; raises JobStoreError if the write failed."""
+        self.changed(record)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(record.id, []).append(waiter)
+        self._batch_full.set()  # no waiting for the interval
+        await waiter
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's latest record: unwritten, being written, or from the store; None if unknown or expired."""
@@ -116,13 +130,15 @@ class RecordWriter:
                 self._writing = {job_id: self._pending.pop(job_id) for job_id in ids}
                 try:
                     await self.store.save(list(self._writing.values()))
-                except BaseException:
+                except BaseException as exc:
                     # Back in front of what changed since (a job's newer record wins), so they are retried first.
                     self._pending = self._writing | self._pending
                     self._trim()
+                    self._answer(ids, exc if isinstance(exc, JobStoreError) else JobStoreError("the write was cut"))
                     raise
                 finally:
                     self._writing = {}
+                self._answer(ids, None)
             if self.dropped:
                 logger.warning("job record writes caught up", extra={"dropped_changes": self.dropped})
                 self.dropped = 0
@@ -138,8 +154,21 @@ class RecordWriter:
             )
         await self.store.close()
 
+    def _answer(self, ids: list[str], error: JobStoreError | None) -> None:
+        """Tell the callers of `saved` for these jobs how their write ended."""
+        for job_id in ids:
+            for waiter in self._waiters.pop(job_id, ()):
+                if waiter.done():  # its caller was cancelled
+                    continue
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+
     def _drop_oldest(self) -> None:
-        del self._pending[next(iter(self._pending))]
+        oldest = next(iter(self._pending))
+        del self._pending[oldest]
+        self._answer([oldest], JobStoreError("job records are not being written fast enough"))
         self.dropped += 1
         if self.dropped == 1:
             logger.warning(

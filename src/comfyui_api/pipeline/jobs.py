@@ -79,6 +79,8 @@ class Job:
     downloads: list[Download] = field(default_factory=list)
     # Event-loop time after which the job fails with 504 (PROMPT_TIMEOUT_S); None: no deadline.
     deadline: float | None = None
+    # The setting the deadline comes from, for the error at expiry: "PROMPT_TIMEOUT_S=60s" or "timeout_s=10s".
+    deadline_rule: str = ""
     graph: dict[str, Any] = field(default_factory=dict)
     preprocessed_at: int = 0
     outputs: list[OutputFile] = field(default_factory=list)
@@ -137,6 +139,29 @@ class Job:
             self.executed_nodes.setdefault(str(data.get("node")), None)
         elif event_type in _END_EVENTS:
             self.exec_end = now_ms()
+
+    def requeue(self, error: ApiError) -> None:
+        """ComfyUI exited or was restarted under this attempt: the next one starts from a clean slate, under a new
+        prompt id, and the record keeps why this one ended."""
+        record = self.record
+        record.attempt_errors = [
+            *record.attempt_errors,
+            {"attempt": record.attempts, "error": error.message, "at": now_ms()},
+        ]
+        record.attempts += 1
+        record.status = JobStatus.QUEUED
+        record.started_at = None
+        record.progress = None
+        self.state = JobState.PREPROCESSING  # nothing of it is in ComfyUI
+        self.failure = None
+        self.missing_from_queue = False
+        self.exec_start = self.exec_end = None
+        self.node_starts = {}
+        self.executed_nodes = {}
+        self.cached_nodes = set()
+        self.current_node = self.step = self.steps = None
+        self.wake.clear()
+        self.record_changed(record)
 
     # The record -------------------------------------------------------------------------------------
     def mark_queued(self, position: int) -> None:
@@ -262,6 +287,12 @@ class JobRegistry:
         self._by_prompt.pop(job.prompt_id, None)
         job.prompt_id = prompt_id
         self._by_prompt[prompt_id] = job
+
+    def requeued(self, job: Job, error: ApiError) -> None:
+        """The job's attempt ended with ComfyUI: it leaves the queue order and gets a new prompt id for the next."""
+        self._waiting.pop(job.id, None)
+        job.requeue(error)
+        self.rekey(job, str(uuid.uuid4()))
 
     def remove(self, job: Job) -> None:
         self._by_id.pop(job.id, None)

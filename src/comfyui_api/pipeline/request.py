@@ -41,6 +41,13 @@ class PromptOptions(BaseModel):
         json_schema_extra={"pattern": ID_PATTERN, "minLength": 1, "maxLength": ID_MAX_BYTES},
     )
 
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="This request's deadline in seconds, over downloads, queueing and execution; PROMPT_TIMEOUT_S "
+        "caps it. At expiry the prompt is interrupted and the request fails with 504.",
+    )
+
     credentials: list[Credential] | None = Field(
         None,
         description="Credentials for the URLs in the prompt: the first `url_pattern` that matches a URL gives its "

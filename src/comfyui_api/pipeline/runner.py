@@ -70,8 +70,14 @@ class PromptRunner:
             raise ShuttingDown()
         job = Job(id=request.id)
         job.record.delivery = request.echo()  # recorded with the job; never credentials
-        if self._settings.prompt_timeout_s is not None:
-            job.deadline = asyncio.get_running_loop().time() + self._settings.prompt_timeout_s
+        limit = self._settings.prompt_timeout_s
+        if request.timeout_s is not None and (limit is None or request.timeout_s < limit):
+            job.deadline_rule = f"timeout_s={request.timeout_s:g}s"
+            limit = request.timeout_s
+        elif limit is not None:
+            job.deadline_rule = f"PROMPT_TIMEOUT_S={limit:g}s"
+        if limit is not None:
+            job.deadline = asyncio.get_running_loop().time() + limit
         self._jobs.add(job)
         try:
             graph = request.graph()
@@ -81,38 +87,76 @@ class PromptRunner:
             job.graph = graph
             job.preprocessed_at = now_ms()
             async with self._deadline(job):
-                await self._wait_for_comfy(job)
-                job.state = JobState.SUBMITTING
-                try:
-                    accepted = await self._client.queue_prompt(
-                        unique_to_cache(graph, job.prompt_id), prompt_id=job.prompt_id, client_id=self._events.client_id
-                    )
-                except PromptRejected:
-                    # Refused at validation: nothing of it is in ComfyUI, nothing to take out of it when the job closes.
-                    job.state = JobState.PREPROCESSING
-                    raise
-                if accepted != job.prompt_id:
-                    # A ComfyUI older than 0.25 ignores the id we send: follow the one it chose.
-                    logger.info(
-                        "ComfyUI chose its own prompt id",
-                        extra={"request_id": job.id, "sent": job.prompt_id, "prompt_id": accepted},
-                    )
-                    self._jobs.rekey(job, accepted)
-                job.state = JobState.QUEUED
-                self._jobs.queued(job)
-                logger.debug("prompt queued", extra={"request_id": job.id, "prompt_id": job.prompt_id})
-                if job.interrupt_requested:
-                    await self._cancel_in_comfy(job)
+                await self._submit_attempts(job)
         except BaseException as exc:
             await self._fail(job, exc)
             raise
         return job
 
+    async def _submit(self, job: Job) -> None:
+        """Queue the job's prompt in ComfyUI (waiting while it restarts)."""
+        await self._wait_for_comfy(job)
+        job.state = JobState.SUBMITTING
+        try:
+            accepted = await self._client.queue_prompt(
+                unique_to_cache(job.graph, job.prompt_id), prompt_id=job.prompt_id, client_id=self._events.client_id
+            )
+        except PromptRejected:
+            # Refused at validation: nothing of it is in ComfyUI, nothing to take out of it when the job closes.
+            job.state = JobState.PREPROCESSING
+            raise
+        if accepted != job.prompt_id:
+            # A ComfyUI older than 0.25 ignores the id we send: follow the one it chose.
+            logger.info(
+                "ComfyUI chose its own prompt id",
+                extra={"request_id": job.id, "sent": job.prompt_id, "prompt_id": accepted},
+            )
+            self._jobs.rekey(job, accepted)
+        job.state = JobState.QUEUED
+        self._jobs.queued(job)
+        logger.debug("prompt queued", extra={"request_id": job.id, "prompt_id": job.prompt_id})
+        if job.interrupt_requested:
+            await self._cancel_in_comfy(job)
+
+    async def _submit_attempts(self, job: Job) -> None:
+        """`_submit`, again after ComfyUI exited under it while attempts remain."""
+        while True:
+            try:
+                await self._submit(job)
+                return
+            except ComfyUnavailable as exc:
+                if not self._may_retry(job):
+                    raise
+                self._requeue(job, exc)
+
+    def _may_retry(self, job: Job) -> bool:
+        """Whether the job gets another attempt after ComfyUI failed it: not once it was interrupted, or its
+        attempts (JOB_MAX_ATTEMPTS) are spent; its deadline bounds the retries too (PromptTimeout)."""
+        return not job.interrupt_requested and job.record.attempts < self._settings.job_max_attempts
+
+    def _requeue(self, job: Job, exc: ComfyUnavailable) -> None:
+        logger.warning(
+            "ComfyUI failed the prompt; queueing it again once ComfyUI is back",
+            extra={"request_id": job.id, "attempt": job.record.attempts, "reason": exc.message},
+        )
+        self._jobs.requeued(job, exc)
+
+    async def _await_attempts(self, job: Job) -> dict[str, Any]:
+        """The prompt's final history entry, queueing it again after ComfyUI exited under it while attempts remain."""
+        while True:
+            try:
+                return await self._await_history(job)
+            except ComfyUnavailable as exc:
+                if not self._may_retry(job):
+                    raise
+                self._requeue(job, exc)
+                await self._submit_attempts(job)
+
     async def finish(self, job: Job, convert: ConvertOutput | None = None) -> None:
         """Wait for the prompt, then collect (and convert) its outputs into `job.outputs` and `job.stats`."""
         try:
             async with self._deadline(job):
-                entry = await self._await_history(job)
+                entry = await self._await_attempts(job)
             job.state = JobState.COLLECTING
             # Collected before the verdict: a failed prompt's partial outputs are deleted too.
             job.outputs = collect_outputs(entry, self._settings.outputs_path, job.executed_nodes)
@@ -192,9 +236,7 @@ class PromptRunner:
                 yield
         except TimeoutError:
             # The prompt leaves ComfyUI when the job closes (abandoned to the janitor).
-            raise PromptTimeout(
-                f"The prompt did not finish within PROMPT_TIMEOUT_S={self._settings.prompt_timeout_s:g}s"
-            ) from None
+            raise PromptTimeout(f"The prompt did not finish within {job.deadline_rule}") from None
 
     def _convert(self, job: Job, spec: ConvertOutput) -> list[OutputFile]:
         converted = []
