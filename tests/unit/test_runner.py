@@ -169,13 +169,16 @@ async def test_a_job_comfyui_exits_under_is_queued_again_once_it_is_back_and_kee
     first = job.prompt_id
     finishing = asyncio.create_task(p.runner.finish(job))
     p.comfy.emit("execution_start", {"prompt_id": first})
+    changed = asyncio.Event()
+    job.record_changed = lambda _: changed.set()
 
     # ComfyUI exits (the lifecycle clears comfy_up and fails what it held), then comes back.
     p.state.comfy_up.clear()
     p.jobs.fail_in_comfy(ComfyUnavailable("ComfyUI exited with code -9 while the prompt was queued or running"))
     async with asyncio.timeout(10):
         while job.record.attempts != 2:
-            await asyncio.sleep(0.01)
+            changed.clear()
+            await changed.wait()
     assert job.record.status.value == "queued" and job.record.started_at is None
     assert [entry["error"] for entry in job.record.attempt_errors] == [
         "ComfyUI exited with code -9 while the prompt was queued or running"
