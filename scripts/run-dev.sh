@@ -17,7 +17,7 @@ fi
 
 : "${COMFY_HOME:=$comfy/ComfyUI}"
 : "${COMFYUI_PORT_HOST:=8188}"
-: "${CMD:=$comfy/venv/bin/python $COMFY_HOME/main.py --cpu --listen 127.0.0.1 --port $COMFYUI_PORT_HOST --disable-auto-launch}"
+: "${CMD:=$comfy/venv/bin/python $COMFY_HOME/main.py --cpu --listen 127.0.0.1 --port $COMFYUI_PORT_HOST --disable-auto-launch --preview-method auto}"
 : "${WORKFLOW_DIR:=$repo/workflows}"
 : "${CACHE_DIR:=$repo/.cache/comfyui-api}"
 : "${WARMUP_PROMPT_FILE:=$repo/scripts/dev-warmup.json}"

@@ -14,7 +14,8 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
-from .api import control, download, job_status, models, probes, prompt
+from .api import control, download, job_status, models, probes, prompt, v2_assets
+from .api import v2_jobs as v2_jobs_routes
 from .api.auth import install_bearer_auth
 from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, CatalogContext, RequestContext
@@ -23,9 +24,10 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import Settings, on_saladcloud, system_metadata
 from .errors import ConfigError, InvalidWebhookSecret
+from .jobstore.records import JobRecord
 from .jobstore.sqlite import SQLiteJobStore
 from .jobstore.writer import RecordWriter
-from .lifecycle import Lifecycle, create_folder
+from .lifecycle import Lifecycle, V2Parts, create_folder
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
@@ -37,6 +39,9 @@ from .storage.manager import StorageManager
 from .storage.net import Proxies, UrlGuard
 from .storage.uploads import Uploader
 from .urls import url_origin
+from .v2.assets import AssetStore
+from .v2.events import JobEvents, PreviewRouter
+from .v2.jobs import StagedAssets, V2Jobs
 from .webhooks.sender import WebhookSender
 from .webhooks.system import SystemWebhooks
 from .workflows.catalog import Catalog, using_catalog
@@ -59,8 +64,23 @@ def create_app(
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
     records = RecordWriter(SQLiteJobStore(settings.state_dir / "jobs.db"), retention_s=settings.job_retention_s)
-    jobs = JobRegistry(records.changed)
+    hub = JobEvents(max_streams=settings.max_event_streams)
+
+    def record_changed(record: JobRecord) -> None:
+        records.changed(record)
+        hub.on_record(record)
+
+    jobs = JobRegistry(record_changed)
     events.subscribe(jobs.dispatch)
+    previews = PreviewRouter(hub, lambda prompt_id: job.id if (job := jobs.by_prompt_id(prompt_id)) else None)
+    events.subscribe(previews.on_event)
+    events.subscribe_binary(previews.on_binary)
+    assets = AssetStore(
+        settings.assets_path,
+        retention_s=settings.asset_retention_s,
+        max_upload_bytes=settings.asset_max_upload_mb * 1024 * 1024,
+        disk_limit_bytes=round(settings.asset_disk_limit_gb * 1024**3),
+    )
     azure = azure_service_client(settings)
     guard = url_guard(settings, azure.primary_endpoint if azure is not None else None)
     try:
@@ -84,7 +104,7 @@ def create_app(
     deletion_cost = DeletionCost(settings.salad_metadata_url) if on_saladcloud(dict(os.environ)) else None
     if deletion_cost is not None:
         events.subscribe(deletion_cost.on_event)
-    runner = PromptRunner(settings, client, events, jobs, state, storage, janitor)
+    runner = PromptRunner(settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets))
     delivery = Delivery(
         runner,
         Uploader(storage, on_event=storage_events),
@@ -93,6 +113,14 @@ def create_app(
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
         guard=guard,
+    )
+    v2_jobs = V2Jobs(
+        runner,
+        jobs,
+        records,
+        assets,
+        max_queue_depth=settings.max_queue_depth,
+        output_retention_s=settings.job_retention_s,
     )
     lifecycle = Lifecycle(
         settings,
@@ -110,6 +138,7 @@ def create_app(
         request_exit,
         deletion_cost=deletion_cost,
         records=records,
+        v2=V2Parts(v2_jobs, assets),
     )
 
     app = FastAPI(
@@ -131,6 +160,9 @@ def create_app(
     app.state.comfy_client = client
     app.state.catalog = catalog
     app.state.lifecycle = lifecycle
+    app.state.assets = assets
+    app.state.v2_jobs = v2_jobs
+    app.state.job_events = hub
     install_error_handlers(app)
     app.include_router(probes.router)
     app.include_router(prompt.router)
@@ -138,6 +170,8 @@ def create_app(
     app.include_router(control.router)
     app.include_router(download.router)
     app.include_router(models.router)
+    app.include_router(v2_jobs_routes.router)
+    app.include_router(v2_assets.router)
     _add_doc_routes(app)
     # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
     # id is set before anything logs, and a request that auth refuses is logged too, before its body is read.

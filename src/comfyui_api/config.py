@@ -117,6 +117,13 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     job_retention_s: float = Field(86400.0, gt=0)
 
+    # Comfy API v2 (v2/): uploaded assets and job outputs (default folder: STATE_DIR/assets), and event streams.
+    assets_dir: Path | None = None
+    asset_retention_s: float = Field(86400.0, gt=0)
+    asset_max_upload_mb: int = Field(1024, gt=0)
+    asset_disk_limit_gb: float = Field(0.0, ge=0)
+    max_event_streams: int = Field(100, gt=0)
+
     # Downloads, cache and storage providers
     cache_dir: Path = Field(default_factory=_default_cache_dir)
     lru_cache_size_gb: float = Field(0.0, ge=0)
@@ -171,6 +178,7 @@ class Settings(BaseSettings):
         "webhook_secret",
         "system_webhook_url",
         "api_keys_file",
+        "assets_dir",
         mode="before",
     )
     @classmethod
@@ -315,6 +323,10 @@ class Settings(BaseSettings):
     def outputs_path(self) -> Path:
         assert self.output_dir is not None
         return self.output_dir
+
+    @property
+    def assets_path(self) -> Path:
+        return self.assets_dir or self.state_dir / "assets"
 
     @property
     def comfy_command(self) -> list[str]:

@@ -19,7 +19,8 @@
     ├── JobStoreError                   the job store could not read or write
     └── ApiError                        answered over HTTP: a status code and a JSON body
         ├── BadRequest (400)            the request is wrong; `location` names the field at fault
-        │   └── PromptRejected          ComfyUI refused the graph at validation
+        │   ├── PromptRejected          ComfyUI refused the graph at validation
+        │   └── MissingAsset            a `core/ASSET` reference names no asset this server holds
         ├── Conflict (409)
         ├── ExecutionFailed (500)       a node raised while ComfyUI executed the prompt
         ├── PromptInterrupted (500)
@@ -173,6 +174,10 @@ class BadRequest(ApiError):
 
     def __init__(self, message: str, *, location: str = "prompt", **extra: Any) -> None:
         super().__init__(message, location=location, **extra)
+
+
+class MissingAsset(BadRequest):
+    """A `core/ASSET` reference in the graph is malformed or names no asset held here (v2: 422 `missing_asset`)."""
 
 
 class Conflict(ApiError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,14 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable, ConfigError, ManifestError, StartupError
+from .jobstore.records import JobKind
 from .jobstore.sweeper import sweep_expired, sweep_interval
 from .jobstore.writer import RecordWriter
 from .manifest import install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
+from .pipeline.recovery import Resume, resume_unfinished
 from .pipeline.request import PromptRequest
 from .pipeline.runner import PromptRunner
 from .pipeline.watchdog import Watchdog
@@ -35,11 +38,22 @@ from .salad import DeletionCost
 from .state import ServerState
 from .storage.manager import StorageManager
 from .tasks import TaskOwner
+from .v2.assets import AssetStore
+from .v2.jobs import V2Jobs
 from .warmup import load_warmup
 from .webhooks.sender import WebhookSender
 from .webhooks.system import SystemWebhooks
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class V2Parts:
+    """Comfy API v2's own parts: its jobs (run in the background) and its asset store."""
+
+    jobs: V2Jobs
+    assets: AssetStore
+
 
 # Launches tried in a row after ComfyUI exited or was killed, before the server gives up and exits.
 _RESTART_ATTEMPTS = 3
@@ -64,8 +78,11 @@ class Lifecycle:
         *,
         deletion_cost: DeletionCost | None = None,
         records: RecordWriter | None = None,
+        v2: V2Parts | None = None,
     ) -> None:
-        """`records` writes the job records (and its store is swept here); without it, none are kept."""
+        """`records` writes the job records (and its store is swept here); without it, none are kept, and no job
+        the server stopped under is run again. `v2`: Comfy API v2's parts, opened, swept and stopped here."""
+        self._v2 = v2
         self._settings = settings
         self._state = state
         self._process = process
@@ -132,8 +149,16 @@ class Lifecycle:
             # Critical: GET /prompt/{id} answers from what it writes.
             self._tasks.spawn(self._records.run(), "job-records", critical=True)
             self._tasks.spawn(
-                sweep_expired(self._records.store, interval_s=sweep_interval(settings.job_retention_s)),
+                sweep_expired(self._records.store.delete_expired, interval_s=sweep_interval(settings.job_retention_s)),
                 "job-sweeper",
+            )
+        if self._v2 is not None:
+            await self._v2.assets.open()
+            self._tasks.spawn(
+                sweep_expired(
+                    self._v2.assets.sweep, interval_s=sweep_interval(settings.asset_retention_s), what="assets"
+                ),
+                "asset-sweeper",
             )
         self._warmup_prompt = await load_warmup(self._settings)
         manifest = load_manifest(self._settings)
@@ -152,6 +177,8 @@ class Lifecycle:
         self._tasks.spawn(self._janitor.run(), "janitor", critical=True)
         self._tasks.spawn(self._supervise(), "supervisor", critical=True)
         self._tasks.spawn(self._warm_up(), "warmup")
+        if self._records is not None:
+            self._tasks.spawn(self._resume_unfinished(self._records), "resume-jobs")
         if self._deletion_cost is not None:
             # Not critical: the scale-in order is advice to SaladCloud; the server serves on without it (its death is
             # logged).
@@ -171,14 +198,20 @@ class Lifecycle:
 
     async def stop(self) -> None:
         self._stopping = True
+        # Jobs cut short from here on stay queued in the store, for the next start to run again.
+        self._state.draining = True
         await self._tasks.close()
         # Webhooks in their retry schedule make one last attempt now rather than hold the deliveries below up.
         self._webhooks.stop_retrying()
+        if self._v2 is not None:
+            await self._v2.jobs.aclose()
         await self._delivery.aclose()
         await self._runner.aclose()
         if self._records is not None:
             # After the deliveries: their jobs' last changes are written too.
             await self._records.aclose()
+        if self._v2 is not None:
+            await self._v2.assets.close()
         if self._system is not None:
             await self._system.stop()
         await self._webhooks.aclose()
@@ -188,6 +221,13 @@ class Lifecycle:
         await self._client.aclose()
         await self._storage.aclose()
         logger.info("stopped")
+
+    async def _resume_unfinished(self, records: RecordWriter) -> None:
+        """Run again the jobs the server stopped under (pipeline/recovery.py); each waits for ComfyUI as any job."""
+        resumers: dict[JobKind, Resume] = {JobKind.PROMPT: self._delivery.resume}
+        if self._v2 is not None:
+            resumers[JobKind.V2] = self._v2.jobs.resume
+        await resume_unfinished(records.store, records.changed, resumers, self._settings.job_max_attempts)
 
     def _critical_death(self, reason: str) -> None:
         # Unready and unhealthy at once, then exit: the orchestrator replaces this instance.

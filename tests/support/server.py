@@ -75,6 +75,9 @@ class ApiServer:
             f"sqlite:///{base}/comfy.db",
             "--disable-auto-launch",
             "--disable-api-nodes",
+            # Sampler previews (latent2rgb) on the websocket: the v2 event streams send them.
+            "--preview-method",
+            "auto",
         ]
         self.env = {
             **os.environ,

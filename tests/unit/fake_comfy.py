@@ -79,8 +79,11 @@ class FakeComfy:
         self.called.set()
         return self.answering
 
-    async def queue_prompt(self, prompt: dict[str, Any], *, prompt_id: str, client_id: str) -> str:
-        self._call("queue_prompt", {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id})
+    async def queue_prompt(
+        self, prompt: dict[str, Any], *, prompt_id: str, client_id: str, extra_data: dict[str, Any] | None = None
+    ) -> str:
+        call = {"prompt": prompt, "prompt_id": prompt_id, "client_id": client_id, "extra_data": extra_data}
+        self._call("queue_prompt", call)
         if self.rejection is not None:
             raise self.rejection
         accepted = self.chosen_id or prompt_id

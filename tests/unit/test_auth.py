@@ -399,7 +399,9 @@ def test_without_keys_the_document_declares_no_security(tmp_path: Path) -> None:
 
     assert "security" not in document
     assert "securitySchemes" not in document.get("components", {})
-    assert all("401" not in op["responses"] for item in document["paths"].values() for op in item.values())
+    # Comfy API v2's routes list their 401 as its contract does, keys or not.
+    own = {path: item for path, item in document["paths"].items() if not path.startswith("/api/v2/")}
+    assert all("401" not in op["responses"] for item in own.values() for op in item.values())
 
 
 async def test_with_keys_the_document_declares_the_bearer_scheme(tmp_path: Path) -> None:

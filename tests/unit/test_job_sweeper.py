@@ -38,7 +38,7 @@ def test_the_interval_is_half_the_retention_up_to_a_minute() -> None:
 async def test_it_sweeps_at_once_then_again_after_a_failure(caplog: pytest.LogCaptureFixture) -> None:
     store = Store(JobStoreError("job store: database is locked"), 3)
     with caplog.at_level(logging.WARNING, logger="comfyui_api.jobstore.sweeper"):
-        sweeping = asyncio.create_task(sweep_expired(cast(JobStore, store), interval_s=0.01))
+        sweeping = asyncio.create_task(sweep_expired(cast(JobStore, store).delete_expired, interval_s=0.01))
         try:
             async with asyncio.timeout(10):
                 while store.sweeps < 3:

@@ -47,11 +47,15 @@ class ComfyClient:
             return False
         return response.ok
 
-    async def queue_prompt(self, prompt: dict[str, Any], *, prompt_id: str, client_id: str) -> str:
-        """Queue `prompt` under `prompt_id`; the id ComfyUI echoes (an older build may choose its own)."""
-        response = await self._request(
-            "POST", "/prompt", json_body={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
-        )
+    async def queue_prompt(
+        self, prompt: dict[str, Any], *, prompt_id: str, client_id: str, extra_data: dict[str, Any] | None = None
+    ) -> str:
+        """Queue `prompt` under `prompt_id` (with `extra_data`, such as a partner-node API key); the id ComfyUI
+        echoes (an older build may choose its own)."""
+        body: dict[str, Any] = {"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = extra_data
+        response = await self._request("POST", "/prompt", json_body=body)
         if response.status == 200:
             try:
                 echoed = response.json().get("prompt_id")

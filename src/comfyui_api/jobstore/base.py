@@ -55,7 +55,13 @@ class JobStore(Protocol):
         """The unexpired records that match `query`."""
 
     async def delete_expired(self) -> int:
-        """Delete every record whose `expires_at` has passed; how many were deleted."""
+        """Delete every record (and idempotency key) whose `expires_at` has passed; how many records were deleted."""
+
+    async def claim_key(self, key: str, expires_at: int) -> bool:
+        """Claim an idempotency key until `expires_at`: True if it was free (never claimed, released, or expired)."""
+
+    async def release_key(self, key: str) -> None:
+        """Free a claimed key (its request was refused without creating a job)."""
 
     async def close(self) -> None:
         """Release the connections."""

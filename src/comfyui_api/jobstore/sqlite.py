@@ -73,6 +73,14 @@ jobs_table = Table(
     Index("jobs_by_creation", "created_at", "id"),
 )
 
+# Comfy API v2's Idempotency-Keys, claimed until they expire.
+keys_table = Table(
+    "idempotency_keys",
+    _metadata,
+    Column("key", String, primary_key=True),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
 
 class SQLiteJobStore:
     def __init__(self, path: Path, *, clock: Callable[[], int] = now_ms) -> None:
@@ -148,8 +156,24 @@ class SQLiteJobStore:
     async def delete_expired(self) -> int:
         with self._converted():
             async with self._connected().begin() as connection:
-                result = await connection.execute(delete(jobs_table).where(jobs_table.c.expires_at <= self._clock()))
+                now = self._clock()
+                result = await connection.execute(delete(jobs_table).where(jobs_table.c.expires_at <= now))
+                await connection.execute(delete(keys_table).where(keys_table.c.expires_at <= now))
         return result.rowcount
+
+    async def claim_key(self, key: str, expires_at: int) -> bool:
+        claim = sqlite_insert(keys_table).values(key=key, expires_at=expires_at).on_conflict_do_nothing()
+        with self._converted():
+            async with self._connected().begin() as connection:
+                expired = keys_table.c.expires_at <= self._clock()
+                await connection.execute(delete(keys_table).where(keys_table.c.key == key, expired))
+                result = await connection.execute(claim)
+        return result.rowcount == 1
+
+    async def release_key(self, key: str) -> None:
+        with self._converted():
+            async with self._connected().begin() as connection:
+                await connection.execute(delete(keys_table).where(keys_table.c.key == key))
 
     async def close(self) -> None:
         if self._engine is not None:

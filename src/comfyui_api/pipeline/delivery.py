@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ApiError, BadRequest, DownloadError, UnsafeUrl, UploadError, UploadFailed
+from ..jobstore.records import JobRecord
 from ..storage.auth import S3Auth
 from ..storage.net import UrlGuard
 from ..storage.uploads import AzureBlobUpload, Uploader, upload_url
@@ -76,7 +77,9 @@ class Delivery:
         """
         extra = extra or {}
         await self._check_request(request)
-        job = await self._runner.start(request)
+        # An async request's outcome goes to webhooks or uploads, not to its connection: a restart can run it again.
+        record = JobRecord(id=request.id, created_at=now_ms(), request=request.replay()) if request.is_async else None
+        job = await self._runner.start(request, record)
         if request.is_async:
             if request.webhook:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
@@ -94,6 +97,13 @@ class Delivery:
         images = urls if urls is not None else _files(job)
         body = JsonBody({**self._body(job, request, images), **extra})
         return Answer(200, body, sent=functools.partial(self._runner.close, job))
+
+    async def resume(self, record: JobRecord) -> None:
+        """Run an async request again from its stored record (the server restarted under it), in the background."""
+        assert record.request is not None
+        request = PromptRequest.model_validate({k: v for k, v in record.request.items() if k != "needs_memory"})
+        job = await self._runner.start(request, record)
+        self._spawn(self._complete_in_background(job, request))
 
     async def _check_request(self, request: PromptRequest) -> None:
         """A 400 at the field, before any work starts (a failure after the prompt ran, or after the 202, could only

@@ -81,6 +81,8 @@ class Job:
     deadline: float | None = None
     # The setting the deadline comes from, for the error at expiry: "PROMPT_TIMEOUT_S=60s" or "timeout_s=10s".
     deadline_rule: str = ""
+    # ComfyUI's per-prompt extra_data (a partner-node API key): sent with each attempt, held in memory only.
+    extra_data: dict[str, Any] | None = field(default=None, repr=False)
     graph: dict[str, Any] = field(default_factory=dict)
     preprocessed_at: int = 0
     outputs: list[OutputFile] = field(default_factory=list)
@@ -176,18 +178,19 @@ class Job:
             self.record.status = JobStatus.CANCELING
             self.record_changed(self.record)
 
-    def mark_succeeded(self, urls: Sequence[str] = ()) -> None:
+    def mark_succeeded(self, urls: Sequence[str] = (), *, outputs: list[dict[str, Any]] | None = None) -> None:
         """The outputs are collected (and uploaded, to `urls` in output order): their names and sizes are recorded,
-        not their contents."""
+        not their contents; or `outputs` as the front door describes them (v2: the assets they became)."""
         record = self.record
         if record.terminal:
             return
-        outputs = []
-        for index, output in enumerate(self.outputs):
-            entry = {"node_id": output.node_id, "name": output.name, "size_bytes": output.path.stat().st_size}
-            if index < len(urls):
-                entry["url"] = urls[index]
-            outputs.append(entry)
+        if outputs is None:
+            outputs = []
+            for index, output in enumerate(self.outputs):
+                entry = {"node_id": output.node_id, "name": output.name, "size_bytes": output.path.stat().st_size}
+                if index < len(urls):
+                    entry["url"] = urls[index]
+                outputs.append(entry)
         record.outputs = outputs
         total = len(self.graph)
         record.progress = {
@@ -217,6 +220,23 @@ class Job:
             self._end(JobStatus.FAILED, {"error": f"Internal error: {type(exc).__name__}", "status_code": 500})
         else:
             self.mark_abandoned()
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a restart of the server can run the job again from its record (see JobRecord.request)."""
+        request = self.record.request
+        return request is not None and not request.get("needs_memory")
+
+    def suspend(self) -> None:
+        """The server stops under the job: its record says queued again, for the next start to run it anew."""
+        record = self.record
+        if record.terminal:
+            return
+        record.status = JobStatus.QUEUED
+        record.started_at = None
+        record.queue_position = None
+        record.progress = None
+        self.record_changed(record)
 
     def mark_abandoned(self) -> None:
         """The job ends without an outcome of its own (cancelled with its caller): canceled, unless it has one."""

@@ -11,9 +11,9 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from ..errors import BadRequest, DownloadError, InputError
+from ..errors import BadRequest, DownloadError, InputError, MissingAsset
 from ..storage.auth import Credential, match_credentials
 from ..storage.manager import StorageManager
 from ..storage.staging import stage_file
@@ -138,6 +138,21 @@ def rewrite_prefix(prefix: str, job_id: str, prepend: bool) -> str:
     return f"{job_id}_{prefix}" if prepend else job_id
 
 
+ASSET_TYPE = "core/ASSET"
+
+
+class AssetSource(Protocol):
+    """Where `core/ASSET` references in a graph are resolved: the v2 asset store (v2/assets.py)."""
+
+    async def stage_asset(self, asset_id: str, folder: Path) -> str | None:
+        """Place the asset's bytes in `folder` (a hard link or copy); the file's name, or None when no asset has
+        this id."""
+
+
+def is_asset_reference(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("__type") == ASSET_TYPE
+
+
 class Preprocessor:
     def __init__(
         self,
@@ -148,8 +163,10 @@ class Preprocessor:
         prepend_filenames: bool,
         storage: StorageManager | None = None,
         allowed_dirs: tuple[Path, ...] = (),
+        assets: AssetSource | None = None,
         rng: random.Random = _seeds,
     ) -> None:
+        self._assets = assets
         self._input_dir = input_dir
         self._output_dir = output_dir
         self._model_dir = model_dir
@@ -167,6 +184,9 @@ class Preprocessor:
         run = _Run(job, credentials, self._input_dir, self._model_dir, self._storage, self._media)
         for node_id, node in prompt.items():
             inputs: dict[str, Any] = node["inputs"]
+            for name, value in inputs.items():
+                if is_asset_reference(value):
+                    inputs[name] = await self._asset_input(job, value, f"prompt.{node_id}.inputs.{name}")
             class_type = node["class_type"]
             if is_saving_node(inputs):
                 inputs["filename_prefix"] = prefix = rewrite_prefix(inputs["filename_prefix"], job.id, self._prepend)
@@ -187,6 +207,23 @@ class Preprocessor:
                 await run.media_input(node_id, inputs, ("audio",), "audio", "audio")
             elif class_type in MODEL_LOADERS:
                 await run.model_inputs(node_id, class_type, inputs)
+
+    async def _asset_input(self, job: Job, reference: dict[str, Any], location: str) -> str:
+        """A `core/ASSET` reference as the name, relative to the input folder, of the asset's bytes staged there in a
+        folder of the job's own (deleted when it ends). `info.id` decides; `hash` and `file_path` are hints only."""
+        info = reference.get("info")
+        asset_id = info.get("id") if isinstance(info, dict) else None
+        if not isinstance(asset_id, str) or not asset_id:
+            raise MissingAsset("A core/ASSET reference needs info.id, the asset's id", location=location)
+        if self._assets is None:
+            raise MissingAsset(f"No asset {asset_id!r}: this server holds no assets", location=location)
+        folder = self._input_dir / f"{job.id}-assets"
+        if folder not in job.input_dirs:
+            job.input_dirs.append(folder)
+        name = await self._assets.stage_asset(asset_id, folder)
+        if name is None:
+            raise MissingAsset(f"No asset {asset_id!r} (unknown, deleted or expired)", location=location)
+        return f"{folder.name}/{name}"
 
 
 class _Run:

@@ -84,6 +84,12 @@ class PromptOptions(BaseModel):
         """The request fields a response or webhook repeats: all but the prompt, and never credentials."""
         return self.model_dump(mode="json", by_alias=True, exclude={"prompt", "credentials"}, exclude_none=True)
 
+    def replay(self) -> dict[str, Any]:
+        """What a restart of the server needs to run the request again: all of it but credentials, which are held in
+        memory only (a request that had some says so, `needs_memory`, and cannot be run again)."""
+        kept = self.model_dump(mode="json", by_alias=True, exclude={"credentials"}, exclude_none=True)
+        return {**kept, "needs_memory": True} if self.credentials else kept
+
     @field_validator("id")
     @classmethod
     def _safe_id(cls, value: str) -> str:

@@ -16,6 +16,7 @@ from ..comfy.client import ComfyClient, take_out
 from ..comfy.events import EventStream
 from ..config import Settings
 from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptRejected, PromptTimeout, ShuttingDown
+from ..jobstore.records import JobRecord
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from .convert import ConvertOutput, convert_file, converted_name
@@ -23,7 +24,7 @@ from .history import message_time, raise_if_failed
 from .janitor import Janitor
 from .jobs import Job, JobRegistry, JobState, now_ms
 from .outputs import OutputFile, collect_outputs, delete_files, require_present
-from .preprocess import Preprocessor, require_saving_node, unique_to_cache
+from .preprocess import AssetSource, Preprocessor, require_saving_node, unique_to_cache
 from .request import PromptRequest
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class PromptRunner:
         state: ServerState,
         storage: StorageManager,
         janitor: Janitor,
+        *,
+        assets: AssetSource | None = None,
     ) -> None:
         self._settings = settings
         self._client = client
@@ -59,16 +62,25 @@ class PromptRunner:
             prepend_filenames=settings.prepend_filenames,
             storage=storage,
             allowed_dirs=settings.input_allowed_dirs,
+            assets=assets,
         )
         self._janitor = janitor
         # Cleanups under way, held here: a request's task may be cancelled (its client left) while it cleans up.
         self._cleanups: set[asyncio.Task[None]] = set()
 
-    async def start(self, request: PromptRequest) -> Job:
-        """Preprocess the prompt and queue it in ComfyUI. The job stays open until `close(job)`."""
+    async def start(
+        self, request: PromptRequest, record: JobRecord | None = None, *, extra_data: dict[str, Any] | None = None
+    ) -> Job:
+        """Preprocess the prompt and queue it in ComfyUI. The job stays open until `close(job)`.
+
+        `record`: the job's record as its front door made it (kind, what a restart needs to run it again), or as the
+        store kept it when a restart runs it again; by default a new /prompt record."""
         if self._state.draining:
             raise ShuttingDown()
         job = Job(id=request.id)
+        if record is not None:
+            job.record = record
+        job.extra_data = extra_data
         job.record.delivery = request.echo()  # recorded with the job; never credentials
         limit = self._settings.prompt_timeout_s
         if request.timeout_s is not None and (limit is None or request.timeout_s < limit):
@@ -99,7 +111,10 @@ class PromptRunner:
         job.state = JobState.SUBMITTING
         try:
             accepted = await self._client.queue_prompt(
-                unique_to_cache(job.graph, job.prompt_id), prompt_id=job.prompt_id, client_id=self._events.client_id
+                unique_to_cache(job.graph, job.prompt_id),
+                prompt_id=job.prompt_id,
+                client_id=self._events.client_id,
+                extra_data=job.extra_data,
             )
         except PromptRejected:
             # Refused at validation: nothing of it is in ComfyUI, nothing to take out of it when the job closes.
@@ -194,7 +209,7 @@ class PromptRunner:
         if job.closed:
             return
         job.closed = True
-        job.mark_abandoned()  # a job that ends without a verdict (its caller was cancelled)
+        self._abandon(job)  # a job that ends without a verdict (its caller was cancelled)
         self._jobs.remove(job)
         for download in job.downloads:
             self._storage.release(download)
@@ -220,8 +235,19 @@ class PromptRunner:
         if self._cleanups:
             await asyncio.wait(set(self._cleanups))
 
+    def _abandon(self, job: Job) -> None:
+        """A job cut short without an outcome: when the server is stopping and can run it again at its next start,
+        it is kept queued for then; otherwise canceled."""
+        if self._state.draining and job.resumable:
+            job.suspend()
+        else:
+            job.mark_abandoned()
+
     async def _fail(self, job: Job, exc: BaseException) -> None:
-        job.mark_ended(exc)
+        if isinstance(exc, Exception):
+            job.mark_ended(exc)
+        else:
+            self._abandon(job)
         if isinstance(exc, ApiError):
             logger.warning(
                 "prompt failed", extra={"request_id": job.id, "status": exc.status_code, "error": exc.message}
