@@ -1,17 +1,20 @@
-"""GET /prompt/{id}: where a /prompt or workflow request stands, while it runs and for JOB_RETENTION_S after."""
+"""GET /prompt/{id}: where a /prompt or workflow request stands, while it runs and for JOB_RETENTION_S after; and
+GET /prompt/{id}/events, its live events."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ApiError
+from ..errors import ApiError, V2Error
 from ..jobstore.records import JobRecord, JobStatus
 from .deps import JobsDep, RecordsDep
 from .schemas import ErrorResponse
+from .v2_jobs import JobEventsDep, event_stream
 
 router = APIRouter(tags=["prompt"])
 
@@ -78,6 +81,37 @@ async def job_status(id: str, jobs: JobsDep, records: RecordsDep) -> dict[str, A
     if record is None:
         raise ApiError(f"No request with id {id!r} is known (it may have expired)", status_code=404)
     return _body(record)
+
+
+@router.get(
+    "/prompt/{id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        404: {"model": ErrorResponse, "description": "No request with this id, or its record has expired"},
+        "4XX": {"model": ErrorResponse, "description": "Any other client error has the same shape"},
+    },
+)
+async def job_events(
+    id: str,
+    request: Request,
+    jobs: JobsDep,
+    records: RecordsDep,
+    hub: JobEventsDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> StreamingResponse:
+    """The request's live events as Server-Sent Events, the stream Comfy API v2 jobs have: a snapshot on connect,
+    then `status`, `progress`, `preview` and `output` events until the terminal status. Every event has an `id`;
+    reconnecting with `Last-Event-ID` resumes after it."""
+
+    async def snapshot() -> JobRecord | None:
+        return jobs.record(id) or await records.get(id)
+
+    try:
+        return await event_stream(hub, id, request, last_event_id, snapshot)
+    except V2Error as exc:  # in this route family's error shape
+        message = f"No request with id {id!r} is known (it may have expired)" if exc.status_code == 404 else exc.message
+        raise ApiError(message, status_code=exc.status_code) from None
 
 
 def _body(record: JobRecord) -> dict[str, Any]:

@@ -39,3 +39,20 @@ async def ready(state: ServerStateDep, settings: SettingsDep, events: EventsDep,
         and (limit == 0 or depth < limit)
     )
     return _probe(ok, "ready", "not ready", 503)
+
+
+@router.get("/api/v2/health", responses={503: {"description": "Not healthy yet, or no longer"}})
+async def v2_health(state: ServerStateDep, events: EventsDep) -> JSONResponse:
+    """Comfy API v2's health: 200 while this server and its ComfyUI serve (as /health), with what it knows of
+    ComfyUI; 503 otherwise. Open without a key, as the other probes."""
+    ok = state.healthy and state.failed is None
+    body = {
+        "status": "healthy" if ok else "unhealthy",
+        "version": __version__,
+        "comfyui": {
+            "up": state.comfy_up.is_set(),
+            "connected": events.connected,
+            "queue_remaining": events.queue_remaining,
+        },
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)
