@@ -42,7 +42,7 @@ COPY workflows/ /workflows/
 ENV COMFY_HOME=/opt/ComfyUI \
     WORKFLOW_DIR=/workflows \
     STARTUP_CHECK_MAX_TRIES=30 \
-    CMD="python /opt/ComfyUI/main.py --listen 127.0.0.1 --port 8188 --disable-auto-launch" \
+    CMD="python /opt/ComfyUI/main.py --listen 127.0.0.1 --port 8188 --disable-auto-launch --preview-method auto" \
     MALLOC_MMAP_THRESHOLD_=1048576
 
 WORKDIR /opt/ComfyUI
