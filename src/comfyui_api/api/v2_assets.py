@@ -2,8 +2,8 @@
 
 An upload's multipart body is parsed as it streams in: the `file` part goes straight to the asset store's temporary
 file while it is hashed, never into memory, and the other fields may come before or after it. The upload enforces
-its own size limit (the asset store's `max_upload_bytes`), so the app's body size limit leaves this route alone
-(UPLOAD_ROUTE).
+its own size limit (the asset store's `max_upload_bytes` for the file, and room for the fields besides), so the
+app's body size limit leaves this route alone (UPLOAD_ROUTE).
 
 Content URLs are this server's own content route, absolute, and unsigned: they are valid for as long as the asset
 is, so `url_expires_at` is the asset's `expires_at`, or a week from the answer for an asset kept until deleted (the
