@@ -176,7 +176,13 @@ def create_app(
     # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
     # id is set before anything logs, and a request that auth refuses is logged too, before its body is read.
     app.add_middleware(CatalogContext, catalog=catalog)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, read_timeout_s=settings.body_read_timeout_s)
+    # Asset uploads have their own limit (ASSET_MAX_UPLOAD_MB), enforced as they stream in.
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        read_timeout_s=settings.body_read_timeout_s,
+        unlimited={v2_assets.UPLOAD_ROUTE},
+    )
     if settings.api_keys:
         install_bearer_auth(app, settings.api_keys)
     app.add_middleware(RequestContext)

@@ -12,7 +12,7 @@ import pytest
 
 from comfyui_api.errors import ConfigError
 from comfyui_api.jobstore.base import MAX_LIST_LIMIT, JobQuery, JobStoreError
-from comfyui_api.jobstore.records import JobRecord, JobStatus
+from comfyui_api.jobstore.records import JobKind, JobRecord, JobStatus
 from comfyui_api.jobstore.sqlite import SCHEMA_VERSION, SQLiteJobStore
 
 HOUR_MS = 3_600_000
@@ -188,3 +188,42 @@ async def test_a_failing_database_is_a_job_store_error(store: SQLiteJobStore, cl
         await store.save([record("a", clock.now)])
     with pytest.raises(JobStoreError):
         await store.get("a")
+
+
+async def test_a_file_of_schema_1_is_brought_up_to_date_and_keeps_its_records(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as db:  # the schema as version 1 wrote it
+        db.execute(
+            "CREATE TABLE jobs (id VARCHAR PRIMARY KEY, status VARCHAR NOT NULL, created_at BIGINT NOT NULL, "
+            "started_at BIGINT, completed_at BIGINT, expires_at BIGINT NOT NULL, queue_position INTEGER, "
+            "attempts INTEGER NOT NULL, progress JSON, outputs JSON NOT NULL, error JSON, delivery JSON NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO jobs VALUES ('old', 'succeeded', ?, NULL, NULL, ?, NULL, 1, NULL, '[]', NULL, '{}')",
+            (clock.now, clock.now + HOUR_MS),
+        )
+        db.execute("PRAGMA user_version = 1")
+    store = SQLiteJobStore(path, clock=clock)
+    await store.open()
+    try:
+        old = await store.get("old")
+        assert old is not None and old.kind is JobKind.PROMPT and old.request is None and old.attempt_errors == []
+        await store.save([record("new", clock.now, kind=JobKind.V2, request={"workflow": {}}, attempt_errors=[{}])])
+        new = await store.get("new")
+        assert new is not None and new.kind is JobKind.V2 and new.request == {"workflow": {}}
+        assert [job.id for job in await store.list_jobs(JobQuery(kind=JobKind.V2))] == ["new"]
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_an_idempotency_key_is_claimed_once_until_released_or_expired(
+    store: SQLiteJobStore, clock: Clock
+) -> None:
+    assert await store.claim_key("k", clock.now + HOUR_MS)
+    assert not await store.claim_key("k", clock.now + HOUR_MS)
+    await store.release_key("k")
+    assert await store.claim_key("k", clock.now + HOUR_MS)
+    clock.now += HOUR_MS
+    assert await store.claim_key("k", clock.now + HOUR_MS)  # the earlier claim expired

@@ -251,3 +251,25 @@ async def test_records_written_behind_reach_the_sqlite_file(tmp_path: Path) -> N
         assert got is not None and got.status is JobStatus.SUCCEEDED
     finally:
         await reopened.close()
+
+
+async def test_saved_returns_once_the_record_is_committed_without_waiting_for_the_interval(store: Store) -> None:
+    writer = RecordWriter(store, retention_s=RETENTION_S, clock=lambda: NOW + 1, flush_interval_s=3600)
+    running = asyncio.create_task(writer.run())
+    try:
+        writer.changed(job("pending"))
+        await asyncio.wait_for(writer.saved(job("durable")), 30)
+        # One transaction, shared with what was pending.
+        assert sorted(store.batches[0]) == [("durable", JobStatus.QUEUED), ("pending", JobStatus.QUEUED)]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def test_saved_raises_when_its_write_fails(store: Store, writer: RecordWriter) -> None:
+    store.failures = 1
+    with pytest.raises(JobStoreError, match="disk I/O error"):
+        await asyncio.gather(writer.saved(job("a")), writer.flush())
+    await writer.flush()  # the change was kept, and is written by the next flush
+    assert store.batches == [[("a", JobStatus.QUEUED)]]

@@ -116,6 +116,9 @@ async def job_events(
     """Server-Sent Events: a snapshot on connect (status, latest progress and preview), then `status`, `progress`,
     `preview` and `output` events until the terminal status. Every event has an `id`; reconnecting with
     `Last-Event-ID` resumes after it."""
+    # The hub follows every job: a /prompt request's id is no v2 job's.
+    if await jobs.get(id) is None:
+        raise _not_found(id)
     return await event_stream(hub, id, request, last_event_id, lambda: jobs.get(id))
 
 
