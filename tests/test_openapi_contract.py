@@ -59,6 +59,7 @@ OPERATIONS: dict[str, dict[GenerationMode, int]] = {
     "GET /models": {GenerationMode.POSITIVE: 1},
     "POST /prompt": {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100},
     "GET /prompt/{id}": {GenerationMode.POSITIVE: 20},
+    "GET /prompt/{id}/events": {GenerationMode.POSITIVE: 10},
     "POST /interrupt": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 30},
     "POST /download": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 60},
     "POST /workflow/contract/solid": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 60},
@@ -75,8 +76,9 @@ CONFIG = schemathesis.Config.from_dict(
     {
         "checks": {
             # The storage endpoints here are closed ports (below), so a valid upload block fails as documented: a 502
-            # is the storage provider's failure there, not the server's.
-            "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", 502]},
+            # is the storage provider's failure there, not the server's. A generated `timeout_s` of a few microseconds
+            # is a request's own deadline passing, answered 504 as documented.
+            "not_a_server_error": {"expected-statuses": ["2xx", "3xx", "4xx", 502, 504]},
         }
     }
 )
@@ -120,15 +122,24 @@ def keep_local(value: Any) -> None:
             keep_local(item)
 
 
+def _own(path: str) -> bool:
+    """A route of this server's own API: Comfy API v2's are checked against its contract (test_v2_contract.py)."""
+    return not path.startswith("/api/v2/")
+
+
 def test_the_document_lists_every_operation_tested_here(contract_schema: schemathesis.BaseSchema) -> None:
-    labels = {result.ok().label for result in contract_schema.get_all_operations()}
-    assert labels == set(OPERATIONS)
+    operations = [result.ok() for result in contract_schema.get_all_operations()]
+    assert {operation.label for operation in operations if _own(operation.path)} == set(OPERATIONS)
 
 
 def test_every_operation_that_reads_a_body_documents_this_servers_errors(contract_server: ApiServer) -> None:
     document = contract_server.http.get("/docs/json").json()
     bodies = [
-        operation for item in document["paths"].values() for operation in item.values() if "requestBody" in operation
+        operation
+        for path, item in document["paths"].items()
+        if _own(path)
+        for operation in item.values()
+        if "requestBody" in operation
     ]
     assert bodies
     for operation in bodies:

@@ -139,6 +139,8 @@ def _error(description: str) -> dict[str, Any]:
 
 _UPSTREAM = {500: _error("`upstream_error`: the server could not complete the request")}
 _NOT_FOUND = {404: _error("`not_found`: no asset with this id, or it has expired")}
+# Declared where FastAPI would otherwise document its own validation error, which no route here sends.
+_INVALID = {422: _error("`invalid_request`: a parameter is malformed")}
 
 
 @router.post(
@@ -216,7 +218,7 @@ async def asset_from_hash(body: FromHashRequest, request: Request, response: Res
 @router.head(
     "/assets/by-hash/{hash}",
     operation_id="headAssetByHash",
-    responses={200: {"description": "Bytes with this hash are stored"}, 404: {"description": "None are"}},
+    responses={200: {"description": "Bytes with this hash are stored"}, 404: {"description": "None are"}, **_INVALID},
 )
 async def asset_by_hash(hash: str, store: AssetsDep) -> Response:
     """Whether the server has bytes with this blake3 hash (`blake3:<hex>`), to mint from without uploading them."""
@@ -230,7 +232,7 @@ async def asset_by_hash(hash: str, store: AssetsDep) -> Response:
     operation_id="getAsset",
     response_model=Asset,
     response_model_exclude_none=True,
-    responses={**_NOT_FOUND, **_UPSTREAM},
+    responses={**_NOT_FOUND, **_INVALID, **_UPSTREAM},
 )
 async def get_asset(id: str, request: Request, store: AssetsDep) -> Asset:
     """The asset's record, with the URL of its content."""
@@ -245,6 +247,7 @@ async def get_asset(id: str, request: Request, store: AssetsDep) -> Asset:
     responses={
         **_NOT_FOUND,
         409: _error("`asset_in_use`: the asset cannot be deleted while the server depends on it"),
+        **_INVALID,
         **_UPSTREAM,
     },
 )
@@ -265,6 +268,7 @@ async def delete_asset(id: str, store: AssetsDep) -> Response:
         206: {"content": {"application/octet-stream": {}}, "description": "One byte range of it (`Range: bytes=...`)"},
         416: {"description": "The range starts past the end of the content"},
         **_NOT_FOUND,
+        **_INVALID,
         **_UPSTREAM,
     },
 )

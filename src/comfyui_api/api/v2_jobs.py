@@ -40,7 +40,9 @@ JobEventsDep = Annotated[JobEvents, Depends(_job_events)]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorEnvelope} for code in codes}
+    # 422 on every route: a parameter that fails validation is `invalid_request` in the envelope (declaring it
+    # also keeps FastAPI from documenting its own validation error shape, which no route here sends).
+    return {code: {"model": ErrorEnvelope} for code in (*codes, 422)}
 
 
 @router.post("/jobs", status_code=201, responses=_errors(401, 422, 429, 500))
