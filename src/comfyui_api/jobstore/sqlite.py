@@ -1,16 +1,11 @@
-"""The embedded job store: one SQLite file (`STATE_DIR/jobs.db`), through SQLAlchemy Core's asyncio extension over
-aiosqlite, so that no query blocks the event loop.
-
-The database runs in WAL mode: readers (GET /prompt/{id}) never wait for the writer, and a committed transaction
-survives the process being killed. `synchronous=NORMAL` may lose the last transactions on a power cut, never
-corrupt the file. The schema's version is SQLite's `user_version`: a file written by a newer schema is refused at
-startup instead of misread.
-"""
+"""The embedded job store: one SQLite file (`STATE_DIR/jobs.db`), opened as sqlite_files.py opens the server's
+SQLite files (WAL: readers such as GET /prompt/{id} never wait for the writer; the schema version checked and a
+version-1 file migrated)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +21,15 @@ from sqlalchemy import (
     Table,
     and_,
     delete,
-    event,
     or_,
     select,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..errors import ConfigError
-from .base import JobQuery, JobStoreError
+from .base import JobQuery
 from .records import JobKind, JobRecord, JobStatus, now_ms
+from .sqlite_files import converted, open_sqlite
 
 SCHEMA_VERSION = 2
 # What each version added to the one before: a file of an older version is brought up to date at startup.
@@ -94,28 +86,15 @@ class SQLiteJobStore:
         )
 
     async def open(self) -> None:
-        engine = create_async_engine(URL.create("sqlite+aiosqlite", database=str(self.path)))
-        event.listen(engine.sync_engine, "connect", _configure_connection)
-        try:
-            async with engine.begin() as connection:
-                version = (await connection.exec_driver_sql("PRAGMA user_version")).scalar_one()
-                if version > SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"STATE_DIR: {self.path} holds job records of schema version {version}, which this version "
-                        f"of the server (schema {SCHEMA_VERSION}) cannot read; point STATE_DIR at another folder"
-                    )
-                for step in range(version + 1, SCHEMA_VERSION + 1) if version else ():
-                    for statement in _MIGRATIONS[step]:
-                        await connection.exec_driver_sql(statement)
-                await connection.run_sync(_metadata.create_all)
-                await connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except SQLAlchemyError as exc:
-            await engine.dispose()
-            raise ConfigError(f"STATE_DIR: cannot open the job store {self.path}: {_cause(exc)}") from None
-        except BaseException:
-            await engine.dispose()
-            raise
-        self._engine = engine
+        self._engine = await open_sqlite(
+            self.path,
+            _metadata,
+            version=SCHEMA_VERSION,
+            variable="STATE_DIR",
+            store="job store",
+            what="job records",
+            migrations=_MIGRATIONS,
+        )
 
     async def save(self, records: Sequence[JobRecord]) -> None:
         if not records:
@@ -180,33 +159,13 @@ class SQLiteJobStore:
             await self._engine.dispose()
             self._engine = None
 
-    @contextlib.contextmanager
-    def _converted(self) -> Iterator[None]:
-        """SQLAlchemy's and the driver's errors as JobStoreError (the one place they are converted)."""
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            raise JobStoreError(f"job store {self.path}: {_cause(exc)}") from exc
+    def _converted(self) -> contextlib.AbstractContextManager[None]:
+        return converted("job store", self.path)
 
     def _connected(self) -> AsyncEngine:
         if self._engine is None:
             raise RuntimeError("the job store is not open")
         return self._engine
-
-
-def _cause(exc: SQLAlchemyError) -> str:
-    # The driver's own message ("unable to open database file", "database is locked") without SQLAlchemy's wrapping.
-    return str(getattr(exc, "orig", None) or exc)
-
-
-def _configure_connection(connection: Any, _: Any) -> None:
-    cursor = connection.cursor()
-    # WAL: readers and the writer do not block each other; NORMAL is durable against a crash of the process.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    # Another process on the same file (a second server on one STATE_DIR) holds the write lock only briefly.
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
 
 
 def _row(record: JobRecord) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -47,7 +47,6 @@ from sqlalchemy import (
     String,
     Table,
     delete,
-    event,
     exists,
     func,
     or_,
@@ -55,13 +54,12 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
 from ..errors import ConfigError, JobStoreError, V2Error
 from ..jobstore.records import now_ms
+from ..jobstore.sqlite_files import converted, open_sqlite
 from ..storage.staging import stage_file
 
 logger = logging.getLogger(__name__)
@@ -182,25 +180,9 @@ class AssetStore:
             await asyncio.to_thread(self._temporaries.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"ASSETS_DIR: cannot create the asset store in {self.folder}: {exc}") from None
-        engine = create_async_engine(URL.create("sqlite+aiosqlite", database=str(self.path)))
-        event.listen(engine.sync_engine, "connect", _configure_connection)
-        try:
-            async with engine.begin() as connection:
-                version = (await connection.exec_driver_sql("PRAGMA user_version")).scalar_one()
-                if version not in (0, SCHEMA_VERSION):
-                    raise ConfigError(
-                        f"ASSETS_DIR: {self.path} holds assets of schema version {version}, which this version of "
-                        f"the server (schema {SCHEMA_VERSION}) cannot read; point ASSETS_DIR at another folder"
-                    )
-                await connection.run_sync(_metadata.create_all)
-                await connection.exec_driver_sql(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except SQLAlchemyError as exc:
-            await engine.dispose()
-            raise ConfigError(f"ASSETS_DIR: cannot open the asset store {self.path}: {_cause(exc)}") from None
-        except BaseException:
-            await engine.dispose()
-            raise
-        self._engine = engine
+        self._engine = await open_sqlite(
+            self.path, _metadata, version=SCHEMA_VERSION, variable="ASSETS_DIR", store="asset store", what="assets"
+        )
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -585,13 +567,8 @@ class AssetStore:
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
                 yield connection
 
-    @contextlib.contextmanager
-    def _converted(self) -> Iterator[None]:
-        """SQLAlchemy's and the driver's errors as JobStoreError (the one place they are converted)."""
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            raise JobStoreError(f"asset store {self.path}: {_cause(exc)}") from exc
+    def _converted(self) -> contextlib.AbstractContextManager[None]:
+        return converted("asset store", self.path)
 
     def _connected(self) -> AsyncEngine:
         if self._engine is None:
@@ -648,21 +625,6 @@ def _place(temporary: Path, blob: Path) -> None:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-
-
-def _cause(exc: SQLAlchemyError) -> str:
-    # The driver's own message ("unable to open database file", "database is locked") without SQLAlchemy's wrapping.
-    return str(getattr(exc, "orig", None) or exc)
-
-
-def _configure_connection(connection: Any, _: Any) -> None:
-    cursor = connection.cursor()
-    # WAL: readers and the writer do not block each other; NORMAL is durable against a crash of the process.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    # Another process on the same folder holds the write lock only briefly.
-    cursor.execute("PRAGMA busy_timeout=5000")
-    cursor.close()
 
 
 def _row(record: AssetRecord) -> dict[str, Any]:
