@@ -6,15 +6,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApiError, V2Error
 from ..jobstore.records import JobRecord, JobStatus
 from .deps import JobsDep, RecordsDep
+from .event_streams import JobEventsDep, event_stream
 from .schemas import ErrorResponse
-from .v2_jobs import JobEventsDep, event_stream
 
 router = APIRouter(tags=["prompt"])
 
@@ -45,6 +45,12 @@ class JobError(BaseModel):
     status_code: int | None = Field(None, description="Absent when the request ended without an answer of its own.")
 
 
+class AttemptError(BaseModel):
+    attempt: int
+    error: str
+    at: datetime
+
+
 class JobStatusResponse(BaseModel):
     id: str
     status: JobStatus = Field(
@@ -59,7 +65,10 @@ class JobStatusResponse(BaseModel):
         description="How many of this server's prompts are ahead of it in ComfyUI's queue; null unless it waits there."
     )
     progress: JobProgress | None
-    attempts: int
+    attempts: int = Field(
+        description="1, plus one for each time it was queued again (ComfyUI or the server restarted)."
+    )
+    attempt_errors: list[AttemptError] = Field(description="Why each earlier attempt ended.")
     outputs: list[JobOutput]
     error: JobError | None
 
@@ -94,7 +103,6 @@ async def job_status(id: str, jobs: JobsDep, records: RecordsDep) -> dict[str, A
 )
 async def job_events(
     id: str,
-    request: Request,
     jobs: JobsDep,
     records: RecordsDep,
     hub: JobEventsDep,
@@ -108,27 +116,31 @@ async def job_events(
         return jobs.record(id) or await records.get(id)
 
     try:
-        return await event_stream(hub, id, request, last_event_id, snapshot)
+        return await event_stream(hub, id, last_event_id, snapshot)
     except V2Error as exc:  # in this route family's error shape
         message = f"No request with id {id!r} is known (it may have expired)" if exc.status_code == 404 else exc.message
         raise ApiError(message, status_code=exc.status_code) from None
 
 
-def _body(record: JobRecord) -> dict[str, Any]:
+def record_view(record: JobRecord) -> dict[str, Any]:
+    """What every route family says of a job's record alike (times in ISO 8601, UTC)."""
     return {
         "id": record.id,
-        "status": record.status,
-        "created_at": _time(record.created_at),
-        "started_at": _time(record.started_at),
-        "completed_at": _time(record.completed_at),
-        "expires_at": _time(record.expires_at),
+        "status": record.status.value,
+        "created_at": iso_time(record.created_at),
+        "started_at": iso_time(record.started_at),
+        "completed_at": iso_time(record.completed_at),
+        "expires_at": iso_time(record.expires_at),
         "queue_position": record.queue_position,
         "progress": record.progress,
         "attempts": record.attempts,
-        "outputs": record.outputs,
-        "error": record.error,
+        "attempt_errors": [{**entry, "at": iso_time(entry["at"])} for entry in record.attempt_errors],
     }
 
 
-def _time(ms: int | None) -> datetime | None:
-    return datetime.fromtimestamp(ms / 1000, UTC) if ms is not None else None
+def _body(record: JobRecord) -> dict[str, Any]:
+    return {**record_view(record), "outputs": record.outputs, "error": record.error}
+
+
+def iso_time(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z") if ms is not None else None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -14,14 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..errors import V2Error
 from ..jobstore.base import JobQuery
 from ..jobstore.records import JobKind, JobRecord, JobStatus
-from ..v2.events import JobEvents, render_all
 from ..v2.jobs import V2Jobs
+from .event_streams import JobEventsDep, event_stream
+from .job_status import iso_time, record_view
 from .v2_assets import ErrorEnvelope
 
 router = APIRouter(prefix="/api/v2", tags=["jobs"])
 
-# Seconds of silence on an event stream before a keep-alive comment: proxies close idle connections.
-KEEPALIVE_S = 15.0
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 _LABEL = re.compile(r"^metadata\[(.+)\]$")
@@ -31,12 +29,7 @@ async def _v2_jobs(request: Request) -> V2Jobs:
     return request.app.state.v2_jobs
 
 
-async def _job_events(request: Request) -> JobEvents:
-    return request.app.state.job_events
-
-
 V2JobsDep = Annotated[V2Jobs, Depends(_v2_jobs)]
-JobEventsDep = Annotated[JobEvents, Depends(_job_events)]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -121,27 +114,12 @@ async def job_events(
     # The hub follows every job: a /prompt request's id is no v2 job's.
     if await jobs.get(id) is None:
         raise _not_found(id)
-    return await event_stream(hub, id, request, last_event_id, lambda: jobs.get(id))
-
-
-async def event_stream(
-    hub: JobEvents, job_id: str, request: Request, last_event_id: str | None, snapshot: Any
-) -> StreamingResponse:
-    """The SSE response for a job (shared with GET /prompt/{id}/events); 404 when no job has this id."""
-    after = int(last_event_id) if last_event_id is not None and last_event_id.strip().isdigit() else None
-    stream = await hub.stream(job_id, last_event_id=after, snapshot=snapshot, keepalive_s=KEEPALIVE_S)
-    if stream is None:
-        raise _not_found(job_id)
     base = _base(request)
 
-    def rewrite(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    def absolute(name: str, data: dict[str, Any]) -> dict[str, Any]:
         return _output(data, base) if name == "output" else data
 
-    return StreamingResponse(
-        render_all(stream, rewrite=rewrite),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return await event_stream(hub, id, last_event_id, lambda: jobs.get(id), absolute)
 
 
 # The job object ----------------------------------------------------------------------------------------------
@@ -151,22 +129,13 @@ def job_body(record: JobRecord, base: str) -> dict[str, Any]:
     queued_ms = (record.started_at or record.completed_at or 0) - record.created_at
     execution_ms = (record.completed_at or 0) - record.started_at if record.started_at else None
     return {
-        "id": record.id,
-        "status": record.status.value,
-        "created_at": _time(record.created_at),
-        "started_at": _time(record.started_at),
-        "completed_at": _time(record.completed_at),
-        "expires_at": _time(record.expires_at),
-        "queue_position": record.queue_position,
-        "progress": record.progress,
+        **record_view(record),
         "outputs": [_output(output, base) for output in record.outputs],
         "error": _job_error(record),
         "metrics": {
             "queue_ms": queued_ms if queued_ms > 0 and (record.started_at or record.completed_at) else None,
             "execution_ms": execution_ms if execution_ms is not None and execution_ms >= 0 else None,
         },
-        "attempts": record.attempts,
-        "attempt_errors": [{**entry, "at": _time(entry["at"])} for entry in record.attempt_errors],
         "metadata": (record.request or {}).get("metadata") or {},
         "urls": {"self": link, "events": f"{link}/events", "cancel": f"{link}/cancel"},
     }
@@ -178,7 +147,7 @@ def _output(output: dict[str, Any], base: str) -> dict[str, Any]:
     return {
         **output,
         "url": f"{base}{url}" if url.startswith("/") else url,
-        "url_expires_at": _time(expires) if isinstance(expires, int) else expires,
+        "url_expires_at": iso_time(expires) if isinstance(expires, int) else expires,
     }
 
 
@@ -210,10 +179,6 @@ def _error_code(record: JobRecord, error: dict[str, Any]) -> str:
 
 
 # Helpers ---------------------------------------------------------------------------------------------------------
-def _time(ms: int | None) -> str | None:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z") if ms is not None else None
-
-
 def _base(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
