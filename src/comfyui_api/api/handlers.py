@@ -50,15 +50,22 @@ _V2_CODES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404:
 _V2_UPSTREAM = "The server could not complete the request; try again later"
 
 
+def _v2_status(status: int) -> int:
+    """The contract has no 400 on any operation: a request it cannot take is a 422 `invalid_request` (FastAPI's one
+    400, a body it could not read, not UTF-8 or nested deeper than the JSON parser recurses, is one)."""
+    return 422 if status == 400 else status
+
+
 def v2_error(exc: Exception) -> V2Error:
     """`exc` as the v2 error it is answered with: client errors keep their message, server errors get the contract's
     generic one (the cause is logged, never sent)."""
     if isinstance(exc, V2Error):
         return exc
     if isinstance(exc, ApiError) and exc.status_code in _V2_CODES:
-        return V2Error(_V2_CODES[exc.status_code], exc.message, status_code=exc.status_code)
+        return V2Error(_V2_CODES[exc.status_code], exc.message, status_code=_v2_status(exc.status_code))
     if isinstance(exc, HTTPException) and exc.status_code < 500:
-        return V2Error(_V2_CODES.get(exc.status_code, "invalid_request"), str(exc.detail), status_code=exc.status_code)
+        code = _V2_CODES.get(exc.status_code, "invalid_request")
+        return V2Error(code, str(exc.detail), status_code=_v2_status(exc.status_code))
     if isinstance(exc, ServerError) and isinstance(exc, _CLIENT_INPUT):
         details = {"location": exc.location} if exc.location is not None else None
         return V2Error("invalid_request", str(exc), status_code=422, details=details)

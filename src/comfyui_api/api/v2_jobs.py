@@ -217,8 +217,10 @@ def _cursor(text: str | None) -> tuple[int, str] | None:
 async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
-    except ValueError:
+    except ValueError:  # not JSON, or not UTF-8
         raise _invalid("invalid_request", "The body is not JSON", "body") from None
+    except RecursionError:  # nested deeper than the JSON parser recurses
+        raise _invalid("invalid_request", "The body is nested too deeply to parse", "body") from None
     if not isinstance(body, dict):
         raise _invalid("invalid_request", "The body must be a JSON object", "body")
     return body
