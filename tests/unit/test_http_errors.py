@@ -48,6 +48,10 @@ def _app() -> FastAPI:
             raise RuntimeError("secret internals at /opt/app")
         return {"nodes": sorted(graph.prompt)}
 
+    @app.post("/api/v2/jobs")
+    async def jobs(body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
     return app
 
 
@@ -92,6 +96,15 @@ async def test_an_over_limit_content_length_is_413_json_at_body(client: httpx.As
     body = response.json()
     assert body["location"] == "body"
     assert body["error"].startswith("Request body is larger than")
+
+
+async def test_an_over_limit_body_under_api_v2_is_413_in_the_v2_envelope(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/v2/jobs", json=_valid_body(padding=MAX_BYTES))
+
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert (error["code"], error["details"]) == ("payload_too_large", {"location": "body"})
+    assert error["message"].startswith("Request body is larger than")
 
 
 async def test_a_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:

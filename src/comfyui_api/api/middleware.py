@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import request_id_var
 from ..workflows.catalog import Catalog, using_catalog
+from .auth import in_v2
 
 logger = logging.getLogger("comfyui_api.access")
 
@@ -96,7 +97,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            await self._reject(send)
+            await self._reject(send, scope["path"])
             return
         received = 0
         too_large = stalled = complete = False
@@ -128,29 +129,36 @@ class BodySizeLimit:
                 if not replaced:
                     replaced = True
                     if too_large:
-                        await self._reject(send)
+                        await self._reject(send, scope["path"])
                     else:
-                        await self._stalled(send, received, declared)
+                        await self._stalled(send, scope["path"], received, declared)
                 return
             await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, path: str) -> None:
         message = f"Request body is larger than {self.max_bytes / (1024 * 1024):g} MB"
-        await _send_error(send, 413, message)
+        await _send_error(send, path, 413, message)
 
-    async def _stalled(self, send: Send, received: int, declared: bytes | None) -> None:
+    async def _stalled(self, send: Send, path: str, received: int, declared: bytes | None) -> None:
         expected = f" of {declared.decode('latin-1')}" if declared else ""
         message = (
             f"The request body stopped arriving: {received}{expected} bytes received, then nothing for "
             f"{self.read_timeout_s:g} s"
         )
-        await _send_error(send, 400, message)
+        await _send_error(send, path, 400, message)
 
 
-async def _send_error(send: Send, status: int, message: str) -> None:
-    body = json.dumps({"error": message, "location": "body"}).encode()
+async def _send_error(send: Send, path: str, status: int, message: str) -> None:
+    """The error in the shape of the path's route family: Comfy API v2's envelope under /api/v2, where a body it
+    cannot take is a 422 (its contract has no 400)."""
+    if in_v2(path):
+        code = "payload_too_large" if status == 413 else "invalid_request"
+        status = 413 if status == 413 else 422
+        body = json.dumps({"error": {"code": code, "message": message, "details": {"location": "body"}}}).encode()
+    else:
+        body = json.dumps({"error": message, "location": "body"}).encode()
     await send(
         {
             "type": "http.response.start",
