@@ -28,6 +28,11 @@ def wedge_lines(server: ApiServer) -> list[dict]:
     return [entry for entry in server.log_entries() if entry.get("msg") == "ComfyUI is wedged; restarting it"]
 
 
+def requeue_lines(server: ApiServer) -> list[dict]:
+    message = "ComfyUI failed the prompt; queueing it again once ComfyUI is back"
+    return [entry for entry in server.log_entries() if entry.get("msg") == message]
+
+
 def assert_serves_again(server: ApiServer, old_pid: int) -> None:
     wait_until(server.ready, STARTUP_DEADLINE_S, "readiness after the restart", interval_s=0.2)
     assert server.comfy_process().pid != old_pid
@@ -37,7 +42,9 @@ def assert_serves_again(server: ApiServer, old_pid: int) -> None:
 
 
 def test_a_dead_prompt_worker_is_detected_and_comfyui_restarted(make_server: ServerFactory) -> None:
-    server = make_server("worker", COMFY_STALL_TIMEOUT_S=str(STALL_S))
+    # JOB_MAX_ATTEMPTS=1: the stuck request fails with the restart's reason instead of being queued again on the
+    # restarted ComfyUI (the requeue is tested below, with a stopped ComfyUI).
+    server = make_server("worker", COMFY_STALL_TIMEOUT_S=str(STALL_S), JOB_MAX_ATTEMPTS="1")
     shutil.copy(CUSTOM_NODES / "kill_prompt_worker.py", server.base / "custom_nodes")
     server.start()
     wait_until(server.ready, 60, "readiness")
@@ -71,9 +78,17 @@ def test_a_stopped_comfyui_is_detected_and_restarted(make_server: ServerFactory)
 
     result = run_in_background(lambda: post(server, solid(8, 8), "sent-to-a-stopped-comfyui"))
     wait_until(lambda: not server.ready(), 60, "/ready to turn 503")
-    assert result(120).status_code == 503
-    wait_until(lambda: wedge_lines(server), 60, "the restart's log line")
+    wait_until(lambda: wedge_lines(server), 120, "the restart's log line")
     assert "has not answered" in wedge_lines(server)[0]["cause"]
+
+    # The request is queued again once ComfyUI is back (JOB_MAX_ATTEMPTS, default 2): its second attempt succeeds.
+    response = result(STARTUP_DEADLINE_S)
+    assert response.status_code == 200, response.text
+    assert server.http.get("/prompt/sent-to-a-stopped-comfyui").json()["attempts"] == 2
+    wait_until(lambda: requeue_lines(server), 30, "the requeue's log line")
+    assert [(line["request_id"], line["attempt"]) for line in requeue_lines(server)] == [
+        ("sent-to-a-stopped-comfyui", 1)
+    ]
     assert_serves_again(server, old_pid)
 
 
