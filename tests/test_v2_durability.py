@@ -198,16 +198,7 @@ IN_MEMORY = "its credentials or extra_data were held in memory only"
 @pytest.mark.parametrize(
     "how",
     [
-        pytest.param(
-            signal.SIGTERM,
-            id="drained",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="server bug: at a drain, PromptRunner._abandon marks a job that cannot be resumed "
-                "(needs_memory) canceled ('The request ended before its outcome was known…') instead of failing it "
-                "with the held-in-memory-only reason, as recovery.py does after a crash",
-            ),
-        ),
+        pytest.param(signal.SIGTERM, id="drained"),
         pytest.param(signal.SIGKILL, id="crashed"),
     ],
 )

@@ -209,6 +209,23 @@ async def test_a_job_comfyui_fails_on_every_attempt_fails_with_each_attempts_err
     assert job.record.error is not None and job.record.error["error"] == "second death"
 
 
+async def test_a_submission_that_fails_is_retried_once_comfyui_answers_and_its_prompt_abandoned(p: Pipeline) -> None:
+    p.comfy.answering = False  # the connection breaks: the submission fails, and ComfyUI does not answer probes
+    starting = asyncio.create_task(p.runner.start(request()))
+    await p.comfy.until(lambda: p.comfy.named("probe"))
+    (first,) = p.queued()
+    assert not starting.done()  # the retry waits for ComfyUI to answer again
+    p.comfy.answering = True
+
+    job = await starting
+    assert p.queued() == [first, job.prompt_id] and job.record.attempts == 2
+    # Whatever ComfyUI made of the first submission is taken out of it.
+    await p.comfy.until(lambda: [first] in p.comfy.named("delete_from_queue"))
+    p.comfy.end(job.prompt_id, saved(p.output_dir, OUTPUT))
+    await p.runner.finish(job)
+    await p.runner.close(job)
+
+
 async def test_an_interrupted_job_is_not_queued_again(p: Pipeline) -> None:
     job = await p.runner.start(request())
     finishing = asyncio.create_task(p.runner.finish(job))

@@ -34,6 +34,8 @@ _INLINE_DELETES = 8
 # How long POST /interrupt waits for ComfyUI to take a prompt out of its queue (ComfyUI answers in milliseconds when
 # it is well) before it ends the request without it.
 _INTERRUPT_WAIT_S = 5.0
+# How often a submission that failed checks whether ComfyUI answers again (or its exit was noticed) before its retry.
+_SETTLE_INTERVAL_S = 0.5
 
 
 class PromptRunner:
@@ -142,7 +144,17 @@ class PromptRunner:
             except ComfyUnavailable as exc:
                 if not self._may_retry(job):
                     raise
+                # ComfyUI may have queued the prompt before the connection broke: it is abandoned, whatever it became.
+                self._janitor.abandon(job.prompt_id)
                 self._requeue(job, exc)
+                await self._settle()
+
+    async def _settle(self) -> None:
+        """After a submission failed: wait until ComfyUI answers again, or until its exit is noticed (the next
+        submission then waits for it to be back), so that the retry is not spent on a ComfyUI that is dying."""
+        # Polled: what is awaited is ComfyUI answering an HTTP probe, which no event announces.
+        while self._state.comfy_up.is_set() and not await self._client.probe():  # noqa: ASYNC110
+            await asyncio.sleep(_SETTLE_INTERVAL_S)
 
     def _may_retry(self, job: Job) -> bool:
         """Whether the job gets another attempt after ComfyUI failed it: not once it was interrupted, or its
@@ -236,9 +248,10 @@ class PromptRunner:
             await asyncio.wait(set(self._cleanups))
 
     def _abandon(self, job: Job) -> None:
-        """A job cut short without an outcome: when the server is stopping and can run it again at its next start,
-        it is kept queued for then; otherwise canceled."""
-        if self._state.draining and job.resumable:
+        """A job cut short without an outcome: when the server is stopping and its record says how to run it again,
+        it is kept queued for the next start (pipeline/recovery.py); otherwise canceled."""
+        if self._state.draining and job.record.request is not None:
+            # Also a job that cannot run again (held credentials or extra_data): the next start fails it, saying why.
             job.suspend()
         else:
             job.mark_abandoned()
