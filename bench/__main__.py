@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command: every benchmark, one table of its bars, one JSON file of its figures.
 
-    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard] [--json bench/results/latest.json]
+    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard,v2] [--json bench/results/latest.json]
                               [--baseline earlier.json]
 
 Run from the repository root after scripts/setup.sh. Each benchmark runs in a process of its own, one after the other
@@ -12,11 +12,13 @@ servers in front of their own CPU ComfyUI, SeaweedFS, file servers); its progres
 * outputs:  a 4096x4096 PNG and a ~200 MB output as base64 and as S3 upload: peak RSS (bench/outputs.py)
 * download: HTTP and S3 downloads against curl and boto3 (bench/download.py)
 * guard:    a cached URL input with the URL guard on and off, and direct ComfyUI (bench/guard.py)
+* v2:       Comfy API v2 jobs (submit, follow, download): a round trip and a burst of 200, against comfy-api-proxy
+            in front of the same ComfyUI and direct ComfyUI (bench/v2.py)
 
 Then one table of every figure with a bar (and the figures they are measured against), and the JSON: `meta`, each
 benchmark's own report under `benchmarks`, and every figure flattened under `figures` as "benchmark.figure", which
 is what --baseline compares. The exit status is 0 whatever the bars say, 1 when a benchmark could not measure
-something. About 8 minutes on a 2-core machine.
+something. About 12 to 16 minutes on a 2-core machine (v2 4 to 8 of them: the proxy's 15 s stalls).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Any
 
 from .common import REPO, check_cases_and_baseline, compare, log, print_checks, sigterm_exits, write_report
 
-BENCHMARKS = ("startup", "requests", "outputs", "download", "guard")
+BENCHMARKS = ("startup", "requests", "outputs", "download", "guard", "v2")
 DEFAULT_REPORT = REPO / "bench" / "results" / "latest.json"
 
 
