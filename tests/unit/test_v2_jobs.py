@@ -182,6 +182,9 @@ async def test_a_job_runs_with_its_asset_and_extra_data_and_its_outputs_become_a
     (described,) = done.outputs
     assert described["url"] == f"/api/v2/assets/{described['id']}/content"
     assert (await v2.assets.get(described["id"])).job_id == record.id
+    # The job closes after its end: its staged input goes then.
+    assert await v2.p.jobs.wait_idle(30)
+    await v2.p.runner.aclose()
     assert not (v2.p.settings.inputs_path / staged).exists()
     await v2.records.flush()
     for path in v2.state_dir.rglob("*"):

@@ -25,6 +25,7 @@ HTTP's own status for it). SQLite's errors become JobStoreError.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -110,6 +111,8 @@ keys_table = Table(
     Column("key", String, primary_key=True),
     Column("created_at", BigInteger, nullable=False),
 )
+# Records kept by `_remember` (about 300 bytes each).
+_RECENT_RECORDS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,6 +176,8 @@ class AssetStore:
         self.disk_limit_bytes = disk_limit_bytes
         self._clock = clock
         self._engine: AsyncEngine | None = None
+        # Records read or made lately, by id, oldest first (see `_remember`).
+        self._recent: collections.OrderedDict[str, AssetRecord] = collections.OrderedDict()
 
     async def open(self) -> None:
         """Create the folders and the schema if they are missing; raises ConfigError when the store cannot be used."""
@@ -320,15 +325,32 @@ class AssetStore:
 
     async def get(self, asset_id: str) -> AssetRecord | None:
         """The record with this id, unless there is none or it has expired."""
+        cached = self._recent.get(asset_id)
+        if cached is not None and (cached.expires_at is None or cached.expires_at > self._clock()):
+            return cached
         statement = select(assets_table).where(assets_table.c.id == asset_id, self._unexpired())
         with self._converted():
             async with self._connected().connect() as connection:
                 row = (await connection.execute(statement)).first()
-        return _record(row) if row is not None else None
+        if row is None:
+            return None
+        return self._remember(_record(row))
+
+    def _remember(self, record: AssetRecord) -> AssetRecord:
+        """Keep a record read or made here for the next `get`: a job's outputs are read back at once, and a content
+        download should not wait for SQLite (measured in bench/v2.py). A cached record is only trusted until its
+        `expires_at`; a later one (retention extended) is read again from the file, and `delete` drops it."""
+        recent = self._recent
+        recent[record.id] = record
+        recent.move_to_end(record.id)
+        if len(recent) > _RECENT_RECORDS:
+            recent.popitem(last=False)
+        return record
 
     async def delete(self, asset_id: str) -> bool:
         """Delete the record (False: there is none, or it has expired), and its blob when no other record
         references it. A job's output: 409 `asset_in_use` (it goes when it expires, with its job)."""
+        self._recent.pop(asset_id, None)
         async with self._writing() as connection:
             row = (
                 await connection.execute(
@@ -376,8 +398,8 @@ class AssetStore:
             )
             await self._store(upload, record, idempotency_key=None, limited=False)
         finally:
-            await asyncio.to_thread(_remove, temporary)
-        return record
+            _remove(temporary)  # one unlink, usually of nothing (the file became the blob): no thread hop
+        return self._remember(record)
 
     async def stage(self, record: AssetRecord, folder: Path, name: str) -> Path:
         """The record's bytes as `folder/name`, where ComfyUI reads its inputs: a hard link to the blob, else a
