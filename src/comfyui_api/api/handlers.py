@@ -106,10 +106,10 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
+    problems = [{"location": _location(tuple(error["loc"])), "message": error["msg"]} for error in errors]
+    first = problems[0]
+    message = f"{first['location']}: {first['message']}"
     if in_v2(request.url.path):
-        problems = [{"location": _location(tuple(error["loc"])), "message": error["msg"]} for error in errors]
-        first = problems[0] if problems else {"location": "body", "message": "invalid request"}
-        message = f"{first['location']}: {first['message']}"
         return _v2_response(V2Error("invalid_request", message, status_code=422, details={"errors": problems}))
     if any(error.get("type") == "json_invalid" for error in errors):
         detail = errors[0].get("ctx", {}).get("error", "")
@@ -123,12 +123,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
             )
         if errors[0].get("type") == "missing":
             return JSONResponse({"error": "The request body is empty: send a JSON object", "location": "body"}, 400)
-    problems = [{"location": _location(tuple(error["loc"])), "message": error["msg"]} for error in errors]
-    first = problems[0]
-    return JSONResponse(
-        {"error": f"{first['location']}: {first['message']}", "location": first["location"], "errors": problems},
-        status_code=400,
-    )
+    return JSONResponse({"error": message, "location": first["location"], "errors": problems}, status_code=400)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

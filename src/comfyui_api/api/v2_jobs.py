@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ..errors import V2Error
 from ..jobstore.base import JobQuery
 from ..jobstore.records import JobKind, JobRecord, JobStatus
-from ..v2.jobs import V2Jobs
+from ..v2.jobs import JobSubmission, V2Jobs
 from .event_streams import JobEventsDep, event_stream
 from .job_status import iso_time, record_view
 from .v2_assets import ErrorEnvelope
@@ -40,13 +40,13 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 @router.post("/jobs", status_code=201, responses=_errors(401, 422, 429, 500))
 async def submit_job(
+    body: JobSubmission,
     request: Request,
     jobs: V2JobsDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> JSONResponse:
     """Validate an API-format workflow (node structure, `core/ASSET` references, then ComfyUI's own validation),
     queue it, and answer 201 once the job is durably recorded."""
-    body = await _json_object(request)
     record = await jobs.submit(body, idempotency_key)
     return JSONResponse(job_body(record, _base(request)), status_code=201)
 
@@ -212,18 +212,6 @@ def _cursor(text: str | None) -> tuple[int, str] | None:
         return int(created), job_id
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise _invalid("invalid_cursor", "This cursor was not issued by this server", "cursor") from None
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:  # not JSON, or not UTF-8
-        raise _invalid("invalid_request", "The body is not JSON", "body") from None
-    except RecursionError:  # nested deeper than the JSON parser recurses
-        raise _invalid("invalid_request", "The body is nested too deeply to parse", "body") from None
-    if not isinstance(body, dict):
-        raise _invalid("invalid_request", "The body must be a JSON object", "body")
-    return body
 
 
 def _invalid(code: str, message: str, location: str) -> V2Error:

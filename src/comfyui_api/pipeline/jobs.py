@@ -151,9 +151,7 @@ class Job:
             {"attempt": record.attempts, "error": error.message, "at": now_ms()},
         ]
         record.attempts += 1
-        record.status = JobStatus.QUEUED
-        record.started_at = None
-        record.progress = None
+        _queued_again(record)
         self.state = JobState.PREPROCESSING  # nothing of it is in ComfyUI
         self.failure = None
         self.missing_from_queue = False
@@ -221,22 +219,12 @@ class Job:
         else:
             self.mark_abandoned()
 
-    @property
-    def resumable(self) -> bool:
-        """Whether a restart of the server can run the job again from its record (see JobRecord.request)."""
-        request = self.record.request
-        return request is not None and not request.get("needs_memory")
-
     def suspend(self) -> None:
         """The server stops under the job: its record says queued again, for the next start to run it anew."""
-        record = self.record
-        if record.terminal:
+        if self.record.terminal:
             return
-        record.status = JobStatus.QUEUED
-        record.started_at = None
-        record.queue_position = None
-        record.progress = None
-        self.record_changed(record)
+        _queued_again(self.record)
+        self.record_changed(self.record)
 
     def mark_abandoned(self) -> None:
         """The job ends without an outcome of its own (cancelled with its caller): canceled, unless it has one."""
@@ -272,6 +260,14 @@ class Job:
             "step": self.step,
             "steps": self.steps,
         }
+
+
+def _queued_again(record: JobRecord) -> None:
+    """The record of a job waiting to be queued in ComfyUI anew: nothing of an earlier attempt's run is left."""
+    record.status = JobStatus.QUEUED
+    record.started_at = None
+    record.queue_position = None
+    record.progress = None
 
 
 class JobRegistry:

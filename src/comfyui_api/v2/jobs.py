@@ -17,7 +17,7 @@ from collections.abc import Awaitable
 from pathlib import PurePosixPath
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ApiError, BadRequest, MissingAsset, PromptRejected, V2Error
 from ..jobstore.base import JobQuery
@@ -93,9 +93,9 @@ class V2Jobs:
         self._background: set[asyncio.Task[None]] = set()
 
     # Submission ----------------------------------------------------------------------------------------------
-    async def submit(self, body: dict[str, Any], idempotency_key: str | None) -> JobRecord:
+    async def submit(self, submission: JobSubmission, idempotency_key: str | None) -> JobRecord:
         """Validate, queue and durably record a job; its record once it is on disk."""
-        submission = _submission(body)
+        _refuse_reserved(submission)
         graph = _api_graph(submission.workflow)
         self._check_queue()
         store = self._records.store
@@ -225,24 +225,16 @@ class V2Jobs:
         return record
 
 
-def _submission(body: dict[str, Any]) -> JobSubmission:
+def _refuse_reserved(submission: JobSubmission) -> None:
+    """The contract reserves these fields for later versions and has them refused today."""
     for reserved in ("webhook_url", "inputs"):
-        if reserved in body:
+        if reserved in (submission.model_extra or {}):
             raise V2Error(
                 "invalid_request",
                 f"{reserved!r} is reserved for a later version of the API and not accepted yet",
                 status_code=422,
                 details={"location": reserved},
             )
-    try:
-        return JobSubmission.model_validate(body)
-    except ValidationError as exc:
-        problems = [
-            {"location": ".".join(str(part) for part in error["loc"]) or "body", "message": error["msg"]}
-            for error in exc.errors()
-        ]
-        message = f"{problems[0]['location']}: {problems[0]['message']}"
-        raise V2Error("invalid_request", message, status_code=422, details={"errors": problems}) from None
 
 
 def _api_graph(workflow: dict[str, Any]) -> dict[str, Any]:
