@@ -63,24 +63,28 @@ def create_app(
     state = ServerState()
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
-    records = RecordWriter(SQLiteJobStore(settings.state_dir / "jobs.db"), retention_s=settings.job_retention_s)
-    hub = JobEvents(max_streams=settings.max_event_streams)
-
-    def record_changed(record: JobRecord) -> None:
-        records.changed(record)
-        hub.on_record(record)
-
-    jobs = JobRegistry(record_changed)
-    events.subscribe(jobs.dispatch)
-    previews = PreviewRouter(hub, lambda prompt_id: job.id if (job := jobs.by_prompt_id(prompt_id)) else None)
-    events.subscribe(previews.on_event)
-    events.subscribe_binary(previews.on_binary)
     assets = AssetStore(
         settings.assets_path,
         retention_s=settings.asset_retention_s,
         max_upload_bytes=settings.asset_max_upload_mb * 1024 * 1024,
         disk_limit_bytes=round(settings.asset_disk_limit_gb * 1024**3),
     )
+    records = RecordWriter(
+        SQLiteJobStore(settings.state_dir / "jobs.db"),
+        retention_s=settings.job_retention_s,
+        before_write=assets.flush_outputs,
+    )
+    hub = JobEvents(max_streams=settings.max_event_streams)
+
+    def record_changed(record: JobRecord) -> None:
+        records.changed(record)
+        hub.on_record(record)
+
+    jobs = JobRegistry(record_changed, connection=lambda: events.connections)
+    events.subscribe(jobs.dispatch)
+    previews = PreviewRouter(hub, lambda prompt_id: job.id if (job := jobs.by_prompt_id(prompt_id)) else None)
+    events.subscribe(previews.on_event)
+    events.subscribe_binary(previews.on_binary)
     azure = azure_service_client(settings)
     guard = url_guard(settings, azure.primary_endpoint if azure is not None else None)
     try:

@@ -67,6 +67,14 @@ class FakeComfy:
         self.history_entries[prompt_id] = entry
         self.emit("executing", {"node": None, "prompt_id": prompt_id})
 
+    def report(self, prompt_id: str, entry: dict[str, Any]) -> None:
+        """The prompt runs to its success, told over the websocket as ComfyUI's executor does (a start, each output
+        node's `executed`, `execution_success`); `end()` then writes its history entry."""
+        self.emit("execution_start", {"prompt_id": prompt_id})
+        for node, output in entry["outputs"].items():
+            self.emit("executed", {"node": node, "output": output, "prompt_id": prompt_id})
+        self.emit("execution_success", {"prompt_id": prompt_id})
+
     def exited(self) -> None:
         """The process exited: a new one starts with an empty queue and no history."""
         self.running.clear()

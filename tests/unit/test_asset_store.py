@@ -5,9 +5,12 @@ hard-linked in, staging as a regular file, and a reopened or foreign file."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from blake3 import blake3
@@ -481,3 +484,89 @@ async def test_a_file_of_another_schema_version_is_refused(tmp_path: Path) -> No
 
     with pytest.raises(ConfigError, match=f"ASSETS_DIR: .* schema version {SCHEMA_VERSION + 1}"):
         await store.open()
+
+
+async def _output(store: AssetStore, folder: Path, data: bytes = DATA, name: str = "out.png") -> AssetRecord:
+    output = folder / name
+    output.write_bytes(data)
+    return await store.add_output(output, job_id="job", file_path=name, content_type="image/png", expires_at=None)
+
+
+def stored_ids(store: AssetStore) -> set[str]:
+    """The ids of the records on disk, read with the file's own driver."""
+    with sqlite3.connect(store.path) as connection:
+        return {row[0] for row in connection.execute("SELECT id FROM assets")}
+
+
+async def test_an_output_is_readable_at_once_and_on_disk_once_flushed(
+    store: AssetStore, make_store: MakeStore, tmp_path: Path
+) -> None:
+    record = await _output(store, tmp_path)
+
+    # Written behind: not yet in the file, already answered.
+    assert record.id not in stored_ids(store)
+    assert await store.get(record.id) == record
+    assert await store.has_blob(record.hash)
+
+    await store.flush_outputs()
+
+    assert record.id in stored_ids(store)
+    assert await (await make_store()).get(record.id) == record
+
+
+async def test_what_the_store_reads_and_writes_next_includes_the_unwritten_outputs(
+    store: AssetStore, tmp_path: Path
+) -> None:
+    record = await _output(store, tmp_path)
+
+    minted, created = await store.mint_from_hash(record.hash, file_path="copy.png", tags=[], expires_in_s=None)
+    assert created
+    assert minted.size_bytes == len(DATA)
+    with pytest.raises(V2Error) as raised:
+        await store.delete(record.id)
+    assert raised.value.code == "asset_in_use"
+    assert {record.id, minted.id} <= stored_ids(store)
+
+
+async def test_closing_the_store_writes_the_unwritten_outputs(
+    store: AssetStore, make_store: MakeStore, tmp_path: Path
+) -> None:
+    record = await _output(store, tmp_path)
+
+    await store.close()
+
+    assert record.id in stored_ids(store)
+    assert await (await make_store()).get(record.id) == record
+
+
+async def test_a_sweep_never_removes_the_blob_of_an_output_being_placed(
+    store: AssetStore, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The only record of these bytes expires: the sweep would remove their blob, which the output being placed finds
+    # there and relies on.
+    expiring, _ = await upload(store, expires_in_s=60)
+    clock.now += 61_000
+    found = threading.Event()
+    go_on = threading.Event()
+    placed_output = store._placed_output
+
+    def held(source: Path, temporary: Path) -> Any:
+        answer = placed_output(source, temporary)
+        found.set()
+        assert go_on.wait(30)
+        return answer
+
+    monkeypatch.setattr(store, "_placed_output", held)
+    adding = asyncio.create_task(_output(store, tmp_path))
+    assert await asyncio.to_thread(found.wait, 30)
+    sweeping = asyncio.create_task(store.sweep())
+    await asyncio.sleep(0.05)
+    assert not sweeping.done()  # waiting for the output's blob to be placed
+
+    go_on.set()
+    record = await adding
+    assert await sweeping == 1
+
+    assert await store.get(expiring.id) is None
+    assert store.content_path(record).read_bytes() == DATA
+    assert record.id in stored_ids(store)

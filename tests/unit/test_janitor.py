@@ -178,3 +178,41 @@ async def test_a_pending_abandoned_prompt_is_never_reported_as_stuck(comfy: Fake
 
     now[0] += 3600
     assert janitor.observe(comfy.running, comfy.pending) is None
+
+
+async def test_an_entry_not_yet_written_is_deleted_once_comfyui_says_it_is(comfy: FakeComfy, janitor: Janitor) -> None:
+    # A job finished on execution_success: ComfyUI writes the history entry a moment later.
+    janitor.forget("a", written=False)
+    janitor.forget("b")
+    await comfy.until(lambda: comfy.named("delete_history:answered") == [["b"]])
+
+    janitor.on_event(ended("a"))
+
+    await comfy.until(lambda: comfy.named("delete_history:answered") == [["b"], ["a"]])
+
+
+async def test_an_entry_not_yet_written_is_deleted_after_two_ticks_without_its_prompt_running(
+    comfy: FakeComfy, janitor: Janitor
+) -> None:
+    # The closing message was missed (the websocket dropped): the queue says when the entry is there. The first
+    # tick's view of the queue may predate the prompt, so it takes two; a tick that sees it running starts over.
+    janitor.forget("a", written=False)
+    janitor.observe(set(), set())
+    janitor.observe({"a"}, set())
+    janitor.observe(set(), set())
+    await asyncio.sleep(0)
+    assert comfy.named("delete_history") == []
+
+    janitor.observe(set(), set())
+
+    await comfy.until(lambda: comfy.named("delete_history:answered") == [["a"]])
+
+
+async def test_a_restart_of_comfyui_forgets_the_entries_it_had_not_written(comfy: FakeComfy, janitor: Janitor) -> None:
+    janitor.forget("a", written=False)
+    janitor.reset()
+
+    janitor.on_event(ended("a"))
+    janitor.forget("b")
+
+    await comfy.until(lambda: comfy.named("delete_history:answered") == [["b"]])

@@ -57,13 +57,76 @@ def test_executed_nodes_are_kept_in_execution_order() -> None:
 
 
 @pytest.mark.parametrize("event_type", ["execution_success", "execution_error", "execution_interrupted"])
-def test_end_events_record_the_end_without_waking_the_job(event_type: str) -> None:
+def test_end_events_not_preceded_by_a_start_record_the_end_without_waking_the_job(event_type: str) -> None:
     # ComfyUI writes the history entry only after these; `executing` with no node says it is there.
     job = Job(id="job1")
 
     job.on_event(event_type, {"prompt_id": job.prompt_id})
 
     assert job.exec_end is not None
+    assert job.reported is None
+    assert not job.wake.is_set()
+
+
+def _run(job: Job, *, start_on: int, end_on: int, end: str = "execution_success") -> None:
+    job.on_event("execution_start", {"prompt_id": job.prompt_id}, start_on)
+    images = [{"filename": "a.png", "subfolder": "", "type": "output"}]
+    job.on_event("executed", {"node": "9", "output": {"images": images}, "prompt_id": job.prompt_id}, start_on)
+    job.on_event("executed", {"node": "4", "output": None, "prompt_id": job.prompt_id}, start_on)
+    job.on_event(end, {"prompt_id": job.prompt_id, "timestamp": 5}, end_on)
+
+
+def test_a_success_seen_on_the_connection_of_its_start_is_the_history_entry_and_wakes_the_job() -> None:
+    job = Job(id="job1")
+
+    _run(job, start_on=3, end_on=3)
+
+    assert job.wake.is_set()
+    assert job.reported is not None
+    assert job.reported["outputs"] == {"9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]}}
+    assert job.reported["status"]["status_str"] == "success"
+    assert not job.history_written
+
+
+def test_a_success_after_a_reconnect_waits_for_the_history_entry() -> None:
+    # Messages between the two connections may have been lost: the history says what the run made.
+    job = Job(id="job1")
+
+    _run(job, start_on=3, end_on=4)
+
+    assert job.reported is None
+    assert not job.wake.is_set()
+
+
+@pytest.mark.parametrize("event_type", ["execution_error", "execution_interrupted"])
+def test_a_failure_is_read_from_the_history_entry(event_type: str) -> None:
+    job = Job(id="job1")
+
+    _run(job, start_on=1, end_on=1, end=event_type)
+
+    assert job.reported is None
+    assert not job.wake.is_set()
+
+
+def test_the_closing_executing_message_says_the_history_entry_is_written() -> None:
+    job = Job(id="job1")
+
+    job.on_event("executing", {"node": None})
+
+    assert job.history_written
+
+
+def test_a_requeued_job_forgets_what_its_last_attempt_reported() -> None:
+    job = Job(id="job1")
+    _run(job, start_on=1, end_on=1)
+    job.on_event("executing", {"node": None})
+
+    job.requeue(ComfyUnavailable("gone"))
+
+    assert job.reported is None
+    assert job.reported_outputs == {}
+    assert job.started_on is None
+    assert not job.history_written
     assert not job.wake.is_set()
 
 
@@ -147,6 +210,20 @@ def test_dispatch_routes_an_event_to_the_job_with_that_prompt_id() -> None:
     assert target.wake.is_set()
     assert other.executed_nodes == {}
     assert not other.wake.is_set()
+
+
+def test_dispatch_tells_a_job_which_connection_each_event_came_on() -> None:
+    connection = 1
+    registry = JobRegistry(connection=lambda: connection)
+    job = Job(id="a", prompt_id="p-a")
+    registry.add(job)
+
+    registry.dispatch(_event("execution_start", "p-a"))
+    connection = 2
+    registry.dispatch(_event("execution_success", "p-a"))
+
+    assert job.started_on == 1
+    assert job.reported is None
 
 
 @pytest.mark.parametrize(

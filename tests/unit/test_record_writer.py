@@ -273,3 +273,25 @@ async def test_saved_raises_when_its_write_fails(store: Store, writer: RecordWri
         await asyncio.gather(writer.saved(job("a")), writer.flush())
     await writer.flush()  # the change was kept, and is written by the next flush
     assert store.batches == [[("a", JobStatus.QUEUED)]]
+
+
+async def test_what_records_refer_to_is_written_before_each_transaction(store: Store) -> None:
+    # The asset store's pending output records, in the server: a job record on disk never names a missing asset.
+    order: list[str] = []
+    failures = [JobStoreError("asset store: disk I/O error")]
+
+    async def before_write() -> None:
+        order.append(f"before {len(store.batches)}")
+        if failures:
+            raise failures.pop()
+
+    writer = RecordWriter(store, retention_s=RETENTION_S, before_write=before_write)
+    writer.changed(job("a"))
+
+    with pytest.raises(JobStoreError):
+        await writer.flush()
+    assert store.batches == []
+    await writer.flush()
+
+    assert order == ["before 0", "before 0"]
+    assert store.batches == [[("a", JobStatus.QUEUED)]]

@@ -54,6 +54,23 @@ async def test_a_completed_prompt_gives_its_outputs_and_stats_and_leaves_nothing
     await p.comfy.until(lambda: [job.prompt_id] in p.comfy.named("delete_history:answered"))
 
 
+async def test_a_success_the_websocket_reported_in_full_is_collected_without_a_history_read(p: Pipeline) -> None:
+    job = await p.runner.start(request())
+    finishing = asyncio.create_task(p.runner.finish(job))
+    entry = saved(p.output_dir, OUTPUT)
+    p.comfy.report(job.prompt_id, entry)
+    await finishing
+
+    assert [(output.node_id, output.name) for output in job.outputs] == [("9", OUTPUT)]
+    assert p.comfy.named("history") == []
+    await p.runner.close(job)
+    assert not (p.output_dir / OUTPUT).exists()
+    # Its history entry is not there yet: deleted once ComfyUI has written it.
+    assert p.comfy.named("delete_history") == []
+    p.comfy.end(job.prompt_id, entry)
+    await p.comfy.until(lambda: [job.prompt_id] in p.comfy.named("delete_history:answered"))
+
+
 async def test_a_prompt_id_chosen_by_an_older_comfyui_is_followed(p: Pipeline) -> None:
     p.comfy.chosen_id = "chosen-by-comfyui"
     job = await p.runner.start(request())

@@ -42,6 +42,9 @@ class EventStream:
         # Set by reconnect(): the reader leaves the current connection.
         self._drop = asyncio.Event()
         self.connected = False
+        # Connections made since start: a message's number tells whether two messages came on one connection, with
+        # nothing lost between them.
+        self.connections = 0
         self.queue_remaining = 0
         # Messages read since start: the watchdog compares it across its ticks.
         self.received = 0
@@ -66,6 +69,8 @@ class EventStream:
     def _set_connected(self, connected: bool) -> None:
         if connected != self.connected:
             self.connected = connected
+            if connected:
+                self.connections += 1
             self.connection_changed.set()
 
     async def run(self) -> None:

@@ -10,6 +10,9 @@ The pending map is bounded: while the store cannot keep up (or is failing) and `
 changes, the oldest job's changes are dropped, and the streak is logged. A job still in flight records its next
 change again; only a finished job's record can be lost that way. At shutdown `aclose()` writes what is pending.
 
+`before_write()`, when given, runs before each transaction: what job records refer to is written first (a v2 job's
+output assets, v2/assets.py), so that no record on disk names something that is not.
+
 `saved(record)` is for the one caller that must know a record is on disk (a v2 submission answers 201 only then):
 it writes at once instead of after the interval, sharing the transaction with whatever else is pending, so a burst
 of submissions is a handful of transactions.
@@ -21,7 +24,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .base import JobStore, JobStoreError
 from .records import JobRecord, now_ms
@@ -51,8 +54,10 @@ class RecordWriter:
         clock: Callable[[], int] = now_ms,
         flush_interval_s: float = FLUSH_INTERVAL_S,
         max_pending: int = MAX_PENDING,
+        before_write: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
+        self._before_write = before_write
         self._retention_ms = round(retention_s * 1000)
         self._clock = clock
         self._flush_interval_s = flush_interval_s
@@ -135,6 +140,8 @@ class RecordWriter:
                 ids = list(self._pending)[:BATCH_SIZE]
                 self._writing = {job_id: self._pending.pop(job_id) for job_id in ids}
                 try:
+                    if self._before_write is not None:
+                        await self._before_write()
                     await self.store.save(list(self._writing.values()))
                 except BaseException as exc:
                     # Back in front of what changed since (a job's newer record wins), so they are retried first.

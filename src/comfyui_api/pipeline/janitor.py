@@ -9,6 +9,10 @@ A running prompt gets its interrupt when it is abandoned, but ComfyUI only acts 
 sampler step: a node stuck in C code never gets there and holds the GPU for ever. A prompt still running
 INTERRUPT_GRACE_S after its first interrupt is reported by `observe`, and the watchdog has ComfyUI restarted.
 
+A job may finish on ComfyUI's execution_success message, a moment before ComfyUI writes the prompt's history entry:
+that entry is deleted once ComfyUI says it is written (the prompt's closing `executing` message, or its absence from
+the queue at a watchdog tick).
+
 History entries of finished jobs are deleted in batches: one request carries every entry that ended while the
 previous one was in flight, so under load ComfyUI handles a delete per batch, not per prompt.
 """
@@ -56,6 +60,9 @@ class Janitor:
         self._max_abandoned = max_abandoned
         self._clock = clock
         self._history: list[str] = []
+        # Prompts whose history entry is to be deleted once ComfyUI has written it → watchdog ticks that found them
+        # out of ComfyUI's queue.
+        self._unwritten: dict[str, int] = {}
         self._abandoned: dict[str, _Abandoned] = {}
         self._wake = asyncio.Event()
 
@@ -64,10 +71,13 @@ class Janitor:
         """Prompts abandoned and not yet cleaned up."""
         return len(self._abandoned)
 
-    def forget(self, prompt_id: str) -> None:
-        """Delete the history entry of a prompt whose job has read it."""
-        self._history.append(prompt_id)
-        self._wake.set()
+    def forget(self, prompt_id: str, *, written: bool = True) -> None:
+        """Delete the history entry of a prompt whose job has ended; `written`: ComfyUI has written it already."""
+        if written:
+            self._history.append(prompt_id)
+            self._wake.set()
+        else:
+            self._unwritten[prompt_id] = 0
 
     def abandon(self, prompt_id: str) -> None:
         """Take a prompt whose job ended early out of ComfyUI, and delete whatever it writes."""
@@ -83,7 +93,10 @@ class Janitor:
         """Websocket listener: an abandoned prompt that ends can be cleaned up now."""
         data = event["data"]
         if event.get("type") == "executing" and data.get("node") is None:
-            abandoned = self._abandoned.get(str(data.get("prompt_id")))
+            prompt_id = str(data.get("prompt_id"))
+            if self._unwritten.pop(prompt_id, None) is not None:
+                self.forget(prompt_id)
+            abandoned = self._abandoned.get(prompt_id)
             if abandoned is not None:
                 abandoned.ended = True
                 self._wake.set()
@@ -92,6 +105,14 @@ class Janitor:
         """A watchdog tick's view of ComfyUI's queue: an abandoned prompt absent from it has ended (or never ran).
         Returns why ComfyUI must be restarted, when an abandoned prompt ignored its interrupt past the grace."""
         stuck = None
+        for prompt_id in list(self._unwritten):
+            # Out of the queue at two ticks: the first one's view may have been asked for before the prompt ran.
+            ticks = 0 if prompt_id in running else self._unwritten[prompt_id] + 1
+            if ticks < 2:
+                self._unwritten[prompt_id] = ticks
+            else:
+                del self._unwritten[prompt_id]
+                self._history.append(prompt_id)
         for prompt_id, abandoned in self._abandoned.items():
             if prompt_id in running or prompt_id in pending:
                 # Still there after it was taken out: a submission in flight reached ComfyUI after the delete, or an
@@ -110,6 +131,7 @@ class Janitor:
         """ComfyUI was restarted: its queue and its history are gone, and with them everything left to clean."""
         self._abandoned.clear()
         self._history.clear()
+        self._unwritten.clear()
 
     async def run(self) -> None:
         """Clean up whenever there is something to do; returns only by cancellation."""

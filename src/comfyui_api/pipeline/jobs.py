@@ -70,6 +70,14 @@ class Job:
     missing_from_queue: bool = False
     exec_start: int | None = None
     exec_end: int | None = None
+    # The websocket connection (EventStream.connections) that carried the prompt's execution_start.
+    started_on: int | None = None
+    # The outputs ComfyUI's `executed` messages reported, by node, and at execution_success on the connection that
+    # saw the start (so no message of the run was missed) the run as a history entry: the job needs no /history read.
+    reported_outputs: dict[str, Any] = field(default_factory=dict)
+    reported: dict[str, Any] | None = None
+    # ComfyUI sent the prompt's closing `executing` message: its history entry exists (see janitor.forget).
+    history_written: bool = False
     node_starts: dict[str, int] = field(default_factory=dict)
     # Output nodes in the order ComfyUI executed them (its history does not keep that order).
     executed_nodes: dict[str, None] = field(default_factory=dict)
@@ -107,9 +115,11 @@ class Job:
             self.failure = error
         self.wake.set()
 
-    def on_event(self, event_type: str, data: dict[str, Any]) -> None:
+    def on_event(self, event_type: str, data: dict[str, Any], connection: int = 0) -> None:
+        """One of ComfyUI's websocket messages about this job's prompt, read on the `connection`th connection."""
         if event_type == "execution_start":
             self.exec_start = now_ms()
+            self.started_on = connection
             record = self.record
             if record.status is JobStatus.QUEUED:  # a job being canceled stays canceling
                 record.status = JobStatus.RUNNING
@@ -120,7 +130,8 @@ class Job:
             node = data.get("node")
             if node is None:
                 # ComfyUI sends this after every prompt, whatever its outcome, once it has written the history
-                # entry; the end events come before that entry exists, so they only mark the time.
+                # entry; the end events come before that entry exists (execution_success can stand in for it).
+                self.history_written = True
                 self.wake.set()
                 self.current_node = None
             else:
@@ -138,9 +149,20 @@ class Job:
             self.cached_nodes.update(str(node) for node in data.get("nodes") or ())
             self._progressed()
         elif event_type == "executed":
-            self.executed_nodes.setdefault(str(data.get("node")), None)
+            node = str(data.get("node"))
+            self.executed_nodes.setdefault(node, None)
+            if isinstance(data.get("output"), dict):
+                self.reported_outputs[node] = data["output"]
         elif event_type in _END_EVENTS:
             self.exec_end = now_ms()
+            if event_type == "execution_success" and self.started_on == connection:
+                # What the history entry will say, known a history read earlier (bench/v2.py measures it): the outputs
+                # as `executed` reported them, a success. Failures are read from the history, with their messages.
+                self.reported = {
+                    "outputs": self.reported_outputs,
+                    "status": {"status_str": "success", "completed": True, "messages": [[event_type, data]]},
+                }
+                self.wake.set()
 
     def requeue(self, error: ApiError) -> None:
         """ComfyUI exited or was restarted under this attempt: the next one starts from a clean slate, under a new
@@ -155,7 +177,9 @@ class Job:
         self.state = JobState.PREPROCESSING  # nothing of it is in ComfyUI
         self.failure = None
         self.missing_from_queue = False
-        self.exec_start = self.exec_end = None
+        self.exec_start = self.exec_end = self.started_on = self.reported = None
+        self.reported_outputs = {}
+        self.history_written = False
         self.node_starts = {}
         self.executed_nodes = {}
         self.cached_nodes = set()
@@ -271,9 +295,13 @@ def _queued_again(record: JobRecord) -> None:
 
 
 class JobRegistry:
-    def __init__(self, on_record: Callable[[JobRecord], None] = _unrecorded) -> None:
-        """`on_record(record)` is told of every change to a job's record, from the moment the job is added."""
+    def __init__(
+        self, on_record: Callable[[JobRecord], None] = _unrecorded, connection: Callable[[], int] = lambda: 0
+    ) -> None:
+        """`on_record(record)` is told of every change to a job's record, from the moment the job is added;
+        `connection()` is the number of the websocket connection the events dispatched now were read on."""
         self._on_record = on_record
+        self._connection = connection
         self._by_prompt: dict[str, Job] = {}
         self._by_id: dict[str, Job] = {}
         # Jobs ComfyUI accepted that have not started executing, in the order it accepted them.
@@ -342,7 +370,7 @@ class JobRegistry:
         job = self._by_prompt.get(str(data.get("prompt_id")))
         if job is not None:
             event_type = str(event.get("type"))
-            job.on_event(event_type, data)
+            job.on_event(event_type, data, self._connection())
             if event_type == "execution_start":
                 self._waiting.pop(job.id, None)
 

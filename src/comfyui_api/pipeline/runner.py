@@ -228,7 +228,7 @@ class PromptRunner:
         if job.state in (JobState.SUBMITTING, JobState.QUEUED):
             self._janitor.abandon(job.prompt_id)
         elif job.state is JobState.COLLECTING:
-            self._janitor.forget(job.prompt_id)
+            self._janitor.forget(job.prompt_id, written=job.history_written)
         if not (job.input_dirs or len(job.files_to_delete) + len(job.input_files) > _INLINE_DELETES):
             self._delete_job_files(job)  # a few unlinks cost less than a thread hop
             return
@@ -331,12 +331,15 @@ class PromptRunner:
             raise job.failure
 
     async def _await_history(self, job: Job) -> dict[str, Any]:
-        """Wait for the prompt's final history entry; events and the reconciler say when to look."""
+        """Wait for the prompt's final history entry, or what the websocket reported of a success (Job.reported);
+        events and the reconciler say when to look."""
         while True:
             await job.wake.wait()
             job.wake.clear()
             if job.failure is not None:
                 raise job.failure
+            if job.reported is not None:
+                return job.reported
             try:
                 entry = await self._client.history(job.prompt_id)
             except ComfyUnavailable as exc:

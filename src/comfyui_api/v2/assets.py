@@ -11,6 +11,12 @@ Every change to the set of blobs runs in a transaction that takes SQLite's write
 IMMEDIATE) and places or deletes the file before committing, so no sweep or delete, in this process or another
 one on the same folder, removes a blob between an upload finding it and referencing it.
 
+A job's outputs are the exception, because a client waits for them: `add_output` places the blob and answers the
+record at once, and the record is written behind (`flush_outputs`), before its job's record is (the record writer
+flushes the outputs first: a job on disk never lists an asset that is not), and before any other transaction here
+(`_writing`), so what this store reads and deletes always includes them. Until then reads find it in memory. Sweeps
+and deletes of this process wait for an output being placed (`_blob_lock`), so none removes its blob from under it.
+
 Retention: a record expires `retention_s` after it is made (never, when None), or `expires_in` seconds after when
 the request asks for that. An expired record is invisible at once and deleted by `sweep`, with every blob that no
 remaining record references. A blob lives as long as its longest-lived record, so referencing bytes again extends
@@ -113,6 +119,9 @@ keys_table = Table(
 )
 # Records kept by `_remember` (about 300 bytes each).
 _RECENT_RECORDS = 4096
+# Output records waiting to be written at most: past this, a new output waits for the write (a failing store slows
+# jobs down instead of growing memory or losing records).
+_MAX_UNWRITTEN = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,6 +187,13 @@ class AssetStore:
         self._engine: AsyncEngine | None = None
         # Records read or made lately, by id, oldest first (see `_remember`).
         self._recent: collections.OrderedDict[str, AssetRecord] = collections.OrderedDict()
+        # Job outputs placed but not yet written, by id, and how many of them reference each hash.
+        self._unwritten: dict[str, AssetRecord] = {}
+        self._unwritten_hashes: collections.Counter[str] = collections.Counter()
+        # Held while an output's blob is placed, and by what removes blobs: one never removes the other's.
+        self._blob_lock = asyncio.Lock()
+        # One write of the unwritten outputs at a time.
+        self._flush_lock = asyncio.Lock()
 
     async def open(self) -> None:
         """Create the folders and the schema if they are missing; raises ConfigError when the store cannot be used."""
@@ -190,7 +206,15 @@ class AssetStore:
         )
 
     async def close(self) -> None:
+        """Write the outputs still unwritten (logged when that fails), then close the file."""
         if self._engine is not None:
+            try:
+                await self.flush_outputs()
+            except JobStoreError as exc:
+                logger.error(
+                    "output asset records could not be written at shutdown",
+                    extra={"reason": str(exc), "lost": len(self._unwritten)},
+                )
             await self._engine.dispose()
             self._engine = None
 
@@ -318,6 +342,8 @@ class AssetStore:
         digest = parse_hash(hash)
         if digest is None:
             return False
+        if self._unwritten_hashes[HASH_PREFIX + digest]:
+            return True
         statement = select(blobs_table.c.hash).where(blobs_table.c.hash == HASH_PREFIX + digest)
         with self._converted():
             async with self._connected().connect() as connection:
@@ -325,7 +351,7 @@ class AssetStore:
 
     async def get(self, asset_id: str) -> AssetRecord | None:
         """The record with this id, unless there is none or it has expired."""
-        cached = self._recent.get(asset_id)
+        cached = self._unwritten.get(asset_id) or self._recent.get(asset_id)
         if cached is not None and (cached.expires_at is None or cached.expires_at > self._clock()):
             return cached
         statement = select(assets_table).where(assets_table.c.id == asset_id, self._unexpired())
@@ -351,7 +377,7 @@ class AssetStore:
         """Delete the record (False: there is none, or it has expired), and its blob when no other record
         references it. A job's output: 409 `asset_in_use` (it goes when it expires, with its job)."""
         self._recent.pop(asset_id, None)
-        async with self._writing() as connection:
+        async with self._blob_lock, self._writing() as connection:
             row = (
                 await connection.execute(
                     select(assets_table.c.hash, assets_table.c.job_id).where(
@@ -380,12 +406,19 @@ class AssetStore:
     async def add_output(
         self, path: Path, *, job_id: str, file_path: str, content_type: str, expires_at: int | None
     ) -> AssetRecord:
-        """A job's output file as an asset of that job: hard-linked into the store (copied across file systems),
-        hashed, and dropped again when its bytes are stored already. The file stays where it is; its owner deletes
-        (never rewrites) it. Outputs are never refused for `disk_limit_bytes`: they are on this disk already."""
+        """A job's output file as an asset of that job: hard-linked into the store (copied across file systems) and
+        hashed, unless its bytes are stored already; its record is written behind (see the module's docstring). The
+        file stays where it is; its owner deletes (never rewrites) it. Outputs are never refused for
+        `disk_limit_bytes`: they are on this disk already."""
+        if len(self._unwritten) >= _MAX_UNWRITTEN:
+            await self.flush_outputs()
         temporary = self._temporaries / f"{uuid.uuid4().hex}.part"
-        try:
-            upload = await asyncio.to_thread(_take_in, path, temporary)
+        async with self._blob_lock:
+            try:
+                # One thread hop for the link, the hash and the placing: a client waits for it (bench/v2.py).
+                upload = await asyncio.to_thread(self._placed_output, path, temporary)
+            finally:
+                _remove(temporary)  # one unlink, usually of nothing (the file became the blob): no thread hop
             record = self._new_record(
                 HASH_PREFIX + upload.digest,
                 upload.size_bytes,
@@ -396,10 +429,47 @@ class AssetStore:
                 expires_at=expires_at,
                 job_id=job_id,
             )
-            await self._store(upload, record, idempotency_key=None, limited=False)
-        finally:
-            _remove(temporary)  # one unlink, usually of nothing (the file became the blob): no thread hop
+            self._unwritten[record.id] = record
+            self._unwritten_hashes[record.hash] += 1
+        logger.debug(
+            "job output stored", extra={"asset_id": record.id, "hash": record.hash, "size_bytes": record.size_bytes}
+        )
         return self._remember(record)
+
+    def _placed_output(self, source: Path, temporary: Path) -> Upload:
+        """`source`'s bytes as a blob (`temporary` is where they wait while hashed), placed unless already there."""
+        upload = _take_in(source, temporary)
+        blob = self._blob_path(upload.digest)
+        if not blob.exists():
+            _place(temporary, blob)
+        return upload
+
+    async def flush_outputs(self) -> None:
+        """Write the job outputs' records still unwritten, in one transaction; on failure they stay unwritten (and
+        JobStoreError is raised)."""
+        async with self._flush_lock:
+            if not self._unwritten:
+                return
+            batch = list(self._unwritten.values())
+            async with self._transaction() as connection:
+                await connection.execute(
+                    sqlite_insert(blobs_table).on_conflict_do_nothing(index_elements=[blobs_table.c.hash]),
+                    [
+                        {
+                            "hash": record.hash,
+                            "size_bytes": record.size_bytes,
+                            "content_type": record.content_type,
+                            "created_at": record.created_at,
+                        }
+                        for record in batch
+                    ],
+                )
+                await connection.execute(assets_table.insert(), [_row(record) for record in batch])
+            for record in batch:
+                del self._unwritten[record.id]
+                self._unwritten_hashes[record.hash] -= 1
+                if not self._unwritten_hashes[record.hash]:
+                    del self._unwritten_hashes[record.hash]
 
     async def stage(self, record: AssetRecord, folder: Path, name: str) -> Path:
         """The record's bytes as `folder/name`, where ComfyUI reads its inputs: a hard link to the blob, else a
@@ -410,7 +480,7 @@ class AssetStore:
         """Delete the expired records, the blobs no remaining record references, the Idempotency-Keys past their 24
         hours and the temporary files of uploads that ended long ago; how many records were deleted."""
         now = self._clock()
-        async with self._writing() as connection:
+        async with self._blob_lock, self._writing() as connection:
             expired = (await connection.execute(delete(assets_table).where(assets_table.c.expires_at <= now))).rowcount
             unreferenced = ~exists().where(assets_table.c.hash == blobs_table.c.hash)
             hashes = (
@@ -481,8 +551,8 @@ class AssetStore:
                     await asyncio.to_thread(_place, upload.path, blob)
                     placed = created
         except JobStoreError:
-            # The commit failed after the file was moved: no row stands for it.
-            if placed:
+            # The commit failed after the file was moved: no row stands for it (unless an output found it since).
+            if placed and not self._unwritten_hashes[record.hash]:
                 await asyncio.to_thread(_remove, blob)
             raise
         logger.debug(
@@ -582,6 +652,13 @@ class AssetStore:
 
     @contextlib.asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """`_transaction`, after the unwritten outputs are written: it sees every record this store answered."""
+        await self.flush_outputs()
+        async with self._transaction() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
         """A transaction holding SQLite's write lock from its start: what it reads stays true until it commits,
         also against other processes on the same file."""
         with self._converted():
