@@ -17,7 +17,7 @@ from blake3 import blake3
 
 from comfyui_api.errors import ConfigError, V2Error
 from comfyui_api.jobstore.records import now_ms
-from comfyui_api.v2.assets import KEY_LIFETIME_MS, SCHEMA_VERSION, AssetRecord, AssetStore
+from comfyui_api.v2.assets import KEY_LIFETIME_MS, SCHEMA_VERSION, SMALL_FILE_BYTES, AssetRecord, AssetStore
 
 HOUR_MS = 3_600_000
 DATA = b"the bytes of an image " * 1000
@@ -542,9 +542,10 @@ async def test_closing_the_store_writes_the_unwritten_outputs(
 async def test_a_sweep_never_removes_the_blob_of_an_output_being_placed(
     store: AssetStore, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The only record of these bytes expires: the sweep would remove their blob, which the output being placed finds
-    # there and relies on.
-    expiring, _ = await upload(store, expires_in_s=60)
+    # The only record of these bytes expires: the sweep would remove their blob, which the output being placed (in a
+    # worker thread: it is large) finds there and relies on.
+    large = DATA * (SMALL_FILE_BYTES // len(DATA) + 1)
+    expiring, _ = await upload(store, large, expires_in_s=60)
     clock.now += 61_000
     found = threading.Event()
     go_on = threading.Event()
@@ -557,7 +558,7 @@ async def test_a_sweep_never_removes_the_blob_of_an_output_being_placed(
         return answer
 
     monkeypatch.setattr(store, "_placed_output", held)
-    adding = asyncio.create_task(_output(store, tmp_path))
+    adding = asyncio.create_task(_output(store, tmp_path, large))
     assert await asyncio.to_thread(found.wait, 30)
     sweeping = asyncio.create_task(store.sweep())
     await asyncio.sleep(0.05)
@@ -568,5 +569,5 @@ async def test_a_sweep_never_removes_the_blob_of_an_output_being_placed(
     assert await sweeping == 1
 
     assert await store.get(expiring.id) is None
-    assert store.content_path(record).read_bytes() == DATA
+    assert store.content_path(record).read_bytes() == large
     assert record.id in stored_ids(store)

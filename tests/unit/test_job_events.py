@@ -543,6 +543,28 @@ async def test_render_all_renders_a_whole_stream() -> None:
     assert body.endswith(b'data: {"status":"canceled","queue_position":null}\n\n')
 
 
+async def test_events_there_at_once_are_rendered_in_one_chunk() -> None:
+    # Every chunk of the response is a socket write: a job's last outputs and its end go in one.
+    hub = JobEvents(progress_interval_s=0)
+    job = Job(hub)
+    stream = await opened(hub)
+    chunks = render_all(stream)
+    assert (await anext(chunks)).count(b"event: ") == 1  # the snapshot's status
+
+    job.add_output("a.png")
+    job.add_output("b.png")
+    job.change(status=JobStatus.SUCCEEDED)
+
+    last = await anext(chunks)
+    assert [line for line in last.split(b"\n") if line.startswith(b"event: ")] == [
+        b"event: output",
+        b"event: output",
+        b"event: status",
+    ]
+    assert [chunk async for chunk in chunks] == []
+    assert hub.streams == 0
+
+
 async def _take(stream: JobStream, count: int) -> Any:
     for frame in await read(stream, count):
         yield frame

@@ -32,7 +32,7 @@ from starlette.responses import FileResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import V2Error
-from ..v2.assets import MAX_EXPIRES_IN_S, MIN_EXPIRES_IN_S, AssetRecord, AssetStore
+from ..v2.assets import MAX_EXPIRES_IN_S, MIN_EXPIRES_IN_S, SMALL_FILE_BYTES, AssetRecord, AssetStore
 
 router = APIRouter(prefix="/api/v2", tags=["assets"])
 
@@ -289,15 +289,11 @@ async def asset_content(id: str, request: Request, store: AssetsDep) -> Response
         # One stat here costs less than the worker-thread hop the response would make for it.
         stat_result=os.stat(path),
     )
-    if record.size_bytes > _INLINE_BYTES or "range" in request.headers:
+    if record.size_bytes > SMALL_FILE_BYTES or "range" in request.headers:
         return response
     # A small whole file is read here in one call: opening and reading it through worker threads, as the file
     # response does, costs more than the read (measured in bench/v2.py, where outputs are downloaded at once).
     return Response(path.read_bytes(), headers=dict(response.headers))
-
-
-# Files up to this size are answered from one read in the event loop (see asset_content).
-_INLINE_BYTES = 256 * 1024
 
 
 class _ContentResponse(FileResponse):

@@ -81,6 +81,9 @@ KEY_LIFETIME_MS = 24 * 3600 * 1000
 # A temporary file older than this belongs to no upload still running (one that crashed the process, say).
 TEMPORARY_LIFETIME_MS = 3600 * 1000
 
+# Files up to this size are hashed, placed or read in the event loop: a worker-thread hop costs more than that work
+# (measured in bench/v2.py, where a job's outputs are stored and downloaded while its client waits).
+SMALL_FILE_BYTES = 256 * 1024
 # Received bytes gathered before one write-and-hash in a thread: fewer thread hops, memory bounded all the same.
 _WRITE_SIZE = 1024 * 1024
 _READ_SIZE = 1024 * 1024
@@ -415,8 +418,10 @@ class AssetStore:
         temporary = self._temporaries / f"{uuid.uuid4().hex}.part"
         async with self._blob_lock:
             try:
-                # One thread hop for the link, the hash and the placing: a client waits for it (bench/v2.py).
-                upload = await asyncio.to_thread(self._placed_output, path, temporary)
+                if os.stat(path).st_size <= SMALL_FILE_BYTES:
+                    upload = self._placed_output(path, temporary)
+                else:
+                    upload = await asyncio.to_thread(self._placed_output, path, temporary)
             finally:
                 _remove(temporary)  # one unlink, usually of nothing (the file became the blob): no thread hop
             record = self._new_record(

@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Literal, TypeVar
 
@@ -130,10 +130,11 @@ async def render(frame: Frame, *, rewrite: Rewrite | None = None) -> bytes:
     return f"id: {frame.id}\nevent: {frame.name}\ndata: {text}\n\n".encode()
 
 
-async def render_all(frames: AsyncIterable[Frame], *, rewrite: Rewrite | None = None) -> AsyncIterator[bytes]:
-    """`render` of each frame: the body of a streaming response."""
-    async for frame in frames:
-        yield await render(frame, rewrite=rewrite)
+async def render_all(stream: JobStream, *, rewrite: Rewrite | None = None) -> AsyncIterator[bytes]:
+    """`render` of each frame: the body of a streaming response. Frames that are there at once (a job's last
+    outputs and its terminal status) go in one chunk: every chunk is a socket write (bench/v2.py)."""
+    async for frame in stream:
+        yield b"".join([await render(each, rewrite=rewrite) for each in (frame, *stream.ready())])
 
 
 class _Throttle(Generic[T]):
@@ -195,6 +196,10 @@ class _Subscriber:
     def end(self) -> None:
         self._ended = True
         self._ready.set()
+
+    def take(self) -> Event | None:
+        """The next event if there is one now."""
+        return self._events.popleft() if self._events else None
 
     async def next(self, keepalive_s: float | None) -> Frame | None:
         """The next event; KEEP_ALIVE after `keepalive_s` without one; None once ended and drained."""
@@ -347,11 +352,70 @@ def _by_id(event: Event) -> int:
     return event.id
 
 
+class _Frames:
+    """What one stream sends: the events it starts with, then (following a live job) its subscriber's, until the
+    terminal status."""
+
+    def __init__(
+        self,
+        events: list[Event],
+        following: tuple[_JobLog, _Subscriber] | None = None,
+        keepalive_s: float | None = None,
+    ) -> None:
+        self._events = collections.deque(events)
+        self._following = following
+        self._keepalive_s = keepalive_s
+        self._ended = False
+
+    async def next(self) -> Frame | None:
+        """The next frame, waiting for it; None once the stream has ended."""
+        if self._ended:
+            return None
+        if self._events:
+            return self._sent(self._events.popleft())
+        frame = None if self._following is None else await self._following[1].next(self._keepalive_s)
+        if frame is None:
+            self.close()
+            return None
+        return self._sent(frame)
+
+    def ready(self) -> list[Frame]:
+        """The frames there are to send now without waiting, up to the stream's end."""
+        frames: list[Frame] = []
+        while not self._ended:
+            if self._events:
+                frame: Frame | None = self._events.popleft()
+            elif self._following is not None:
+                frame = self._following[1].take()
+            else:
+                frame = None
+            if frame is None:
+                break
+            frames.append(self._sent(frame))
+        return frames
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def _sent(self, frame: Frame) -> Frame:
+        if isinstance(frame, Event) and frame.ends:
+            self.close()
+        return frame
+
+    def close(self) -> None:
+        self._ended = True
+        if self._following is not None:
+            log, subscriber = self._following
+            log.subscribers.discard(subscriber)
+            self._following = None
+
+
 class JobStream:
     """One client's frames, an async iterator. It holds one of the hub's stream slots until it ends, is closed,
     or is dropped unread (the hub counts streams by weak reference: a response that never started leaks none)."""
 
-    def __init__(self, frames: AsyncGenerator[Frame, None], done: Callable[[JobStream], None]) -> None:
+    def __init__(self, frames: _Frames, done: Callable[[JobStream], None]) -> None:
         self._frames = frames
         self._done = done
 
@@ -360,15 +424,26 @@ class JobStream:
 
     async def __anext__(self) -> Frame:
         try:
-            return await anext(self._frames)
+            frame = await self._frames.next()
         except BaseException:
-            # Whatever comes out of the generator ends it: its end, a cancellation, a failure.
-            self._done(self)
+            # A cancellation or a failure ends the stream too.
+            self.close()
             raise
+        if frame is None:
+            self.close()
+            raise StopAsyncIteration
+        return frame
+
+    def ready(self) -> list[Frame]:
+        """The frames there are to send now, without waiting (sent together, they take one write)."""
+        return self._frames.ready()
+
+    def close(self) -> None:
+        self._frames.close()
+        self._done(self)
 
     async def aclose(self) -> None:
-        self._done(self)
-        await self._frames.aclose()
+        self.close()
 
 
 class JobEvents:
@@ -491,7 +566,7 @@ class JobEvents:
         last_event_id: int | None,
         snapshot: Callable[[], Awaitable[JobRecord | None]],
         keepalive_s: float | None,
-    ) -> AsyncGenerator[Frame, None] | None:
+    ) -> _Frames | None:
         log = self._jobs.get(job_id)
         if log is None:
             record = await snapshot()
@@ -499,35 +574,13 @@ class JobEvents:
                 return None
             log = self._jobs.get(job_id)  # it may have started while the store answered
             if log is None:
-                return _replay(_stored_events(record, last_event_id))
+                return _Frames(_stored_events(record, last_event_id))
         # Caught up and subscribed in one step, with no await between: no event is missed or sent twice. From here
         # on the stream holds what happens, whenever it is first read.
         events = log.catch_up(last_event_id)
-        subscriber = None if log.terminal else log.subscribe(self._queue_size)
-        return _follow(log, events, subscriber, keepalive_s)
-
-
-async def _follow(
-    log: _JobLog, events: list[Event], subscriber: _Subscriber | None, keepalive_s: float | None
-) -> AsyncGenerator[Frame, None]:
-    try:
-        for event in events:
-            yield event
-        while subscriber is not None:
-            frame = await subscriber.next(keepalive_s)
-            if frame is None:
-                return
-            yield frame
-            if isinstance(frame, Event) and frame.ends:
-                return
-    finally:
-        if subscriber is not None:
-            log.subscribers.discard(subscriber)
-
-
-async def _replay(events: list[Event]) -> AsyncGenerator[Frame, None]:
-    for event in events:
-        yield event
+        if log.terminal:
+            return _Frames(events)
+        return _Frames(events, (log, log.subscribe(self._queue_size)), keepalive_s)
 
 
 def _stored_events(record: JobRecord, last_event_id: int | None) -> list[Event]:
