@@ -216,3 +216,20 @@ async def test_a_restart_of_comfyui_forgets_the_entries_it_had_not_written(comfy
     janitor.forget("b")
 
     await comfy.until(lambda: comfy.named("delete_history:answered") == [["b"]])
+
+
+async def test_history_deletes_wait_a_moment_and_go_together(comfy: FakeComfy, output_dir: Path) -> None:
+    janitor = Janitor(cast(ComfyClient, comfy), output_dir, history_delay_s=0.05)
+    task = asyncio.create_task(janitor.run())
+    try:
+        janitor.forget("a")
+        await asyncio.sleep(0)
+        janitor.forget("b")
+        await asyncio.sleep(0)
+        assert comfy.named("delete_history") == []  # not while a client may be waiting on what just ended
+
+        await comfy.until(lambda: comfy.named("delete_history:answered") == [["a", "b"]])
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -4,14 +4,15 @@ GET /prompt/{id}/events."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Send
 
 from ..errors import V2Error
 from ..jobstore.records import JobRecord
-from ..v2.events import JobEvents, Rewrite, render_all
+from ..v2.events import JobEvents, JobStream, Rewrite, render_all
 
 # Seconds of silence on an event stream before a keep-alive comment: proxies close idle connections.
 KEEPALIVE_S = 15.0
@@ -37,9 +38,28 @@ async def event_stream(
     stream = await hub.stream(job_id, last_event_id=after, snapshot=snapshot, keepalive_s=KEEPALIVE_S)
     if stream is None:
         raise V2Error("not_found", f"No job {job_id!r} (unknown, or past its retention)", status_code=404)
-    return StreamingResponse(
-        render_all(stream, rewrite=rewrite),
+    return _EventStreamResponse(
+        stream,
+        rewrite,
         media_type="text/event-stream",
         # Proxies must pass each event on as it comes.
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _EventStreamResponse(StreamingResponse):
+    """The frames of a job stream; the chunk that ends the stream also ends the response, so that the server can send
+    both in one write (uvicorn's httptools protocol does: its end-of-body marker goes with the last chunk)."""
+
+    def __init__(self, stream: JobStream, rewrite: Rewrite | None, **options: Any) -> None:
+        super().__init__(render_all(stream, rewrite=rewrite), **options)
+        self._stream = stream
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        more = True
+        async for chunk in self.body_iterator:
+            more = not self._stream.ended
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        if more:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -13,8 +13,9 @@ A job may finish on ComfyUI's execution_success message, a moment before ComfyUI
 that entry is deleted once ComfyUI says it is written (the prompt's closing `executing` message, or its absence from
 the queue at a watchdog tick).
 
-History entries of finished jobs are deleted in batches: one request carries every entry that ended while the
-previous one was in flight, so under load ComfyUI handles a delete per batch, not per prompt.
+History entries of finished jobs are deleted in batches, HISTORY_DELETE_DELAY_S after the first of a batch ended:
+the delete is no client's business, so it keeps out of the way of the moments a client waits on (a job's outputs
+are served right after it ends: bench/v2.py), and under load ComfyUI handles a delete per batch, not per prompt.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from ..errors import ApiError
 from .outputs import collect_outputs, delete_files
 
 logger = logging.getLogger(__name__)
+
+HISTORY_DELETE_DELAY_S = 0.25
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Janitor:
         *,
         interrupt_grace_s: float = 30.0,
         max_abandoned: int = 10_000,
+        history_delay_s: float = HISTORY_DELETE_DELAY_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -65,6 +69,8 @@ class Janitor:
         self._unwritten: dict[str, int] = {}
         self._abandoned: dict[str, _Abandoned] = {}
         self._wake = asyncio.Event()
+        self._history_delay_s = history_delay_s
+        self._history_due: asyncio.TimerHandle | None = None
 
     @property
     def abandoned(self) -> int:
@@ -75,7 +81,8 @@ class Janitor:
         """Delete the history entry of a prompt whose job has ended; `written`: ComfyUI has written it already."""
         if written:
             self._history.append(prompt_id)
-            self._wake.set()
+            if self._history_due is None:
+                self._history_due = asyncio.get_running_loop().call_later(self._history_delay_s, self._history_now)
         else:
             self._unwritten[prompt_id] = 0
 
@@ -87,6 +94,10 @@ class Janitor:
             del self._abandoned[oldest]
             logger.warning("too many abandoned prompts; no longer tracking the oldest", extra={"prompt_id": oldest})
         self._abandoned[prompt_id] = _Abandoned()
+        self._wake.set()
+
+    def _history_now(self) -> None:
+        self._history_due = None
         self._wake.set()
 
     def on_event(self, event: dict[str, Any]) -> None:

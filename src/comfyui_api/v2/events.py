@@ -396,6 +396,7 @@ class _Frames:
 
     @property
     def ended(self) -> bool:
+        """Whether the stream has ended (its last frame handed out)."""
         return self._ended
 
     def _sent(self, frame: Frame) -> Frame:
@@ -437,6 +438,11 @@ class JobStream:
     def ready(self) -> list[Frame]:
         """The frames there are to send now, without waiting (sent together, they take one write)."""
         return self._frames.ready()
+
+    @property
+    def ended(self) -> bool:
+        """Whether the last frame was handed out."""
+        return self._frames.ended
 
     def close(self) -> None:
         self._frames.close()
