@@ -99,3 +99,33 @@ async def test_the_reader_delivers_text_and_binary_messages_from_a_real_websocke
     assert texts == [event]
     assert frames == [frame]
     assert stream.received == 2
+
+
+async def test_each_connection_is_numbered_so_messages_tell_which_one_they_came_on() -> None:
+    async def comfy(connection: ServerConnection) -> None:
+        await connection.send(json.dumps({"type": "status", "data": {}}))
+        await connection.wait_closed()
+
+    async with serve(comfy, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        stream = EventStream(f"ws://127.0.0.1:{port}/ws")
+        seen_on: list[int] = []
+        message = asyncio.Event()
+
+        def listener(_: dict[str, Any]) -> None:
+            seen_on.append(stream.connections)
+            message.set()
+
+        stream.subscribe(listener)
+        assert stream.connections == 0
+        reader = asyncio.create_task(stream.run())
+        try:
+            await asyncio.wait_for(message.wait(), 5)
+            message.clear()
+            stream.reconnect()
+            await asyncio.wait_for(message.wait(), 5)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+    assert seen_on == [1, 2]
