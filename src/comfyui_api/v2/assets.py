@@ -120,6 +120,8 @@ keys_table = Table(
     Column("key", String, primary_key=True),
     Column("created_at", BigInteger, nullable=False),
 )
+# A blob's row, unless its hash has one already (`_blob_row` gives the values).
+_INSERT_BLOB = sqlite_insert(blobs_table).on_conflict_do_nothing(index_elements=[blobs_table.c.hash])
 # Records kept by `_remember` (about 300 bytes each).
 _RECENT_RECORDS = 4096
 # Output records waiting to be written at most: past this, a new output waits for the write (a failing store slows
@@ -457,18 +459,7 @@ class AssetStore:
                 return
             batch = list(self._unwritten.values())
             async with self._transaction() as connection:
-                await connection.execute(
-                    sqlite_insert(blobs_table).on_conflict_do_nothing(index_elements=[blobs_table.c.hash]),
-                    [
-                        {
-                            "hash": record.hash,
-                            "size_bytes": record.size_bytes,
-                            "content_type": record.content_type,
-                            "created_at": record.created_at,
-                        }
-                        for record in batch
-                    ],
-                )
+                await connection.execute(_INSERT_BLOB, [_blob_row(record) for record in batch])
                 await connection.execute(assets_table.insert(), [_row(record) for record in batch])
             for record in batch:
                 del self._unwritten[record.id]
@@ -537,16 +528,7 @@ class AssetStore:
             async with self._writing() as connection:
                 if idempotency_key is not None:
                     await self._claim(connection, idempotency_key)
-                added = await connection.execute(
-                    sqlite_insert(blobs_table)
-                    .values(
-                        hash=record.hash,
-                        size_bytes=upload.size_bytes,
-                        content_type=record.content_type,
-                        created_at=record.created_at,
-                    )
-                    .on_conflict_do_nothing(index_elements=[blobs_table.c.hash])
-                )
+                added = await connection.execute(_INSERT_BLOB, _blob_row(record))
                 created = added.rowcount == 1
                 if created and limited and await self._over_limit(connection):
                     raise _storage_full()
@@ -729,6 +711,16 @@ def _place(temporary: Path, blob: Path) -> None:
 def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def _blob_row(record: AssetRecord) -> dict[str, Any]:
+    """The row of the blob a record's bytes are stored in, as the record's creation makes it."""
+    return {
+        "hash": record.hash,
+        "size_bytes": record.size_bytes,
+        "content_type": record.content_type,
+        "created_at": record.created_at,
+    }
 
 
 def _row(record: AssetRecord) -> dict[str, Any]:

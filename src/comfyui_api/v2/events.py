@@ -371,9 +371,9 @@ class _Frames:
         """The next frame, waiting for it; None once the stream has ended."""
         if self._ended:
             return None
-        if self._events:
-            return self._sent(self._events.popleft())
-        frame = None if self._following is None else await self._following[1].next(self._keepalive_s)
+        frame = self._take()
+        if frame is None and self._following is not None:
+            frame = await self._following[1].next(self._keepalive_s)
         if frame is None:
             self.close()
             return None
@@ -382,17 +382,15 @@ class _Frames:
     def ready(self) -> list[Frame]:
         """The frames there are to send now without waiting, up to the stream's end."""
         frames: list[Frame] = []
-        while not self._ended:
-            if self._events:
-                frame: Frame | None = self._events.popleft()
-            elif self._following is not None:
-                frame = self._following[1].take()
-            else:
-                frame = None
-            if frame is None:
-                break
+        while not self._ended and (frame := self._take()) is not None:
             frames.append(self._sent(frame))
         return frames
+
+    def _take(self) -> Event | None:
+        """The next event there is now: one the stream started with, else one its subscriber holds."""
+        if self._events:
+            return self._events.popleft()
+        return None if self._following is None else self._following[1].take()
 
     @property
     def ended(self) -> bool:
