@@ -1,11 +1,12 @@
-"""The deployment kit: Dockerfile, docker/, docker-compose.yml, manifest.yml and deploy/kubernetes/.
+"""The deployment kit: Dockerfile, docker/, docker-compose.yml, manifest.yml, deploy/kubernetes/ and its fleet/.
 
 Nothing here builds or runs a container, so no Docker engine is needed. The files are parsed and checked against
 one another, against the server's own settings and webhook-secret rules, and against the README's configuration
 table. Offline validators from the `dev` extra do the rest (their tests skip when one is missing): the
 Kubernetes objects against the Kubernetes JSON schemas bundled by kubernetes-validate, docker-compose.yml against
 the Compose specification's schema vendored by check-jsonschema, the Dockerfiles with hadolint and
-docker/build.sh with shellcheck.
+docker/build.sh with shellcheck. KEDA's objects (fleet/), whose CRDs kubernetes-validate does not bundle, are
+checked against the subset of those CRDs written out below.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from comfyui_api.config import Settings, load_settings
 from comfyui_api.errors import ConfigError, InvalidWebhookSecret
@@ -37,6 +39,7 @@ BUILD_SCRIPT = ROOT / "docker" / "build.sh"
 COMPOSE = ROOT / "docker-compose.yml"
 MANIFEST = ROOT / "manifest.yml"
 K8S = ROOT / "deploy" / "kubernetes"
+FLEET = K8S / "fleet"
 
 API_PORT = Settings.model_fields["port"].default
 COMFY_PORT = Settings.model_fields["comfyui_port_host"].default
@@ -46,8 +49,28 @@ COMFY_HOME = "/opt/ComfyUI"
 # Variables these files may set besides the README's: the platform's and tools' own.
 PLATFORM_PREFIXES = ("AWS_", "HF_", "NVIDIA_", "MALLOC_", "PIP_", "UV_")
 PLATFORM_NAMES = {"PYTHONUNBUFFERED"}
+# Fleet mode's variables, accepted as documented while the README's table may not list them yet (once it lists any,
+# test_fleet_variables_match_the_readme holds the files to the table).
+FLEET_VARIABLES = frozenset(
+    {
+        "JOB_STORE_URL",
+        "BROKER_URL",
+        "FLEET_ROLE",
+        "FLEET_SECRET_KEY",
+        "FLEET_SYNC_LOCAL",
+        "FLEET_QUEUE_PREFIX",
+        "FLEET_PRIORITY_LEVELS",
+        "FLEET_LOOKAHEAD",
+    }
+)
+# Their defaults, which the queue names KEDA watches depend on (the server's own, once Settings has them).
+FLEET_DEFAULTS = {"FLEET_QUEUE_PREFIX": "comfyui-api", "FLEET_PRIORITY_LEVELS": "3", "FLEET_LOOKAHEAD": "1"}
+FLEET_COMPOSE_SERVICES = ("fleet-api", "fleet-worker-1", "fleet-worker-2")
+KEDA_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
+# RabbitMQ's default consumer acknowledgement timeout: brokers before 3.12 apply it whatever the queues declare.
+RABBITMQ_CONSUMER_TIMEOUT_S = 1800.0
 
-YAML_FILES = [COMPOSE, MANIFEST, *sorted(K8S.glob("*.yaml"))]
+YAML_FILES = [COMPOSE, MANIFEST, *sorted(K8S.glob("*.yaml")), *sorted(FLEET.glob("*.yaml"))]
 # Kubernetes versions the objects must validate against: an old supported one and the newest bundled.
 K8S_VERSIONS = ("1.29.0", "1.37.0")
 
@@ -85,7 +108,13 @@ def readme_variables() -> tuple[frozenset[str], tuple[str, ...]]:
 
 def allowed_variable(name: str) -> bool:
     names, prefixes = readme_variables()
-    return name in names or name in PLATFORM_NAMES or name.startswith(prefixes) or name.startswith(PLATFORM_PREFIXES)
+    return (
+        name in names
+        or name in FLEET_VARIABLES
+        or name in PLATFORM_NAMES
+        or name.startswith(prefixes)
+        or name.startswith(PLATFORM_PREFIXES)
+    )
 
 
 @dataclass(frozen=True)
@@ -198,22 +227,75 @@ def k8s_objects() -> dict[str, dict[str, Any]]:
     return objects
 
 
-def k8s_container() -> dict[str, Any]:
-    containers = k8s_objects()["Deployment"]["spec"]["template"]["spec"]["containers"]
+def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
     return containers[0]
 
 
+def plain_env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container["env"] if "value" in item}
+
+
+def secret_refs_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each variable read from a Secret, with its secretKeyRef."""
+    return {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"] if "valueFrom" in item}
+
+
+def k8s_container() -> dict[str, Any]:
+    return container_of(k8s_objects()["Deployment"])
+
+
 def k8s_plain_env() -> dict[str, str]:
-    return {item["name"]: item["value"] for item in k8s_container()["env"] if "value" in item}
+    return plain_env_of(k8s_container())
 
 
-def container_port(port: int | str) -> int:
+def container_port(port: int | str, container: dict[str, Any] | None = None) -> int:
     """A probe's or Service's port (a number or the container port's name) as a number."""
     if isinstance(port, int):
         return port
-    by_name = {item["name"]: item["containerPort"] for item in k8s_container()["ports"]}
+    by_name = {item["name"]: item["containerPort"] for item in (container or k8s_container())["ports"]}
     return by_name[port]
+
+
+def pre_stop_pause(container: dict[str, Any]) -> float:
+    """Seconds a `sleep` preStop hook holds the pod before SIGTERM."""
+    command = container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    return float(command[1]) if command[:1] == ["sleep"] else 0.0
+
+
+@cache
+def fleet_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    """Every object in deploy/kubernetes/fleet/ by (kind, name); the Kustomization's name is ""."""
+    objects: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(FLEET.glob("*.yaml")):
+        for doc in load_yaml(path):
+            key = (doc["kind"], doc.get("metadata", {}).get("name", ""))
+            assert key not in objects, f"two {key} objects"
+            objects[key] = doc | {"__file__": path.name}
+    return objects
+
+
+def fleet_object(kind: str) -> dict[str, Any]:
+    (only,) = (doc for (each, _), doc in fleet_objects().items() if each == kind)
+    return only
+
+
+def fleet_deployment(role: str) -> dict[str, Any]:
+    """The fleet's Deployment whose pods run with FLEET_ROLE=role."""
+    (only,) = (
+        doc
+        for (kind, _), doc in fleet_objects().items()
+        if kind == "Deployment" and plain_env_of(container_of(doc)).get("FLEET_ROLE") == role
+    )
+    return only
+
+
+def fleet_setting(env: dict[str, str], name: str) -> str:
+    if name in env:
+        return env[name]
+    field = Settings.model_fields.get(name.lower())
+    return str(field.default) if field is not None else FLEET_DEFAULTS[name]
 
 
 def quantity_gib(value: str) -> float:
@@ -273,9 +355,16 @@ def test_every_variable_is_documented_or_a_platform_one() -> None:
     used = {
         "Dockerfile ENV": set(env_of(API_DOCKERFILE)),
         "docker/comfyui.Dockerfile ENV": set(env_of(BASE_DOCKERFILE)),
-        "docker-compose.yml api environment": set(compose_env()),
         "deploy/kubernetes/deployment.yaml env": {item["name"] for item in k8s_container()["env"]},
     }
+    # The services that run this server (the ones built from this repository); RabbitMQ's and PostgreSQL's own
+    # variables are theirs.
+    for name, service in compose()["services"].items():
+        if "build" in service:
+            used[f"docker-compose.yml {name} environment"] = set(compose_env(name))
+    for (kind, _), doc in fleet_objects().items():
+        if kind == "Deployment":
+            used[f"deploy/kubernetes/fleet/{doc['__file__']} env"] = {item["name"] for item in container_of(doc)["env"]}
     unknown = {where: sorted(n for n in names if not allowed_variable(n)) for where, names in used.items()}
     assert not any(unknown.values()), f"variables the README does not document: {unknown}"
 
@@ -530,11 +619,12 @@ def test_manifest_loads_with_the_server(clean_environment: pytest.MonkeyPatch) -
 
 
 def k8s_documents() -> list[tuple[str, dict[str, Any]]]:
+    """The objects kubernetes-validate has schemas for: all but the Kustomizations and KEDA's."""
     return [
-        (f"{path.name}:{doc['kind']}", doc)
-        for path in sorted(K8S.glob("*.yaml"))
+        (f"{path.relative_to(K8S)}:{doc['kind']}", doc)
+        for path in [*sorted(K8S.glob("*.yaml")), *sorted(FLEET.glob("*.yaml"))]
         for doc in load_yaml(path)
-        if doc["kind"] != "Kustomization"
+        if doc["kind"] != "Kustomization" and doc["kind"] not in KEDA_KINDS
     ]
 
 
@@ -582,8 +672,7 @@ def test_deployment_drains_before_it_is_killed() -> None:
     pod = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
     env = k8s_plain_env()
     assert "SHUTDOWN_GRACE_PERIOD_S" in env, "set explicitly, next to terminationGracePeriodSeconds"
-    pre_stop = k8s_container().get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
-    pause = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
+    pause = pre_stop_pause(k8s_container())
     assert pod["terminationGracePeriodSeconds"] > float(env["SHUTDOWN_GRACE_PERIOD_S"]) + pause
 
 
@@ -658,3 +747,517 @@ def test_kustomization() -> None:
     assert image["name"] == k8s_container()["image"]
     base_tag = arg_defaults(API_DOCKERFILE)["BASE_IMAGE"].split(":", 1)[1]
     assert re.fullmatch(rf"\d+\.\d+\.\d+\S*-{re.escape(base_tag)}", image["newTag"])
+
+
+# Fleet mode: docker-compose.yml's fleet profile -----------------------------------------------------------------
+
+
+def test_compose_default_profile_is_unchanged() -> None:
+    services = compose()["services"]
+    # Services without a profile are the ones `docker compose up` starts: the single-node setup, as it was.
+    assert {name for name, service in services.items() if "profiles" not in service} == {
+        "api",
+        "seaweedfs",
+        "azurite",
+        "files",
+    }
+    assert {name for name, service in services.items() if service.get("profiles") == ["fleet"]} == {
+        "rabbitmq",
+        "postgres",
+        *FLEET_COMPOSE_SERVICES,
+    }
+
+
+def test_compose_fleet_broker_and_store() -> None:
+    services = compose()["services"]
+    rabbitmq, postgres = services["rabbitmq"], services["postgres"]
+    # 3.12 or later honours the queues' x-consumer-timeout; the management plugin serves KEDA's queue lengths.
+    assert re.fullmatch(r"rabbitmq:(3\.1[2-9]|4\.\d+)(\.\d+)?-management(-alpine)?", rabbitmq["image"])
+    assert rabbitmq["hostname"] == "rabbitmq", "RabbitMQ keys its data folder to the host name"
+    assert rabbitmq["healthcheck"]["test"][:2] == ["CMD", "rabbitmq-diagnostics"]
+    assert re.fullmatch(r"postgres:\d+(\.\d+)?(-alpine)?", postgres["image"])
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    broker, store = rabbitmq["environment"], postgres["environment"]
+    for name in FLEET_COMPOSE_SERVICES:
+        env = compose_env(name)
+        amqp = urlsplit(env["BROKER_URL"])
+        assert (amqp.scheme, amqp.hostname, amqp.port) == ("amqp", "rabbitmq", 5672), name
+        assert (amqp.username, amqp.password) == (broker["RABBITMQ_DEFAULT_USER"], broker["RABBITMQ_DEFAULT_PASS"])
+        assert amqp.path == "/" + broker["RABBITMQ_DEFAULT_VHOST"]
+        db = urlsplit(env["JOB_STORE_URL"])
+        assert (db.scheme, db.hostname, db.port) == ("postgresql", "postgres", 5432), name
+        assert (db.username, db.password) == (store["POSTGRES_USER"], store["POSTGRES_PASSWORD"])
+        assert db.path == "/" + store["POSTGRES_DB"]
+        depends = services[name]["depends_on"]
+        assert depends["rabbitmq"]["condition"] == depends["postgres"]["condition"] == "service_healthy", name
+
+
+def test_compose_fleet_services() -> None:
+    services = compose()["services"]
+    api = services["api"]
+    roles = {name: compose_env(name)["FLEET_ROLE"] for name in FLEET_COMPOSE_SERVICES}
+    assert roles == {"fleet-api": "api", "fleet-worker-1": "worker", "fleet-worker-2": "worker"}
+    for name in FLEET_COMPOSE_SERVICES:
+        service = services[name]
+        assert service["build"] == api["build"] and service["image"] == api["image"], name
+        env = compose_env(name)
+        assert seconds(service["stop_grace_period"]) > float(env["SHUTDOWN_GRACE_PERIOD_S"]), name
+        # Every replica and worker seals and opens credentials with the same key.
+        assert env["FLEET_SECRET_KEY"] == compose_env("fleet-api")["FLEET_SECRET_KEY"]
+        Fernet(env["FLEET_SECRET_KEY"])  # a valid Fernet key, or this raises
+    # The fleet's API runs no ComfyUI: no GPU; its port is not api's, which may run beside it.
+    assert "deploy" not in services["fleet-api"]
+    host_ports = {port.rsplit(":", 2)[-2]: port.rsplit(":", 1)[1] for port in services["fleet-api"]["ports"]}
+    assert set(host_ports.values()) == {str(API_PORT)}
+    assert not set(host_ports) & {port.rsplit(":", 2)[-2] for port in api["ports"]}
+    caches = []
+    for name in ("fleet-worker-1", "fleet-worker-2"):
+        worker = services[name]
+        assert worker["deploy"] == api["deploy"], f"{name}: one GPU, as api"
+        assert "ports" not in worker, f"{name} serves no public API"
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in worker["volumes"]}
+        caches.append(mounts[compose_env(name)["CACHE_DIR"]])
+        assert mounts[image_env()["WORKFLOW_DIR"]] == "./workflows", name
+    assert len(set(caches)) == len(caches), "each worker has a download cache of its own"
+
+
+@pytest.mark.parametrize("service", FLEET_COMPOSE_SERVICES)
+def test_compose_fleet_environment_starts_the_server(clean_environment: pytest.MonkeyPatch, service: str) -> None:
+    env = compose_env(service)
+    settings = settings_from(clean_environment, image_env() | env)
+    assert settings.port == API_PORT
+    if hasattr(settings, "fleet_role"):
+        assert getattr(settings.fleet_role, "value", settings.fleet_role) == env["FLEET_ROLE"]
+
+
+# Fleet mode: deploy/kubernetes/fleet/ ---------------------------------------------------------------------------
+
+_NAME: dict[str, Any] = {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
+_STRINGS: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
+_KEDA_METADATA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "additionalProperties": False,
+    "properties": {"name": _NAME, "namespace": _NAME, "labels": _STRINGS, "annotations": _STRINGS},
+}
+
+
+def keda_schema(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "keda.sh/v1alpha1"},
+            "kind": {"const": kind},
+            "metadata": _KEDA_METADATA,
+            "spec": spec,
+        },
+    }
+
+
+# The fields of KEDA's CRDs (keda.sh/v1alpha1) these files may use, with the CRDs' types: unknown fields are
+# refused, as the API server would prune them silently, and trigger metadata values must be strings.
+KEDA_SCHEMAS: dict[str, dict[str, Any]] = {
+    "ScaledObject": keda_schema(
+        "ScaledObject",
+        {
+            "type": "object",
+            "required": ["scaleTargetRef", "triggers"],
+            "additionalProperties": False,
+            "properties": {
+                "scaleTargetRef": {
+                    "type": "object",
+                    "required": ["name"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "apiVersion": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "name": _NAME,
+                        "envSourceContainerName": {"type": "string"},
+                    },
+                },
+                "pollingInterval": {"type": "integer", "minimum": 1},
+                "cooldownPeriod": {"type": "integer", "minimum": 0},
+                "initialCooldownPeriod": {"type": "integer", "minimum": 0},
+                "idleReplicaCount": {"type": "integer", "minimum": 0},
+                "minReplicaCount": {"type": "integer", "minimum": 0},
+                "maxReplicaCount": {"type": "integer", "minimum": 1},
+                "fallback": {
+                    "type": "object",
+                    "required": ["failureThreshold", "replicas"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "failureThreshold": {"type": "integer", "minimum": 1},
+                        "replicas": {"type": "integer", "minimum": 0},
+                    },
+                },
+                "advanced": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "restoreToOriginalReplicaCount": {"type": "boolean"},
+                        "horizontalPodAutoscalerConfig": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            # behavior: checked by test_fleet_scaledobject_makes_a_valid_hpa.
+                            "properties": {"name": _NAME, "behavior": {"type": "object"}},
+                        },
+                        "scalingModifiers": {
+                            "type": "object",
+                            "required": ["formula", "target"],
+                            "additionalProperties": False,
+                            "properties": {
+                                "formula": {"type": "string", "minLength": 1},
+                                "target": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                                "activationTarget": {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"},
+                                "metricType": {"enum": ["AverageValue", "Value"]},
+                            },
+                        },
+                    },
+                },
+                "triggers": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "metadata"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "type": {"type": "string", "minLength": 1},
+                            "name": {"type": "string", "pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                            "metadata": _STRINGS,
+                            "useCachedMetrics": {"type": "boolean"},
+                            "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
+                            "authenticationRef": {
+                                "type": "object",
+                                "required": ["name"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "name": _NAME,
+                                    "kind": {"enum": ["TriggerAuthentication", "ClusterTriggerAuthentication"]},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    ),
+    "TriggerAuthentication": keda_schema(
+        "TriggerAuthentication",
+        {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": False,
+            "properties": {
+                "secretTargetRef": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["parameter", "name", "key"],
+                        "additionalProperties": False,
+                        "properties": {"parameter": {"type": "string"}, "name": _NAME, "key": {"type": "string"}},
+                    },
+                },
+                "env": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["parameter", "name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "parameter": {"type": "string"},
+                            "name": {"type": "string"},
+                            "containerName": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+    ),
+}
+
+
+def test_fleet_objects() -> None:
+    kinds = sorted(kind for kind, _ in fleet_objects())
+    assert kinds == sorted(
+        ["Kustomization", "Deployment", "Deployment", "Service", "Secret", "ScaledObject", "TriggerAuthentication"]
+    )
+    for (kind, name), doc in fleet_objects().items():
+        if kind != "Kustomization":
+            labels = doc["metadata"]["labels"]
+            assert labels["app.kubernetes.io/name"] == "comfyui-api", name
+    # The Service keeps the single-node name (clients change nothing); the Secret too, with more keys.
+    assert ("Service", "comfyui-api") in fleet_objects() and ("Secret", "comfyui-api") in fleet_objects()
+    assert fleet_deployment("api")["metadata"]["name"] == "comfyui-api"
+    assert fleet_deployment("worker")["metadata"]["name"] == "comfyui-api-worker"
+
+
+def test_fleet_kustomization() -> None:
+    kustomization = fleet_object("Kustomization")
+    resources = kustomization["resources"]
+    assert all((FLEET / resource).exists() for resource in resources)
+    kept_out = {fleet_object("Secret")["__file__"], "kustomization.yaml"}
+    assert set(resources) == {p.name for p in FLEET.glob("*.yaml")} - kept_out
+    # The single-node kustomization's image, registry and tag: one image serves every FLEET_ROLE.
+    assert kustomization["images"] == k8s_objects()["Kustomization"]["images"]
+    for role in ("api", "worker"):
+        assert container_of(fleet_deployment(role))["image"] == kustomization["images"][0]["name"]
+
+
+@pytest.mark.parametrize("kind", sorted(KEDA_KINDS))
+def test_keda_objects_match_the_crds(kind: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (dev extra, with check-jsonschema)")
+    doc = {key: value for key, value in fleet_object(kind).items() if key != "__file__"}
+    validator = jsonschema.Draft202012Validator(KEDA_SCHEMAS[kind])
+    problems = [f"{'.'.join(map(str, error.absolute_path))}: {error.message}" for error in validator.iter_errors(doc)]
+    assert not problems, problems
+
+
+def test_fleet_triggers_name_the_job_queues() -> None:
+    scaled = fleet_object("ScaledObject")["spec"]
+    worker_env = plain_env_of(container_of(fleet_deployment("worker")))
+    api_env = plain_env_of(container_of(fleet_deployment("api")))
+    for name in ("FLEET_QUEUE_PREFIX", "FLEET_PRIORITY_LEVELS"):
+        assert fleet_setting(worker_env, name) == fleet_setting(api_env, name), f"{name}: one value in the fleet"
+    prefix = fleet_setting(worker_env, "FLEET_QUEUE_PREFIX")
+    levels = int(fleet_setting(worker_env, "FLEET_PRIORITY_LEVELS"))
+    triggers = scaled["triggers"]
+    assert [trigger["metadata"]["queueName"] for trigger in triggers] == [
+        f"{prefix}.jobs.p{level}" for level in range(levels)
+    ]
+    authentication = fleet_object("TriggerAuthentication")["metadata"]["name"]
+    for trigger in triggers:
+        metadata = trigger["metadata"]
+        assert trigger["type"] == "rabbitmq"
+        # The management API's count includes the jobs workers hold unacknowledged; AMQP's does not.
+        assert metadata["protocol"] == "http" and metadata.get("excludeUnacknowledged", "false") == "false"
+        assert metadata["mode"] == "QueueLength"
+        assert trigger["authenticationRef"]["name"] == authentication
+        assert not {"host", "hostFromEnv"} & set(metadata), "the broker's URL holds credentials: Secret only"
+    # The workers serve every queue, so they scale on the sum of the queues, one worker per `target` jobs: the
+    # one it runs and the FLEET_LOOKAHEAD it holds.
+    modifiers = scaled["advanced"]["scalingModifiers"]
+    names = [trigger["name"] for trigger in triggers]
+    assert sorted(re.split(r"\s*\+\s*", modifiers["formula"].strip())) == sorted(names)
+    assert len(set(names)) == len(names)
+    assert modifiers.get("metricType", "AverageValue") == "AverageValue"
+    per_worker = 1 + int(fleet_setting(worker_env, "FLEET_LOOKAHEAD"))
+    assert float(modifiers["target"]) == per_worker
+    assert all(float(trigger["metadata"]["value"]) == per_worker for trigger in triggers)
+
+
+def test_fleet_scaledobject_scales_the_workers() -> None:
+    scaled = fleet_object("ScaledObject")["spec"]
+    worker = fleet_deployment("worker")
+    target = scaled["scaleTargetRef"]
+    assert (target.get("apiVersion", "apps/v1"), target.get("kind", "Deployment"), target["name"]) == (
+        "apps/v1",
+        "Deployment",
+        worker["metadata"]["name"],
+    )
+    assert "replicas" not in worker["spec"], "KEDA's HPA owns the worker count"
+    assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
+    assert "HorizontalPodAutoscaler" not in {kind for kind, _ in fleet_objects()}, "KEDA creates the HPA"
+    # As the single-node HPA: GPU pods are added quickly and removed slowly.
+    behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior == k8s_objects()["HorizontalPodAutoscaler"]["spec"]["behavior"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_fleet_scaledobject_makes_a_valid_hpa(version: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (dev extra)")
+    scaled = fleet_object("ScaledObject")
+    spec = scaled["spec"]
+    # The HPA that KEDA derives from the ScaledObject, so that its behaviour and bounds meet the HPA's schema.
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": f"keda-hpa-{scaled['metadata']['name']}"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": spec["scaleTargetRef"]["name"]},
+            "minReplicas": max(spec["minReplicaCount"], 1),
+            "maxReplicas": spec["maxReplicaCount"],
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {"name": "composite-metric"},
+                        "target": {
+                            "type": "AverageValue",
+                            "averageValue": spec["advanced"]["scalingModifiers"]["target"],
+                        },
+                    },
+                }
+            ],
+            "behavior": spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"],
+        },
+    }
+    try:
+        kubernetes_validate.validate(hpa, version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        pytest.fail(f"the HPA of scaledobject.yaml is not a valid Kubernetes {version} object: {exc}")
+
+
+def test_fleet_trigger_authentication_reads_the_secret() -> None:
+    secret = fleet_object("Secret")
+    refs = fleet_object("TriggerAuthentication")["spec"]["secretTargetRef"]
+    assert {ref["parameter"] for ref in refs} == {"host"}
+    (ref,) = refs
+    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+    # The management API of the broker the server uses: same host, user and vhost.
+    management = urlsplit(secret["stringData"][ref["key"]])
+    broker = urlsplit(secret["stringData"]["BROKER_URL"])
+    assert management.scheme in ("http", "https") and management.port == 15672
+    assert (management.hostname, management.username, management.path) == (
+        broker.hostname,
+        broker.username,
+        broker.path,
+    )
+    assert ref["key"] not in FLEET_VARIABLES and not re.fullmatch(r"[A-Z][A-Z0-9_]*", ref["key"]), (
+        "KEDA's key is no server variable, so it is not named like one"
+    )
+
+
+def test_fleet_secret() -> None:
+    secret = fleet_object("Secret")
+    data = secret["stringData"]
+    # Under the single-node Secret's name, with all its keys: applying either example loses nothing.
+    assert secret["metadata"]["name"] == k8s_objects()["Secret"]["metadata"]["name"]
+    assert set(k8s_objects()["Secret"]["stringData"]) <= set(data)
+    assert urlsplit(data["BROKER_URL"]).scheme == "amqp" and urlsplit(data["BROKER_URL"]).port == 5672
+    assert urlsplit(data["JOB_STORE_URL"]).scheme == "postgresql" and urlsplit(data["JOB_STORE_URL"]).port == 5432
+    # Placeholders stop startup instead of reaching a cluster as keys.
+    with pytest.raises(ValueError):
+        Fernet(data["FLEET_SECRET_KEY"])
+    with pytest.raises(InvalidWebhookSecret):
+        Signer(data["WEBHOOK_SECRET"])
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_fleet_deployment_secrets(role: str) -> None:
+    container = container_of(fleet_deployment(role))
+    secret = fleet_object("Secret")
+    refs = secret_refs_of(container)
+    assert {"BROKER_URL", "JOB_STORE_URL", "FLEET_SECRET_KEY", "WEBHOOK_SECRET"} <= set(refs)
+    for name, ref in refs.items():
+        assert ref["name"] == secret["metadata"]["name"], name
+        assert ref.get("optional") or ref["key"] in secret["stringData"], f"{name}: the example Secret lacks it"
+    assert not set(refs) & set(plain_env_of(container)), "a variable set twice"
+    assert "PORT" not in plain_env_of(container), "the probes and the Service use port 3000"
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_fleet_deployment_drains_before_it_is_killed(role: str) -> None:
+    deployment = fleet_deployment(role)
+    container = container_of(deployment)
+    env = plain_env_of(container)
+    assert "SHUTDOWN_GRACE_PERIOD_S" in env, "set explicitly, next to terminationGracePeriodSeconds"
+    grace = float(env["SHUTDOWN_GRACE_PERIOD_S"])
+    period = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert period > grace + pre_stop_pause(container)
+
+
+def test_fleet_worker_deployment() -> None:
+    deployment = fleet_deployment("worker")
+    container = container_of(deployment)
+    env = plain_env_of(container)
+    # A worker being scaled in finishes the job it runs: its drain outlasts the longest job.
+    assert float(env["SHUTDOWN_GRACE_PERIOD_S"]) >= float(env["PROMPT_TIMEOUT_S"])
+    # And the longest job fits RabbitMQ's default consumer timeout, for brokers that ignore x-consumer-timeout.
+    assert float(env["PROMPT_TIMEOUT_S"]) < RABBITMQ_CONSUMER_TIMEOUT_S
+    resources = container["resources"]
+    assert int(resources["limits"]["nvidia.com/gpu"]) == int(resources["requests"]["nvidia.com/gpu"]) == 1
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["tolerations"] == k8s_objects()["Deployment"]["spec"]["template"]["spec"]["tolerations"]
+    # The single-node deployment's probes, paths and timings (the worker starts ComfyUI the same way).
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe] == k8s_container()[probe], probe
+        assert container_port(container[probe]["httpGet"]["port"], container) == API_PORT
+    startup = container["startupProbe"]
+    budget = startup["failureThreshold"] * startup["periodSeconds"]
+    comfy_start = int(env["STARTUP_CHECK_MAX_TRIES"]) * float(
+        env.get("STARTUP_CHECK_INTERVAL_S", Settings.model_fields["startup_check_interval_s"].default)
+    )
+    assert budget >= comfy_start + 900, "leave at least 15 minutes for downloads and the warmup prompt"
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert float(env["LRU_CACHE_SIZE_GB"]) < quantity_gib(volumes[mounts[env["CACHE_DIR"]]]["emptyDir"]["sizeLimit"])
+
+
+def test_fleet_api_deployment_and_service() -> None:
+    api, worker = fleet_deployment("api"), fleet_deployment("worker")
+    container = container_of(api)
+    assert api["spec"]["replicas"] == 2
+    resources = container["resources"]
+    assert not any("nvidia.com/gpu" in resources.get(part, {}) for part in ("requests", "limits")), "no ComfyUI"
+    assert "tolerations" not in api["spec"]["template"]["spec"], "keep API replicas off the GPU nodes"
+    expected = {"startupProbe": "/health", "livenessProbe": "/health", "readinessProbe": "/ready"}
+    for probe, path in expected.items():
+        check = container[probe]["httpGet"]
+        assert check["path"] == path and container_port(check["port"], container) == API_PORT, probe
+    # The Service reaches the API replicas and never a worker; each Deployment selects only its own pods.
+    service = fleet_object("Service")["spec"]
+    api_labels = api["spec"]["template"]["metadata"]["labels"]
+    worker_labels = worker["spec"]["template"]["metadata"]["labels"]
+    assert service["selector"].items() <= api_labels.items()
+    assert not service["selector"].items() <= worker_labels.items()
+    assert api["spec"]["selector"]["matchLabels"].items() <= api_labels.items()
+    assert worker["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert not api["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert not worker["spec"]["selector"]["matchLabels"].items() <= api_labels.items()
+    (port,) = service["ports"]
+    assert container_port(port["targetPort"], container) == API_PORT
+
+
+@pytest.mark.parametrize("role", ["api", "worker"])
+def test_fleet_deployment_environment_starts_the_server(clean_environment: pytest.MonkeyPatch, role: str) -> None:
+    secret = fleet_object("Secret")["stringData"]
+    secrets = {
+        "WEBHOOK_SECRET": "whsec_" + "c2VjcmV0LWZvci10aGUtdGVzdA==",
+        "FLEET_SECRET_KEY": Fernet.generate_key().decode(),
+        "BROKER_URL": secret["BROKER_URL"].replace("<replace-me>", "secret"),
+        "JOB_STORE_URL": secret["JOB_STORE_URL"].replace("<replace-me>", "secret"),
+    }
+    env = plain_env_of(container_of(fleet_deployment(role)))
+    settings = settings_from(clean_environment, image_env() | env | secrets)
+    assert settings.port == API_PORT
+    if hasattr(settings, "fleet_role"):
+        assert getattr(settings.fleet_role, "value", settings.fleet_role) == role
+
+
+def test_fleet_variables_are_real_settings() -> None:
+    used: set[str] = set()
+    for name in FLEET_COMPOSE_SERVICES:
+        used |= set(compose_env(name))
+    for role in ("api", "worker"):
+        used |= {item["name"] for item in container_of(fleet_deployment(role))["env"]}
+    fleet_names = used & FLEET_VARIABLES
+    assert {"BROKER_URL", "JOB_STORE_URL", "FLEET_SECRET_KEY", "FLEET_ROLE"} <= fleet_names
+    # FLEET_VARIABLES stands in for the README's table and the server's settings until they have fleet mode; from
+    # then on the files are held to them, so that a renamed variable cannot linger here.
+    names, _ = readme_variables()
+    if FLEET_VARIABLES & names:
+        assert not fleet_names - names, "fleet variables the README's table does not list"
+    if "broker_url" in Settings.model_fields:
+        assert not {name for name in fleet_names if name.lower() not in Settings.model_fields}, "not a setting"
+
+
+@pytest.mark.parametrize("folder", [K8S, FLEET], ids=lambda folder: str(folder.relative_to(ROOT)))
+def test_kustomization_builds(folder: Path) -> None:
+    if kubectl := tool("kubectl"):
+        command = [kubectl, "kustomize", str(folder)]
+    elif kustomize := tool("kustomize"):
+        command = [kustomize, "build", str(folder)]
+    else:
+        pytest.skip("neither kubectl nor kustomize is installed")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    built = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    (image,) = load_yaml(folder / "kustomization.yaml")[0]["images"]
+    for doc in built:
+        if doc["kind"] == "Deployment":
+            # The images transformer reached every container: none is left with the bare name.
+            assert container_of(doc)["image"] == f"{image['newName']}:{image['newTag']}", doc["metadata"]["name"]
