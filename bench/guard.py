@@ -63,9 +63,9 @@ def graph(image: str) -> dict[str, Any]:
 
 
 def closed_port() -> int:
-    from tests.support.server import free_port
+    from tests.support.server import closed_port
 
-    return free_port()  # bound a moment ago, closed now: nothing listens there
+    return closed_port()
 
 
 class Bench:

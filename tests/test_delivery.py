@@ -18,7 +18,7 @@ from PIL import Image
 from tests.support.files import FileServer
 from tests.support.graphs import Graph, img2img, node, solid, txt2img
 from tests.support.receiver import Received, WebhookReceiver
-from tests.support.server import ApiServer, free_port, trusting, wait_until
+from tests.support.server import ApiServer, closed_port, trusting, wait_until
 from tests.support.services import Azurite, FakeHub, SeaweedS3
 
 SECRET = "whsec_" + base64.b64encode(b"a test secret of 32 bytes, fixed").decode()
@@ -56,7 +56,7 @@ def holding_receiver() -> Iterator[WebhookReceiver]:
 @pytest.fixture(scope="module")
 def down_url() -> str:
     """A webhook URL on a loopback port where nothing listens: a receiver that is down."""
-    return f"http://127.0.0.1:{free_port()}/hook"
+    return f"http://127.0.0.1:{closed_port()}/hook"
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from schemathesis.specs.openapi.checks import (
 
 from comfyui_api.errors import InvalidUrl
 from comfyui_api.urls import split_url
-from tests.support.server import ApiServer, free_port
+from tests.support.server import ApiServer, closed_port
 
 # A workflow that runs in a fraction of a second on a CPU, so that the valid requests to its endpoint can run.
 SOLID = """
@@ -93,7 +93,7 @@ def contract_server(make_server: Callable[..., ApiServer], tmp_path_factory: pyt
     (workflows / "contract").mkdir()
     (workflows / "contract" / "solid.py").write_text(SOLID)
     # Uploads after a valid workflow request go to a closed loopback port, not to the providers' public endpoints.
-    closed = f"http://127.0.0.1:{free_port()}"
+    closed = f"http://127.0.0.1:{closed_port()}"
     return make_server("contract", WORKFLOW_DIR=str(workflows), AWS_ENDPOINT_URL_S3=closed, HF_ENDPOINT=closed).start()
 
 

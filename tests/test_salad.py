@@ -9,7 +9,7 @@ from typing import Any
 
 from tests.support.graphs import slow, solid
 from tests.support.metadata import MetadataService
-from tests.support.server import ApiServer, free_port, run_in_background, wait_until
+from tests.support.server import ApiServer, closed_port, run_in_background, take_closed_port, wait_until
 
 
 def salad_lines(server: ApiServer, text: str) -> list[dict[str, Any]]:
@@ -17,14 +17,14 @@ def salad_lines(server: ApiServer, text: str) -> list[dict[str, Any]]:
 
 
 def test_the_queue_length_is_put_as_prompts_come_and_go(make_server: Callable[..., ApiServer]) -> None:
-    port = free_port()
+    port = closed_port()
     server = make_server("salad", SALAD_MACHINE_ID="machine-1", SALAD_METADATA_URL=f"http://127.0.0.1:{port}").start()
     # Nothing listens there yet: the report of the websocket's first status message is refused, and the server serves.
     wait_until(lambda: salad_lines(server, "could not report"), 60, "the refused report's warning")
     assert server.http.post("/prompt", json={"prompt": solid(8, 8), "id": "salad-refused"}).status_code == 200
     wait_until(lambda: salad_lines(server, "still not reported"), 60, "a retry, refused too")
 
-    with MetadataService(port) as service:
+    with MetadataService(take_closed_port(port)) as service:
         # A later retry sends the latest value: the queue is empty again.
         wait_until(lambda: service.costs()[-1:] == [0], 60, "the retried report")
         put = service.requests[0]

@@ -20,7 +20,7 @@ from comfyui_api.storage.cache import cache_key
 from tests.support.files import FileServer
 from tests.support.graphs import img2img, img2img_with_lora, lora_bytes, png_bytes, txt2img
 from tests.support.paths import CHECKPOINT_NAME
-from tests.support.server import ApiServer, free_port, trusting, wait_until
+from tests.support.server import ApiServer, closed_port, trusting, wait_until
 from tests.support.services import Azurite, FakeHub, SeaweedS3
 
 
@@ -72,7 +72,7 @@ def sources(
         FileServer(root, dispositions={"/api/models/77": "detail.safetensors"}, drop={"/drops.png"}) as files,
         FileServer(private_root, basic=("alice", "s3cret")) as private,
     ):
-        yield Sources(files, private, s3_server, azurite, fake_hub, f"http://127.0.0.1:{free_port()}")
+        yield Sources(files, private, s3_server, azurite, fake_hub, f"http://127.0.0.1:{closed_port()}")
 
 
 @pytest.fixture(scope="module")

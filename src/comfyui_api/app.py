@@ -24,6 +24,9 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import Settings, on_saladcloud, system_metadata
 from .errors import ConfigError, InvalidWebhookSecret
+from .fleet.node import Fleet
+from .jobstore.base import JobStore
+from .jobstore.postgres import PostgresJobStore
 from .jobstore.records import JobRecord
 from .jobstore.sqlite import SQLiteJobStore
 from .jobstore.writer import RecordWriter
@@ -69,16 +72,19 @@ def create_app(
         max_upload_bytes=settings.asset_max_upload_mb * 1024 * 1024,
         disk_limit_bytes=round(settings.asset_disk_limit_gb * 1024**3),
     )
-    records = RecordWriter(
-        SQLiteJobStore(settings.state_dir / "jobs.db"),
-        retention_s=settings.job_retention_s,
-        before_write=assets.flush_outputs,
+    store: JobStore = (
+        PostgresJobStore(settings.job_store_url.get_secret_value())
+        if settings.job_store_url is not None
+        else SQLiteJobStore(settings.state_dir / "jobs.db")
     )
+    records = RecordWriter(store, retention_s=settings.job_retention_s, before_write=assets.flush_outputs)
     hub = JobEvents(max_streams=settings.max_event_streams)
+    # Who hears of each record change: the writer, the event hub, and in fleet mode the other replicas.
+    listeners: list[Callable[[JobRecord], None]] = [records.changed, hub.on_record]
 
     def record_changed(record: JobRecord) -> None:
-        records.changed(record)
-        hub.on_record(record)
+        for listener in listeners:
+            listener(record)
 
     jobs = JobRegistry(record_changed, connection=lambda: events.connections)
     events.subscribe(jobs.dispatch)
@@ -108,7 +114,9 @@ def create_app(
     deletion_cost = DeletionCost(settings.salad_metadata_url) if on_saladcloud(dict(os.environ)) else None
     if deletion_cost is not None:
         events.subscribe(deletion_cost.on_event)
-    runner = PromptRunner(settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets))
+    runner = PromptRunner(
+        settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets), hand_back=settings.fleet
+    )
     delivery = Delivery(
         runner,
         Uploader(storage, on_event=storage_events),
@@ -126,6 +134,10 @@ def create_app(
         max_queue_depth=settings.max_queue_depth,
         output_retention_s=settings.job_retention_s,
     )
+    fleet = Fleet(settings, state, records, hub, delivery, runner) if settings.fleet else None
+    if fleet is not None:
+        listeners.append(fleet.on_record)
+        hub.remote = fleet.followers
     lifecycle = Lifecycle(
         settings,
         state,
@@ -143,6 +155,7 @@ def create_app(
         deletion_cost=deletion_cost,
         records=records,
         v2=V2Parts(v2_jobs, assets),
+        fleet=fleet,
     )
 
     app = FastAPI(
@@ -161,6 +174,8 @@ def create_app(
     app.state.runner = runner
     app.state.storage = storage
     app.state.delivery = delivery
+    app.state.door = fleet.door if fleet is not None else delivery
+    app.state.canceler = fleet if fleet is not None else runner
     app.state.comfy_client = client
     app.state.catalog = catalog
     app.state.lifecycle = lifecycle
@@ -169,13 +184,17 @@ def create_app(
     app.state.job_events = hub
     install_error_handlers(app)
     app.include_router(probes.router)
-    app.include_router(prompt.router)
-    app.include_router(job_status.router)
-    app.include_router(control.router)
-    app.include_router(download.router)
-    app.include_router(models.router)
-    app.include_router(v2_jobs_routes.router)
-    app.include_router(v2_assets.router)
+    if settings.fleet_role != "worker":  # a worker-only replica serves its probes alone
+        for router in (
+            prompt.router,
+            job_status.router,
+            control.router,
+            download.router,
+            models.router,
+            v2_jobs_routes.router,
+            v2_assets.router,
+        ):
+            app.include_router(router)
     _add_doc_routes(app)
     # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
     # id is set before anything logs, and a request that auth refuses is logged too, before its body is read.
@@ -197,6 +216,8 @@ async def mount_workflows(app: FastAPI) -> None:
     """Once ComfyUI is up: read its models and samplers, then mount the workflow endpoints (whose
     schemas may use those lists)."""
     settings: Settings = app.state.settings
+    if settings.fleet_role == "worker":
+        return  # no public API: no workflow endpoints
     catalog: Catalog = app.state.catalog
     warmup = app.state.lifecycle.warmup_prompt
     catalog.warmup_checkpoint = next(

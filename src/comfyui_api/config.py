@@ -51,6 +51,9 @@ SALAD_VARIABLES = (
 # configured key can be sent (`openssl rand -hex 32` and Python's `secrets.token_urlsafe()` both fit).
 _API_KEY = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
+# all: the public API and a worker with its own ComfyUI; worker: a worker without the public API.
+FLEET_ROLES = ("all", "worker")
+
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
 
@@ -117,6 +120,17 @@ class Settings(BaseSettings):
     state_dir: Path = Field(default_factory=_default_state_dir)
     job_retention_s: float = Field(86400.0, gt=0)
 
+    # Fleet mode (fleet/): job records in a shared PostgreSQL (JOB_STORE_URL; alone, it replaces the SQLite file),
+    # jobs dispatched through RabbitMQ (BROKER_URL, which turns fleet mode on and needs the other two).
+    job_store_url: SecretStr | None = None
+    broker_url: SecretStr | None = None
+    fleet_secret_key: SecretStr | None = None
+    fleet_role: str = "all"
+    fleet_sync_local: bool = False
+    fleet_queue_prefix: str = Field("comfyui-api", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    fleet_priority_levels: int = Field(3, ge=1, le=10)
+    fleet_lookahead: int = Field(1, ge=0, le=16)
+
     # Comfy API v2 (v2/): uploaded assets and job outputs (default folder: STATE_DIR/assets), and event streams.
     assets_dir: Path | None = None
     asset_retention_s: float = Field(86400.0, gt=0)
@@ -179,6 +193,9 @@ class Settings(BaseSettings):
         "system_webhook_url",
         "api_keys_file",
         "assets_dir",
+        "job_store_url",
+        "broker_url",
+        "fleet_secret_key",
         mode="before",
     )
     @classmethod
@@ -216,6 +233,7 @@ class Settings(BaseSettings):
         "cancel_on_disconnect",
         "markdown_schema_descriptions",
         "http_block_private_addresses",
+        "fleet_sync_local",
         mode="before",
     )
     @classmethod
@@ -300,6 +318,29 @@ class Settings(BaseSettings):
             raise ValueError(f"API_KEYS_FILE: {path} holds no key: write one key per line")
         self.api_keys = tuple(SecretStr(key) for key in _checked_keys(keys, f"API_KEYS_FILE: line of {path}"))
         return self
+
+    @field_validator("fleet_role")
+    @classmethod
+    def _check_role(cls, value: str) -> str:
+        if value.lower() not in FLEET_ROLES:
+            raise ValueError(f"must be one of {', '.join(FLEET_ROLES)}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _check_fleet(self) -> Settings:
+        if self.broker_url is None:
+            if self.fleet_role != "all":
+                raise ValueError(f"FLEET_ROLE={self.fleet_role} needs fleet mode: set BROKER_URL and JOB_STORE_URL")
+            return self
+        if self.job_store_url is None:
+            raise ValueError("BROKER_URL (fleet mode) needs JOB_STORE_URL: the replicas share one job store")
+        if self.fleet_secret_key is None:
+            raise ValueError("BROKER_URL (fleet mode) needs FLEET_SECRET_KEY: job messages carry sealed credentials")
+        return self
+
+    @property
+    def fleet(self) -> bool:
+        return self.broker_url is not None
 
     @model_validator(mode="after")
     def _derive_dirs(self) -> Settings:

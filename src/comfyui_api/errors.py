@@ -17,6 +17,8 @@
     │   │       └── AddressRefused      a connection the address check refused
     │   └── UploadError                 an upload failed; the message is the provider's cause
     ├── JobStoreError                   the job store could not read or write
+    ├── BrokerError                     the fleet's broker (RabbitMQ) refused or could not be reached
+    ├── SealError                       a job message's sealed secrets do not open with FLEET_SECRET_KEY
     └── ApiError                        answered over HTTP: a status code and a JSON body
         ├── BadRequest (400)            the request is wrong; `location` names the field at fault
         │   ├── PromptRejected          ComfyUI refused the graph at validation
@@ -26,6 +28,7 @@
         ├── PromptInterrupted (500)
         ├── UploadFailed (502)          an output could not be uploaded
         ├── ComfyUnavailable (503)      ComfyUI exited, wedged or cannot be reached
+        ├── FleetUnavailable (503)      fleet mode: the broker or the job store does not answer now
         ├── ShuttingDown (503)
         └── PromptTimeout (504)
 
@@ -139,6 +142,14 @@ class JobStoreError(ServerError):
     """The store could not read or write; the message says why. Each store converts its driver's errors into it."""
 
 
+class BrokerError(ServerError):
+    """The broker refused an operation or cannot be reached; fleet/broker.py converts aio-pika's errors into it."""
+
+
+class SealError(ServerError):
+    """Sealed secrets that FLEET_SECRET_KEY does not open: another key, or altered."""
+
+
 class ApiError(ServerError):
     """A failure with a status code and a body `{"error": ..., "location": ..., **extra}`."""
 
@@ -203,6 +214,13 @@ class PromptInterrupted(ApiError):
 
 class ComfyUnavailable(ApiError):
     """ComfyUI exited or cannot be reached; retrying later may succeed."""
+
+    status_code = 503
+
+
+class FleetUnavailable(ApiError):
+    """Fleet mode: the broker or the job store does not answer, so a job cannot be accepted without risk of losing
+    it; retrying later may succeed."""
 
     status_code = 503
 

@@ -23,6 +23,7 @@ from .comfy.events import EventStream
 from .comfy.process import ComfyProcess
 from .config import Settings, dump_for_log
 from .errors import ApiError, ComfyUnavailable, ConfigError, ManifestError, StartupError
+from .fleet.node import Fleet
 from .jobstore.records import JobKind
 from .jobstore.sweeper import sweep_expired, sweep_interval
 from .jobstore.writer import RecordWriter
@@ -79,10 +80,13 @@ class Lifecycle:
         deletion_cost: DeletionCost | None = None,
         records: RecordWriter | None = None,
         v2: V2Parts | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         """`records` writes the job records (and its store is swept here); without it, none are kept, and no job
-        the server stopped under is run again. `v2`: Comfy API v2's parts, opened, swept and stopped here."""
+        the server stopped under is run again. `v2`: Comfy API v2's parts, opened, swept and stopped here. `fleet`:
+        fleet mode's parts; the broker, not this server, then holds the jobs a stop cut short."""
         self._v2 = v2
+        self._fleet = fleet
         self._settings = settings
         self._state = state
         self._process = process
@@ -177,7 +181,9 @@ class Lifecycle:
         self._tasks.spawn(self._janitor.run(), "janitor", critical=True)
         self._tasks.spawn(self._supervise(), "supervisor", critical=True)
         self._tasks.spawn(self._warm_up(), "warmup")
-        if self._records is not None:
+        if self._fleet is not None:
+            await self._fleet.start(self._tasks)
+        elif self._records is not None:
             self._tasks.spawn(self._resume_unfinished(self._records), "resume-jobs")
         if self._deletion_cost is not None:
             # Not critical: the scale-in order is advice to SaladCloud; the server serves on without it (its death is
@@ -189,6 +195,8 @@ class Lifecycle:
     async def drain(self) -> None:
         """Stop taking prompts and let the ones in flight finish, within the grace period."""
         self._state.draining = True
+        if self._fleet is not None:
+            await self._fleet.drain()  # no more jobs taken; the ones held and not started go back to the queue
         in_flight = len(self._jobs)
         logger.info("draining", extra={"in_flight": in_flight, "grace_s": self._settings.shutdown_grace_period_s})
         if not await self._jobs.wait_idle(self._settings.shutdown_grace_period_s):
@@ -200,6 +208,9 @@ class Lifecycle:
         self._stopping = True
         # Jobs cut short from here on stay queued in the store, for the next start to run again.
         self._state.draining = True
+        if self._fleet is not None:
+            # First, while the record writer runs: each job still running is handed back with its record saying so.
+            await self._fleet.aclose()
         await self._tasks.close()
         # Webhooks in their retry schedule make one last attempt now rather than hold the deliveries below up.
         self._webhooks.stop_retrying()

@@ -17,3 +17,5 @@ class ServerState:
     draining: bool = False
     # Why the server cannot go on (a critical background task died); it is exiting. Unready and unhealthy.
     failed: str | None = None
+    # Fleet mode: the broker is connected and the job store answers (always True on a standalone server).
+    fleet_ok: bool = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,8 +23,9 @@ class Put:
 
 
 class MetadataService:
-    def __init__(self, port: int = 0, *, on_change: Callable[[], None] | None = None) -> None:
-        """On `port` (a free one when 0): a test may reserve a port, let the server fail against it, then start this."""
+    def __init__(self, sock: socket.socket | None = None, *, on_change: Callable[[], None] | None = None) -> None:
+        """On the bound socket `sock` (a free port when None): a test may hold a port closed, let the server fail
+        against it, then start this on it."""
         self._on_change = on_change or (lambda: None)
         self.lock = threading.Lock()
         self.requests: list[Put] = []
@@ -59,7 +61,14 @@ class MetadataService:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if sock is None:
+            self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:
+            self._server = http.server.ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+            self._server.socket.close()
+            self._server.socket = sock
+            self._server.server_address = sock.getsockname()
+            self._server.server_activate()
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()

@@ -31,6 +31,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+_closed_ports: dict[int, socket.socket] = {}
+
+
+def closed_port() -> int:
+    """A loopback port where nothing listens, held so for the rest of the test process. Its socket stays bound without
+    listening: a connection is refused, and neither another listener nor an outgoing connection's ephemeral port can
+    take it. (A client that keeps retrying a merely free port in the ephemeral range can connect to itself on it.)"""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    _closed_ports[port] = sock
+    return port
+
+
+def take_closed_port(port: int) -> socket.socket:
+    """The bound socket of a `closed_port()`, handed to a service that starts listening on it."""
+    return _closed_ports.pop(port)
+
+
 def trusting(*urls: str) -> dict[str, str]:
     """Server environment that trusts the origins of these loopback test services (HTTP_TRUSTED_ORIGINS), as an
     operator lists an in-cluster service: the URL guard refuses loopback addresses otherwise."""

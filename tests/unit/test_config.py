@@ -260,6 +260,9 @@ def test_dump_for_log_redacts_every_secret() -> None:
         "azure_storage_sas_token": "sas-secret",
         "webhook_secret": "hook-secret",
         "manifest_json": '{"token": "manifest-secret"}',
+        "job_store_url": "postgresql://jobs:db-secret@db/jobs",
+        "broker_url": "amqp://jobs:broker-secret@mq/fleet",
+        "fleet_secret_key": "fleet-secret",
     }
     settings = load_settings(http_auth_header_name="X-Key", **secrets)
 
@@ -267,7 +270,7 @@ def test_dump_for_log_redacts_every_secret() -> None:
 
     for name in secrets:
         assert dumped[name] == "**********"
-    assert "secret" not in repr(dumped).replace("webhook_secret", "")
+    assert "secret" not in repr(dumped).replace("webhook_secret", "").replace("fleet_secret_key", "")
     assert dumped["http_auth_header_name"] == "X-Key"
     assert dumped["port"] == 3000
 
@@ -277,3 +280,18 @@ def test_dump_for_log_leaves_unset_secrets_empty() -> None:
 
     assert dumped["webhook_secret"] is None
     assert dumped["http_auth_header_value"] is None
+
+
+def test_fleet_mode_needs_a_shared_store_and_a_key() -> None:
+    with pytest.raises(ConfigError, match="BROKER_URL .* needs JOB_STORE_URL"):
+        load_settings(broker_url="amqp://mq/")
+    with pytest.raises(ConfigError, match="needs FLEET_SECRET_KEY"):
+        load_settings(broker_url="amqp://mq/", job_store_url="postgresql://db/jobs")
+    with pytest.raises(ConfigError, match="FLEET_ROLE=worker needs fleet mode"):
+        load_settings(fleet_role="worker")
+    with pytest.raises(ConfigError, match="FLEET_ROLE: .*must be one of all, worker"):
+        load_settings(fleet_role="everything")
+    fleet = load_settings(
+        broker_url="amqp://mq/", job_store_url="postgresql://db/jobs", fleet_secret_key="k", fleet_role="WORKER"
+    )
+    assert fleet.fleet and fleet.fleet_role == "worker" and not load_settings().fleet

@@ -9,11 +9,11 @@ import pytest
 
 from comfyui_api.errors import UploadError
 from comfyui_api.storage.huggingface import HuggingFaceProvider
-from tests.support.server import free_port
+from tests.support.server import closed_port
 
 
 async def test_an_upload_to_an_unreachable_hub_is_an_upload_error(tmp_path: Path) -> None:
-    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    endpoint = f"http://127.0.0.1:{closed_port()}"  # nothing listens there
     provider = HuggingFaceProvider(endpoint, token="token", scratch_dir=tmp_path / "scratch")
     source = tmp_path / "image.png"
     source.write_bytes(b"image")

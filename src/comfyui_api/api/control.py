@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from .deps import RunnerDep
+from .deps import CancelerDep
 from .handlers import CLIENT_ERRORS
 from .schemas import InterruptRequest, InterruptResponse
 
@@ -20,9 +20,9 @@ router = APIRouter(tags=["control"])
         404: {"model": InterruptResponse, "description": "No request with this id is in progress"},
     },
 )
-async def interrupt(body: InterruptRequest, runner: RunnerDep) -> JSONResponse:
+async def interrupt(body: InterruptRequest, canceler: CancelerDep) -> JSONResponse:
     """The interrupted request fails with 500 `Prompt interrupted`."""
-    found = await runner.interrupt(body.id)
+    found = await canceler.interrupt(body.id)
     return JSONResponse(
         {"id": body.id, "interrupted": "success" if found else "failed"}, status_code=200 if found else 404
     )

@@ -4,7 +4,7 @@ once per app and keeps them on `app.state`, where these read them."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
@@ -12,9 +12,8 @@ from ..comfy.client import ComfyClient
 from ..comfy.events import EventStream
 from ..config import Settings
 from ..jobstore.writer import RecordWriter
-from ..pipeline.delivery import Delivery
+from ..pipeline.delivery import Door
 from ..pipeline.jobs import JobRegistry
-from ..pipeline.runner import PromptRunner
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from ..workflows.catalog import Catalog
@@ -32,9 +31,17 @@ SettingsDep = Annotated[Settings, Depends(_from_app("settings"))]
 ServerStateDep = Annotated[ServerState, Depends(_from_app("server_state"))]
 EventsDep = Annotated[EventStream, Depends(_from_app("events"))]
 JobsDep = Annotated[JobRegistry, Depends(_from_app("jobs"))]
-RunnerDep = Annotated[PromptRunner, Depends(_from_app("runner"))]
+
+
+class Canceler(Protocol):
+    """Who cancels a request by id: this server's runner, or in fleet mode the fleet (the job may run elsewhere)."""
+
+    async def interrupt(self, job_id: str) -> bool: ...
+
+
+CancelerDep = Annotated[Canceler, Depends(_from_app("canceler"))]
 StorageDep = Annotated[StorageManager, Depends(_from_app("storage"))]
-DeliveryDep = Annotated[Delivery, Depends(_from_app("delivery"))]
+DeliveryDep = Annotated[Door, Depends(_from_app("door"))]
 ComfyClientDep = Annotated[ComfyClient, Depends(_from_app("comfy_client"))]
 CatalogDep = Annotated[Catalog, Depends(_from_app("catalog"))]
 RecordsDep = Annotated[RecordWriter, Depends(_from_app("job_records"))]

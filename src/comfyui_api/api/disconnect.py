@@ -18,7 +18,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from starlette.types import Receive
 
-from ..pipeline.delivery import Delivery
+from ..pipeline.delivery import Door
 from ..pipeline.request import PromptRequest
 from .answers import respond
 
@@ -78,7 +78,7 @@ async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
 
 async def deliver(
     request: Request,
-    delivery: Delivery,
+    delivery: Door,
     prompt: PromptRequest,
     *,
     cancel_on_disconnect: bool,

@@ -26,8 +26,9 @@ async def health(state: ServerStateDep) -> JSONResponse:
 
 @router.get("/ready", response_model=ProbeResponse, responses={503: {"model": ProbeResponse}})
 async def ready(state: ServerStateDep, settings: SettingsDep, events: EventsDep, jobs: JobsDep) -> JSONResponse:
-    """200 when a prompt sent now would start promptly: ComfyUI up and warm, websocket connected,
-    not draining, and (with MAX_QUEUE_DEPTH) ComfyUI's queue plus prompts still preprocessing below it."""
+    """200 when a prompt sent now would start promptly: ComfyUI up and warm, websocket connected, not draining, in
+    fleet mode the broker and the job store reachable, and (with MAX_QUEUE_DEPTH) ComfyUI's queue plus prompts still
+    preprocessing below it."""
     limit = settings.max_queue_depth
     depth = events.queue_remaining + jobs.count(JobState.PREPROCESSING)
     ok = (
@@ -36,6 +37,7 @@ async def ready(state: ServerStateDep, settings: SettingsDep, events: EventsDep,
         and events.connected
         and not state.draining
         and state.failed is None
+        and state.fleet_ok
         and (limit == 0 or depth < limit)
     )
     return _probe(ok, "ready", "not ready", 503)

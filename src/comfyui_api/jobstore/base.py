@@ -48,6 +48,9 @@ class JobStore(Protocol):
     async def save(self, records: Sequence[JobRecord]) -> None:
         """Create or replace each record (by id), all in one transaction."""
 
+    async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
+        """Replace the stored record only while its status is one of `statuses`: whether it was."""
+
     async def get(self, job_id: str) -> JobRecord | None:
         """The record with this id, unless there is none or it has expired."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,3 +77,45 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def record_row(record: JobRecord) -> dict[str, Any]:
+    """The record as plain JSON values, one per field (a row of the store, an event on the fleet's broker)."""
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "completed_at": record.completed_at,
+        "expires_at": record.expires_at,
+        "queue_position": record.queue_position,
+        "attempts": record.attempts,
+        "progress": record.progress,
+        "outputs": record.outputs,
+        "error": record.error,
+        "delivery": record.delivery,
+        "kind": record.kind.value,
+        "request": record.request,
+        "attempt_errors": record.attempt_errors,
+    }
+
+
+def row_record(row: Mapping[str, Any]) -> JobRecord:
+    """The record `record_row` made `row` from."""
+    return JobRecord(
+        id=row["id"],
+        created_at=row["created_at"],
+        status=JobStatus(row["status"]),
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        expires_at=row["expires_at"],
+        queue_position=row["queue_position"],
+        progress=row["progress"],
+        outputs=row["outputs"],
+        error=row["error"],
+        attempts=row["attempts"],
+        delivery=row["delivery"],
+        kind=JobKind(row["kind"]),
+        request=row["request"],
+        attempt_errors=row["attempt_errors"],
+    )

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..errors import ApiError, BadRequest, DownloadError, UnsafeUrl, UploadError, UploadFailed
 from ..jobstore.records import JobRecord
@@ -47,6 +47,12 @@ class Answer:
     body: JsonBody
     # To await once the body has been sent, or could not be: it ends the job whose output files the body reads.
     sent: Callable[[], Awaitable[None]] | None = None
+
+
+class Door(Protocol):
+    """Where /prompt and workflow requests go: this server's pipeline (Delivery), or the fleet's queue."""
+
+    async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Answer: ...
 
 
 class Delivery:
@@ -75,15 +81,21 @@ class Delivery:
 
         `extra` fields are added to the response (a workflow endpoint's validated `input`).
         """
-        extra = extra or {}
-        await self._check_request(request)
+        await self.check(request)
         # An async request's outcome goes to webhooks or uploads, not to its connection: a restart can run it again.
         record = JobRecord(id=request.id, created_at=now_ms(), request=request.replay()) if request.is_async else None
+        return await self.answer(request, record, extra=extra)
+
+    async def answer(
+        self, request: PromptRequest, record: JobRecord | None, *, extra: dict[str, Any] | None = None
+    ) -> Answer:
+        """`handle`, for a request already checked, with its job's `record` (a fleet worker's, from the store)."""
+        extra = extra or {}
         job = await self._runner.start(request, record)
         if request.is_async:
             if request.webhook:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
-            self._spawn(self._complete_in_background(job, request))
+            self._spawn(self.complete(job, request))
             accepted = {**request.echo(), "status": "ok", "id": job.id, "prompt": job.graph, **extra}
             return Answer(202, JsonBody(accepted))
         try:
@@ -103,9 +115,9 @@ class Delivery:
         assert record.request is not None
         request = PromptRequest.model_validate({k: v for k, v in record.request.items() if k != "needs_memory"})
         job = await self._runner.start(request, record)
-        self._spawn(self._complete_in_background(job, request))
+        self._spawn(self.complete(job, request))
 
-    async def _check_request(self, request: PromptRequest) -> None:
+    async def check(self, request: PromptRequest) -> None:
         """A 400 at the field, before any work starts (a failure after the prompt ran, or after the 202, could only
         be a 502 or a log line): an upload block this server cannot serve, and a webhook, upload or credentials
         endpoint URL it must not reach (each connection is checked again)."""
@@ -170,7 +182,24 @@ class Delivery:
             "stats": stats,
         }
 
-    async def _complete_in_background(self, job: Job, request: PromptRequest) -> None:
+    async def run_queued(self, request: PromptRequest, record: JobRecord) -> None:
+        """Run an async request a fleet worker took from the queue, to its end: outputs uploaded or sent, webhooks
+        sent, its record ended. An error the runner hands back (ComfyUI failed under it) ends the attempt without an
+        outcome, its record queued again, and is raised: the job goes back to the queue."""
+        try:
+            job = await self._runner.start(request, record)
+        except Exception as exc:
+            if self._runner.hands_back(exc):
+                raise
+            # Refused before it ran (an input that does not download, ComfyUI refusing the graph): its record says
+            # why, and its webhooks are told as after any 202.
+            error = exc if isinstance(exc, ApiError) else ApiError(str((record.error or {}).get("error", exc)))
+            await self._notify_failure(record.id, request.graph(), request, error)
+            return
+        await self.complete(job, request)
+
+    async def complete(self, job: Job, request: PromptRequest) -> None:
+        """Finish an async request's job and deliver its outcome (the 202 went before)."""
         # Output files that webhooks carry, kept past the job's end until they are sent.
         kept: list[Path] = []
         try:
@@ -189,6 +218,8 @@ class Delivery:
                 body = payloads.prompt_complete(self._body(job, request, images))
                 await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
         except ApiError as exc:
+            if self._runner.hands_back(exc):
+                raise
             # After the 202 this line may be the only trace of the failure (a request without a webhook).
             logger.error(
                 "async request failed",
@@ -213,13 +244,18 @@ class Delivery:
         # The job ends first: the failure webhooks carry no files, and their retries must not hold it open.
         job.mark_ended(error)
         await self._runner.close(job)
+        await self._notify_failure(job.id, job.graph, request, error)
+
+    async def _notify_failure(
+        self, job_id: str, graph: dict[str, Any], request: PromptRequest, error: ApiError
+    ) -> None:
         details = {key: value for key, value in error.extra.items() if key != "location"}
         if request.webhook_v2:
-            body = payloads.prompt_failed(job.id, job.graph, error.message, **details)
-            await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
+            body = payloads.prompt_failed(job_id, graph, error.message, **details)
+            await self._webhooks.send(request.webhook_v2, body, message_id=job_id)
         elif request.webhook:
             await self._webhooks.send(
-                request.webhook, payloads.legacy_failed(job.id, job.graph, error.message), signed=False
+                request.webhook, payloads.legacy_failed(job_id, graph, error.message), signed=False
             )
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:

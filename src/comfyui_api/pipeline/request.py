@@ -48,6 +48,14 @@ class PromptOptions(BaseModel):
         "caps it. At expiry the prompt is interrupted and the request fails with 504.",
     )
 
+    priority: int | None = Field(
+        None,
+        ge=0,
+        le=9,
+        description="Fleet mode: the job's priority level, 0 (the default) to FLEET_PRIORITY_LEVELS - 1 (the most "
+        "urgent); FIFO within a level. A standalone server runs its requests in the order they come.",
+    )
+
     credentials: list[Credential] | None = Field(
         None,
         description="Credentials for the URLs in the prompt: the first `url_pattern` that matches a URL gives its "

@@ -50,7 +50,12 @@ class PromptRunner:
         janitor: Janitor,
         *,
         assets: AssetSource | None = None,
+        hand_back: bool = False,
     ) -> None:
+        """`hand_back`: a job ComfyUI fails under (it exits, is restarted or cannot be reached) is not queued in it
+        again here but ended without an outcome, its record queued, and ComfyUnavailable raised: a fleet worker then
+        hands the job back to the broker, for whichever worker takes it next."""
+        self._hand_back = hand_back
         self._settings = settings
         self._client = client
         self._events = events
@@ -159,7 +164,13 @@ class PromptRunner:
     def _may_retry(self, job: Job) -> bool:
         """Whether the job gets another attempt after ComfyUI failed it: not once it was interrupted, or its
         attempts (JOB_MAX_ATTEMPTS) are spent; its deadline bounds the retries too (PromptTimeout)."""
+        if self._hand_back:
+            return False
         return not job.interrupt_requested and job.record.attempts < self._settings.job_max_attempts
+
+    def hands_back(self, exc: BaseException) -> bool:
+        """Whether `exc` ends a job's attempt without an outcome, for the broker to run it again elsewhere."""
+        return self._hand_back and isinstance(exc, ComfyUnavailable)
 
     def _requeue(self, job: Job, exc: ComfyUnavailable) -> None:
         logger.warning(
@@ -257,7 +268,9 @@ class PromptRunner:
             job.mark_abandoned()
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
-        if isinstance(exc, Exception):
+        if self.hands_back(exc):
+            job.suspend()
+        elif isinstance(exc, Exception):
             job.mark_ended(exc)
         else:
             self._abandon(job)

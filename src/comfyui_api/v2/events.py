@@ -35,7 +35,7 @@ import math
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar
 
 from ..comfy.previews import JPEG, Preview, as_jpeg, decode_preview
 from ..errors import V2Error
@@ -450,6 +450,11 @@ class JobStream:
         self.close()
 
 
+class Remote(Protocol):
+    async def follow(self, job_id: str) -> None:
+        """Feed the job's record changes made on another replica to `JobEvents.on_record`, until it ends."""
+
+
 class JobEvents:
     """The live events of this server's jobs (see the module's docstring); one per server, used in its event loop."""
 
@@ -475,6 +480,8 @@ class JobEvents:
         # Finished jobs in the order they finished: the first to go when there are too many jobs.
         self._finished: dict[str, _JobLog] = {}
         self._streams: weakref.WeakSet[JobStream] = weakref.WeakSet()
+        # Fleet mode: where the events of a job running on another replica come from (fleet/relay.py's Followers).
+        self.remote: Remote | None = None
 
     @property
     def streams(self) -> int:
@@ -577,6 +584,13 @@ class JobEvents:
             if record is None:
                 return None
             log = self._jobs.get(job_id)  # it may have started while the store answered
+            if log is None and self.remote is not None and not record.terminal:
+                # It runs on another replica: its events come from there, from this snapshot on.
+                await self.remote.follow(job_id)
+                log = self._jobs.get(job_id)
+                if log is None:
+                    self.on_record(record)
+                    log = self._jobs[job_id]
             if log is None:
                 return _Frames(_stored_events(record, last_event_id))
         # Caught up and subscribed in one step, with no await between: no event is missed or sent twice. From here

@@ -1,0 +1,297 @@
+"""The fleet's RabbitMQ: its objects, and every AMQP operation the server performs (the one place aio-pika's
+errors are converted, into BrokerError).
+
+Objects, named from FLEET_QUEUE_PREFIX (`p` below):
+- `p.jobs.p0` … `p.jobs.pN` (N = FLEET_PRIORITY_LEVELS - 1, the most urgent): one durable quorum queue per priority
+  level. Quorum queues replicate, count deliveries and dead-letter a message past their delivery limit; they take
+  priorities only from RabbitMQ 4.0, so levels are queues, FIFO each, and a worker takes the most urgent it holds
+  (worker.py). `x-delivery-limit` is JOB_MAX_ATTEMPTS - 1 redeliveries: JOB_MAX_ATTEMPTS deliveries in all.
+  `x-consumer-timeout` lets a job run as long as PROMPT_TIMEOUT_S allows (RabbitMQ 3.12 and later; older brokers
+  need `consumer_timeout` in rabbitmq.conf, see the README).
+- `p.dead`: the fanout exchange those queues dead-letter to, bound to `p.jobs.dead` (kept for operators) and to
+  `p.jobs.dead.notify` (read by the replicas, which fail the job's record).
+- `p.events` (topic): each job's events, routing key `job.<id>`; a replica binds the ids it streams or waits for.
+- `p.control` (fanout): cancel requests, to every worker.
+- A server-named exclusive queue per replica: the bodies of synchronous answers that workers stream back to it.
+
+The connection is aio-pika's robust one: after a broker restart it reconnects (every RECONNECT_INTERVAL_S) and
+declares again the queues, bindings and consumers it had. Publishing waits for the broker's confirm, so a job the API
+accepted is on disk in a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    DeliveryMode,
+    ExchangeType,
+)
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from ..errors import BrokerError
+from ..urls import redact_url
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_INTERVAL_S = 2.0
+# Seconds an AMQP call may take before the broker counts as unreachable: submissions fail fast with 503.
+CALL_TIMEOUT_S = 10.0
+
+Consumer = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+    levels: int
+
+    def job_queue(self, level: int) -> str:
+        return f"{self.prefix}.jobs.p{level}"
+
+    @property
+    def job_queues(self) -> list[str]:
+        return [self.job_queue(level) for level in range(self.levels)]
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.jobs.dead"
+
+    @property
+    def dead_notify_queue(self) -> str:
+        return f"{self.prefix}.jobs.dead.notify"
+
+    @property
+    def events_exchange(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def control_exchange(self) -> str:
+        return f"{self.prefix}.control"
+
+
+def event_key(job_id: str) -> str:
+    return f"job.{job_id}"
+
+
+@contextlib.contextmanager
+def converted(what: str) -> Iterator[None]:
+    """aio-pika's, aiormq's and the socket's errors, and a call that timed out, as BrokerError."""
+    try:
+        yield
+    except (AMQPError, aiormq.exceptions.AMQPError, ChannelInvalidStateError, OSError, TimeoutError) as exc:
+        raise BrokerError(f"{what}: {type(exc).__name__}: {exc}") from exc
+
+
+class Broker:
+    def __init__(self, url: str, topology: Topology, *, max_attempts: int, consumer_timeout_ms: int) -> None:
+        self._url = url
+        self.where = redact_url(url)
+        self.topology = topology
+        self._max_attempts = max_attempts
+        self._consumer_timeout_ms = consumer_timeout_ms
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._events_queue: AbstractQueue | None = None
+        self._reply_queue: AbstractQueue | None = None
+        self._bound: set[str] = set()
+
+    @property
+    def connected(self) -> bool:
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.transport is not None
+
+    async def connect(self) -> None:
+        """Connect and declare the fleet's objects; BrokerError when the broker does not answer or refuses."""
+        with converted(f"cannot connect to the broker {self.where}"):
+            self._connection = await asyncio.wait_for(
+                aio_pika.connect_robust(self._url, reconnect_interval=RECONNECT_INTERVAL_S), CALL_TIMEOUT_S
+            )
+            self._publisher = await self._connection.channel(publisher_confirms=True)
+            await self._declare(self._publisher)
+            self._connection.reconnect_callbacks.add(self._reconnected)
+        logger.info("connected to the broker", extra={"broker": self.where})
+
+    async def _declare(self, channel: AbstractChannel) -> None:
+        names = self.topology
+        dead = await channel.declare_exchange(names.dead_exchange, ExchangeType.FANOUT, durable=True)
+        for name in (names.dead_queue, names.dead_notify_queue):
+            queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+            await queue.bind(dead)
+        for name in names.job_queues:
+            await channel.declare_queue(
+                name,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-delivery-limit": self._max_attempts - 1,
+                    "x-dead-letter-exchange": names.dead_exchange,
+                    "x-consumer-timeout": self._consumer_timeout_ms,
+                },
+            )
+        self._exchanges = {
+            "events": await channel.declare_exchange(names.events_exchange, ExchangeType.TOPIC, durable=True),
+            "control": await channel.declare_exchange(names.control_exchange, ExchangeType.FANOUT, durable=True),
+            "default": channel.default_exchange,
+        }
+
+    def _reconnected(self, *_: Any) -> None:
+        logger.info("reconnected to the broker", extra={"broker": self.where})
+
+    # Publishing -------------------------------------------------------------------------------------------
+    async def publish_job(
+        self,
+        body: bytes,
+        level: int,
+        *,
+        job_id: str,
+        reply_to: str | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Put a job in the queue of its priority level; returns once the broker confirmed it (on disk)."""
+        message = aio_pika.Message(
+            body,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=job_id,
+            correlation_id=job_id,
+            reply_to=reply_to,
+            content_type="application/json",
+            headers=headers or {},
+        )
+        await self._publish("default", message, self.topology.job_queue(level), what="cannot queue the job")
+
+    async def publish_event(self, job_id: str, body: bytes) -> None:
+        """A job's event, for the replicas that follow the job (not persisted: terminal states are in the store)."""
+        message = aio_pika.Message(body, content_type="application/json", delivery_mode=DeliveryMode.NOT_PERSISTENT)
+        await self._publish(
+            "events", message, event_key(job_id), what="cannot publish the job's event", mandatory=False
+        )
+
+    async def publish_control(self, body: bytes) -> None:
+        message = aio_pika.Message(body, content_type="application/json")
+        await self._publish("control", message, "", what="cannot send the control message", mandatory=False)
+
+    async def publish_reply(self, reply_to: str, body: bytes, *, job_id: str, headers: dict[str, Any]) -> None:
+        """A chunk of a synchronous answer, to the replica that waits for it."""
+        message = aio_pika.Message(body, correlation_id=job_id, headers=headers)
+        await self._publish("default", message, reply_to, what="cannot send the answer", mandatory=False)
+
+    async def _publish(
+        self, exchange: str, message: aio_pika.Message, routing_key: str, *, what: str, mandatory: bool = True
+    ) -> None:
+        if not self.connected or exchange not in self._exchanges:
+            raise BrokerError(f"{what}: the broker {self.where} is not connected")
+        with converted(what):
+            confirmation = await self._exchanges[exchange].publish(
+                message, routing_key, mandatory=mandatory, timeout=CALL_TIMEOUT_S
+            )
+        if isinstance(confirmation, aiormq.abc.DeliveredMessage):  # returned: no queue took it
+            raise BrokerError(f"{what}: no queue {routing_key!r} took it")
+        if confirmation is not None and not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise BrokerError(f"{what}: the broker did not confirm it ({type(confirmation).__name__})")
+
+    # Consuming -------------------------------------------------------------------------------------------
+    async def consume_jobs(self, callback: Consumer, prefetch: int) -> list[str]:
+        """Consume every job queue on a channel of its own, at most `prefetch` unacknowledged jobs per queue; the
+        consumer tags."""
+        channel = await self._channel(prefetch)
+        tags = []
+        with converted("cannot consume the job queues"):
+            for name in self.topology.job_queues:
+                queue = await channel.get_queue(name, ensure=False)
+                tags.append(await queue.consume(callback))
+        self._job_channel = channel
+        return tags
+
+    async def stop_consuming_jobs(self, tags: list[str]) -> None:
+        """Take no more jobs; the ones held stay held until each is acknowledged or handed back."""
+        channel = getattr(self, "_job_channel", None)
+        if channel is None:
+            return
+        with converted("cannot stop consuming"):
+            for name, tag in zip(self.topology.job_queues, tags, strict=True):
+                queue = await channel.get_queue(name, ensure=False)
+                await queue.cancel(tag)
+
+    async def consume_dead(self, callback: Consumer) -> None:
+        channel = await self._channel(16)
+        with converted("cannot consume the dead-letter notices"):
+            queue = await channel.get_queue(self.topology.dead_notify_queue, ensure=False)
+            await queue.consume(callback)
+
+    async def consume_control(self, callback: Consumer) -> None:
+        channel = await self._channel(64)
+        with converted("cannot consume control messages"):
+            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await queue.bind(self.topology.control_exchange)
+            await queue.consume(callback, no_ack=True)
+
+    async def consume_events(self, callback: Consumer) -> None:
+        """This replica's queue of job events, bound to no job yet (`follow`)."""
+        channel = await self._channel(256)
+        with converted("cannot consume job events"):
+            self._events_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await self._events_queue.consume(callback, no_ack=True)
+
+    async def follow(self, job_id: str) -> None:
+        """Receive the job's events (on the queue of `consume_events`)."""
+        key = event_key(job_id)
+        if self._events_queue is None or key in self._bound:
+            return
+        self._bound.add(key)
+        with converted("cannot follow the job's events"):
+            await self._events_queue.bind(self.topology.events_exchange, key)
+
+    async def unfollow(self, job_id: str) -> None:
+        key = event_key(job_id)
+        if self._events_queue is None or key not in self._bound:
+            return
+        self._bound.discard(key)
+        with converted("cannot unfollow the job's events"):
+            await self._events_queue.unbind(self.topology.events_exchange, key)
+
+    async def consume_replies(self, callback: Consumer, prefetch: int) -> str:
+        """This replica's queue for synchronous answers; its name (a job's `reply_to`)."""
+        channel = await self._channel(prefetch)
+        with converted("cannot consume answers"):
+            self._reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            await self._reply_queue.consume(callback)
+        return self._reply_queue.name
+
+    async def queue_depth(self, level: int) -> int:
+        """Messages ready in a job queue (not counting the ones workers hold)."""
+        assert self._publisher is not None
+        with converted("cannot read the queue's depth"):
+            queue = await self._publisher.declare_queue(self.topology.job_queue(level), passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+    async def _channel(self, prefetch: int) -> AbstractChannel:
+        if self._connection is None:
+            raise BrokerError(f"the broker {self.where} is not connected")
+        with converted("cannot open a channel"):
+            channel = await self._connection.channel()
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                await self._connection.close()
+            self._connection = None

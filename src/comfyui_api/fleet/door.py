@@ -1,0 +1,152 @@
+"""The fleet's front door for /prompt and workflow requests: each is checked as a standalone server checks it,
+recorded in the shared store, and queued in the broker; any worker runs it.
+
+An async request is answered 202 once its record is written and the broker confirmed its message. A synchronous one
+waits for its answer, which the worker streams to this replica (relay.py); or, with FLEET_SYNC_LOCAL=true, runs
+here. When the store or the broker does not answer, the request fails fast with 503 and nothing is left half-queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from ..errors import ApiError, BadRequest, BrokerError, Conflict, FleetUnavailable, JobStoreError
+from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
+from ..jobstore.writer import RecordWriter
+from ..pipeline.delivery import Answer, Delivery
+from ..pipeline.preprocess import require_saving_node
+from ..pipeline.request import PromptRequest
+from ..webhooks.body import JsonBody
+from .broker import Broker
+from .messages import JobMessage, revealed
+from .relay import Answers, RelayedBody
+from .sealing import Sealer
+
+logger = logging.getLogger(__name__)
+
+
+class FleetDoor:
+    def __init__(
+        self,
+        broker: Broker,
+        sealer: Sealer,
+        records: RecordWriter,
+        answers: Answers,
+        delivery: Delivery,
+        *,
+        levels: int,
+        sync_local: bool,
+    ) -> None:
+        self._broker = broker
+        self._sealer = sealer
+        self._records = records
+        self._answers = answers
+        self._delivery = delivery
+        self._levels = levels
+        self._sync_local = sync_local
+
+    async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Answer:
+        if not request.is_async and self._sync_local:
+            return await self._delivery.handle(request, extra=extra)
+        priority = request.priority or 0
+        if priority >= self._levels:
+            raise BadRequest(
+                f"priority: {priority} is above the highest level, {self._levels - 1} (FLEET_PRIORITY_LEVELS)",
+                location="priority",
+            )
+        await self._delivery.check(request)
+        graph = request.graph()
+        require_saving_node(graph)
+        replay = request.replay()
+        replay.pop("needs_memory", None)  # its credentials travel sealed with the job
+        record = JobRecord(id=request.id, created_at=now_ms(), request=replay, delivery=request.echo())
+        message = JobMessage(
+            id=request.id,
+            kind=JobKind.PROMPT,
+            request=replay,
+            priority=priority,
+            sync=not request.is_async,
+            extra=extra or {},
+            secrets=revealed(request, "credentials"),
+        )
+        if request.is_async:
+            await self._queue(record, message)
+            accepted = {**request.echo(), "status": "ok", "id": request.id, "prompt": graph, **(extra or {})}
+            return Answer(202, JsonBody(accepted))
+        async with self._answers.expecting(request.id) as chunks:
+            await self._queue(record, message, reply_to=self._answers.queue_name)
+            return await self._answer(request.id, chunks)
+
+    async def _queue(self, record: JobRecord, message: JobMessage, *, reply_to: str | None = None) -> None:
+        try:
+            found = await self._records.get(record.id)
+            if found is not None and not found.terminal:
+                raise Conflict(f"A request with id {record.id!r} is already in progress", location="id")
+            self._records.changed(record)
+            await self._records.saved(record)
+        except JobStoreError as exc:
+            raise FleetUnavailable(f"The job store does not answer: {exc}") from None
+        try:
+            await self._broker.publish_job(
+                message.encode(self._sealer), message.priority, job_id=record.id, reply_to=reply_to
+            )
+        except BrokerError as exc:
+            # Not queued: its record must not say it waits.
+            record.status, record.completed_at = JobStatus.FAILED, now_ms()
+            record.error = {"error": f"The job could not be queued: {exc}", "status_code": 503}
+            self._records.changed(record)
+            raise FleetUnavailable(f"The broker does not answer: {exc}") from None
+
+    async def _answer(self, job_id: str, chunks: asyncio.Queue[AbstractIncomingMessage]) -> Answer:
+        """Wait for the first chunk of the job's answer, or for the job to end without one (its record says how)."""
+        while True:
+            try:
+                first = await asyncio.wait_for(chunks.get(), timeout=_RECHECK_S)
+                break
+            except TimeoutError:
+                try:
+                    record = await self._records.store.get(job_id)
+                except JobStoreError as exc:
+                    logger.warning("a waiting job's record could not be read", extra={"reason": str(exc)})
+                    continue
+                if record is not None and record.terminal and chunks.empty():
+                    return _from_record(record)
+        headers = first.headers or {}
+        body = RelayedBody(int(headers.get("length") or len(first.body)), first.body, self._rest(first, chunks))
+        await first.ack()
+        return Answer(int(headers.get("status") or 200), body)
+
+    async def _rest(
+        self, first: AbstractIncomingMessage, chunks: asyncio.Queue[AbstractIncomingMessage]
+    ) -> AsyncIterator[bytes]:
+        if (first.headers or {}).get("last"):
+            return
+        attempt = (first.headers or {}).get("attempt")
+        while True:
+            chunk = await chunks.get()
+            headers = chunk.headers or {}
+            await chunk.ack()
+            if headers.get("attempt") != attempt:
+                # Another attempt's answer: the worker that streamed this one died mid-way. What was sent stands.
+                raise ApiError("The worker answering the request stopped mid-way", status_code=502)
+            yield chunk.body
+            if headers.get("last"):
+                return
+
+
+# How often a synchronous request's waiter re-reads its job's record while no answer comes.
+_RECHECK_S = 2.0
+
+
+def _from_record(record: JobRecord) -> Answer:
+    """The answer of a job that ended without a streamed one: its error, or 502 for an answer lost on the way."""
+    error = dict(record.error or {})
+    status = int(error.pop("status_code", 502))
+    if record.status is JobStatus.SUCCEEDED or not error:
+        status, error = 502, {"error": "The job ended, but its answer was lost on the way"}
+    return Answer(status, JsonBody(error))

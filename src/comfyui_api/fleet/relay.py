@@ -1,0 +1,292 @@
+"""What travels between replicas besides the jobs: each job's record changes (its events), cancel requests, the
+bodies of synchronous answers, and the dead-letter queue's notices.
+
+Events: every record change a worker makes is published on the events exchange under `job.<id>` (progress at most
+every PROGRESS_INTERVAL_S, everything else at once). A replica that streams a job's events or waits for its answer
+follows that key and feeds what arrives into its own event hub (v2/events.py), as if the job ran here. Events are
+not persisted: a waiter also re-reads the job's record from the store every RECHECK_INTERVAL_S, so a lost event
+delays it by that much at most and never hangs it.
+
+Answers: a worker running a synchronous /prompt streams its body to the replica holding the connection, in chunks
+of CHUNK_BYTES, on that replica's own queue (`reply_to`); the first says the status code and the body's length. The
+replica acknowledges a chunk once it is handed to the HTTP response, so at most REPLY_PREFETCH chunks are in its
+memory, however large the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from ..errors import ApiError, BrokerError, FleetUnavailable, JobStoreError
+from ..jobstore.records import JobRecord, JobStatus, now_ms, record_row, row_record
+from ..jobstore.writer import RecordWriter
+from .broker import Broker
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.25
+RECHECK_INTERVAL_S = 2.0
+CHUNK_BYTES = 256 * 1024
+REPLY_PREFETCH = 64
+# Cancel requests remembered for a job that may arrive at a worker after them.
+_CANCELS_KEPT = 4096
+_DEAD = "It went to the dead-letter queue: its attempts (JOB_MAX_ATTEMPTS) are spent"
+
+
+class EventsOut:
+    """Publishes this worker's record changes; never waits (publishing runs in one task, latest record per job)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._pending: dict[str, JobRecord] = {}
+        self._last_progress: dict[str, float] = {}
+        self._wake = asyncio.Event()
+
+    def on_record(self, record: JobRecord) -> None:
+        # Copied as JSON now: the job goes on changing its record.
+        self._pending[record.id] = row_record(record_row(record))
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            pending, self._pending = self._pending, {}
+            for job_id, record in pending.items():
+                if record.status is JobStatus.RUNNING and not self._due(job_id):
+                    self._pending.setdefault(job_id, record)  # a progress step: sent with the next due one
+                    continue
+                if record.terminal:
+                    self._last_progress.pop(job_id, None)
+                try:
+                    await self._broker.publish_event(job_id, json.dumps(record_row(record)).encode())
+                except BrokerError as exc:
+                    # Followers re-read the store: a lost event delays them, never hangs them.
+                    logger.debug("a job event was not published", extra={"request_id": job_id, "reason": str(exc)})
+            if self._pending:
+                await asyncio.sleep(PROGRESS_INTERVAL_S)
+                self._wake.set()
+
+    def _due(self, job_id: str) -> bool:
+        now = time.monotonic()
+        if now - self._last_progress.get(job_id, 0.0) < PROGRESS_INTERVAL_S:
+            return False
+        self._last_progress[job_id] = now
+        return True
+
+
+class Followers:
+    """The jobs this replica follows, until each ends: their events from the broker, and their records re-read from
+    the store."""
+
+    def __init__(self, broker: Broker, records: RecordWriter, on_record: Callable[[JobRecord], None]) -> None:
+        self._broker = broker
+        self._records = records
+        self._on_record = on_record
+        self._followed: set[str] = set()
+
+    async def start(self) -> None:
+        await self._broker.consume_events(self._received)
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        try:
+            record = row_record(json.loads(message.body))
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("an unreadable job event was dropped", extra={"reason": f"{type(exc).__name__}: {exc}"})
+            return
+        await self._seen(record)
+
+    async def _seen(self, record: JobRecord) -> None:
+        if record.id not in self._followed:
+            return
+        self._on_record(record)
+        if record.terminal:
+            await self.unfollow(record.id)
+
+    async def follow(self, job_id: str) -> None:
+        if job_id not in self._followed:
+            self._followed.add(job_id)
+            await self._broker.follow(job_id)
+
+    async def unfollow(self, job_id: str) -> None:
+        if job_id in self._followed:
+            self._followed.discard(job_id)
+            with contextlib.suppress(BrokerError):
+                await self._broker.unfollow(job_id)
+
+    async def recheck(self) -> None:
+        """Every RECHECK_INTERVAL_S, the followed jobs' records as the store has them (an ended job's end)."""
+        while True:
+            await asyncio.sleep(RECHECK_INTERVAL_S)
+            for job_id in list(self._followed):
+                try:
+                    record = await self._records.store.get(job_id)
+                except JobStoreError as exc:
+                    logger.warning("a followed job's record could not be read", extra={"reason": str(exc)})
+                    break
+                if record is not None and record.terminal:
+                    await self._seen(record)
+
+
+class Cancels:
+    """Cancel requests for jobs that run elsewhere: sent to every worker, which interrupts the job if it has it,
+    and remembers the id for a job that reaches it later."""
+
+    def __init__(self, broker: Broker, interrupt: Callable[[str], Awaitable[bool]]) -> None:
+        self._broker = broker
+        self._interrupt = interrupt
+        self._recent: dict[str, None] = {}
+
+    async def start(self) -> None:
+        await self._broker.consume_control(self._received)
+
+    async def request(self, job_id: str) -> None:
+        try:
+            await self._broker.publish_control(json.dumps({"cancel": job_id}).encode())
+        except BrokerError as exc:
+            raise FleetUnavailable(f"The cancel could not reach the workers: {exc}") from None
+
+    def canceled(self, job_id: str) -> bool:
+        return job_id in self._recent
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        try:
+            job_id = str(json.loads(message.body)["cancel"])
+        except (ValueError, KeyError, TypeError):
+            logger.warning("an unreadable control message was dropped")
+            return
+        self._recent[job_id] = None
+        while len(self._recent) > _CANCELS_KEPT:
+            del self._recent[next(iter(self._recent))]
+        await self._interrupt(job_id)
+
+
+class DeadLetters:
+    """The dead-letter queue's notices: a job that went there (its worker died on each attempt) is failed in the
+    store, with every attempt's error its record kept."""
+
+    def __init__(self, broker: Broker, records: RecordWriter) -> None:
+        self._broker = broker
+        self._records = records
+
+    async def start(self) -> None:
+        await self._broker.consume_dead(self._received)
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        job_id = message.message_id or message.correlation_id
+        try:
+            record = await self._records.store.get(job_id) if job_id else None
+            if record is not None and not record.terminal:
+                attempts = _delivery_count(message)
+                record.attempt_errors = [
+                    *record.attempt_errors,
+                    {"attempt": attempts, "error": "The worker running it stopped before it ended", "at": now_ms()},
+                ]
+                record.attempts = max(record.attempts, attempts)
+                record.status, record.completed_at, record.queue_position = JobStatus.FAILED, now_ms(), None
+                record.error = {"error": _DEAD, "status_code": 503}
+                self._records.changed(record)
+                await self._records.saved(record)
+                logger.warning("a job went to the dead-letter queue", extra={"request_id": job_id})
+        except JobStoreError as exc:
+            logger.warning("a dead-letter notice waits for the job store", extra={"reason": str(exc)})
+            await message.nack(requeue=True)
+            return
+        await message.ack()
+
+
+def _delivery_count(message: AbstractIncomingMessage) -> int:
+    deaths = (message.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return int(deaths[0].get("count") or 1)
+    return int((message.headers or {}).get("x-delivery-count") or 1)
+
+
+class RelayedBody:
+    """A synchronous answer's body as a worker streams it here (api/answers.py's body interface)."""
+
+    def __init__(self, length: int, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        self._length = length
+        self._first = first
+        self._rest = rest
+
+    def is_small(self) -> bool:
+        return False
+
+    def size(self) -> int:
+        return self._length
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        yield self._first
+        async for chunk in self._rest:
+            yield chunk
+
+
+class Answers:
+    """The synchronous answers workers stream to this replica, by job id."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+        self._waiting: dict[str, asyncio.Queue[AbstractIncomingMessage]] = {}
+        self.queue_name = ""
+
+    async def start(self) -> None:
+        self.queue_name = await self._broker.consume_replies(self._received, REPLY_PREFETCH)
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        waiting = self._waiting.get(message.correlation_id or "")
+        if waiting is None:
+            await message.ack()  # its client left: nobody reads it
+            return
+        waiting.put_nowait(message)
+
+    @contextlib.asynccontextmanager
+    async def expecting(self, job_id: str) -> AsyncIterator[asyncio.Queue[AbstractIncomingMessage]]:
+        chunks: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._waiting[job_id] = chunks
+        try:
+            yield chunks
+        finally:
+            del self._waiting[job_id]
+            while not chunks.empty():
+                with contextlib.suppress(Exception):
+                    await chunks.get_nowait().ack()
+
+
+async def send_answer(
+    broker: Broker, reply_to: str, job_id: str, attempt: int, status_code: int, chunks: Iterator[bytes], length: int
+) -> None:
+    """Stream an answer's body to `reply_to`, in chunks of CHUNK_BYTES at most (`chunks` is read in a thread)."""
+    seq = 0
+    pending = b""
+    iterator = iter(chunks)
+
+    async def send(data: bytes, last: bool) -> None:
+        nonlocal seq
+        headers: dict[str, Any] = {"seq": seq, "attempt": attempt, "last": last}
+        if seq == 0:
+            headers |= {"status": status_code, "length": length}
+        await broker.publish_reply(reply_to, data, job_id=job_id, headers=headers)
+        seq += 1
+
+    while True:
+        chunk = await asyncio.to_thread(next, iterator, None)
+        if chunk is None:
+            break
+        pending += chunk
+        while len(pending) >= CHUNK_BYTES:
+            await send(pending[:CHUNK_BYTES], False)
+            pending = pending[CHUNK_BYTES:]
+    await send(pending, True)
+
+
+def error_answer(exc: ApiError) -> bytes:
+    return json.dumps(exc.body(), separators=(",", ":")).encode()

@@ -1,0 +1,211 @@
+"""A fleet worker: takes jobs from the broker for its own ComfyUI, runs each through its front door's pipeline, and
+acknowledges it only once the job's outputs are delivered and its record is terminal and written.
+
+It holds at most 1 + FLEET_LOOKAHEAD jobs per priority queue (the broker's prefetch) and runs at most 1 +
+FLEET_LOOKAHEAD at once, the most urgent first, FIFO within a level: the look-ahead job waits in ComfyUI's own queue,
+so ComfyUI never idles between jobs.
+
+At-least-once: a job whose worker dies or loses the broker mid-job is delivered again (quorum queues count the
+deliveries, `x-delivery-count`); its record shows the attempt and why the one before ended. A job ComfyUI fails under
+is handed back (nack, requeue) for any worker; on its last attempt (JOB_MAX_ATTEMPTS) it is rejected to the
+dead-letter queue with its record failed. A redelivered job whose record is terminal already is acknowledged without
+running again. On drain the worker stops consuming and hands back the jobs it holds but has not started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from ..errors import ApiError, BrokerError, SealError
+from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
+from ..jobstore.writer import RecordWriter
+from .broker import Broker, converted
+from .messages import JobMessage
+from .sealing import Sealer
+
+logger = logging.getLogger(__name__)
+
+# Runs one job to its end (outputs delivered, record ended) from its message and its record as the store has it.
+RunJob = Callable[[JobMessage, JobRecord], Awaitable[None]]
+
+_LOST = "The worker running it stopped or lost the broker before it ended"
+_HANDED_BACK = "The worker holding it was stopping: it was handed back to the queue"
+_CANCELED = "Canceled before it ran"
+
+
+@dataclass(order=True)
+class _Held:
+    # heapq pops the smallest: the most urgent level first, then the first received.
+    rank: tuple[int, int]
+    message: AbstractIncomingMessage = field(compare=False)
+    job: JobMessage = field(compare=False)
+
+
+class FleetWorker:
+    def __init__(
+        self,
+        broker: Broker,
+        sealer: Sealer,
+        records: RecordWriter,
+        runners: Mapping[JobKind, RunJob],
+        *,
+        lookahead: int,
+        max_attempts: int,
+        is_canceled: Callable[[str], bool],
+    ) -> None:
+        self._broker = broker
+        self._sealer = sealer
+        self._records = records
+        self._runners = runners
+        self._slots = 1 + lookahead
+        self._max_attempts = max_attempts
+        self._is_canceled = is_canceled
+        self._held: list[_Held] = []
+        self._order = itertools.count()
+        self._running: set[asyncio.Task[None]] = set()
+        self._tags: list[str] = []
+        self._stopping = False
+
+    @property
+    def busy(self) -> int:
+        """Jobs held or running."""
+        return len(self._held) + len(self._running)
+
+    async def start(self) -> None:
+        self._tags = await self._broker.consume_jobs(self._received, self._slots)
+
+    async def _received(self, message: AbstractIncomingMessage) -> None:
+        try:
+            job = JobMessage.decode(message.body, self._sealer)
+        except (BrokerError, SealError) as exc:
+            # Never runnable here, nor on any worker with this key: straight to the dead-letter queue.
+            logger.error("a job message cannot be read; dead-lettered", extra={"reason": str(exc)})
+            with converted("cannot reject the message"):
+                await message.reject(requeue=False)
+            return
+        job.reply_to = message.reply_to
+        if self._stopping:
+            await self._hand_back(message)
+            return
+        heapq.heappush(self._held, _Held((-job.priority, next(self._order)), message, job))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        while self._held and len(self._running) < self._slots and not self._stopping:
+            held = heapq.heappop(self._held)
+            task = asyncio.create_task(self._run(held), name=f"fleet-job-{held.job.id}")
+            self._running.add(task)
+            task.add_done_callback(self._ran)
+
+    def _ran(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("a fleet job's task failed", exc_info=task.exception())
+        self._schedule()
+
+    async def _run(self, held: _Held) -> None:
+        message, job = held.message, held.job
+        attempt = int((message.headers or {}).get("x-delivery-count") or 0) + 1
+        record = await self._records.get(job.id)
+        if record is None or record.terminal:
+            # Ended already (a redelivery after the job's end, or a cancel), or expired: nothing to run.
+            await _ack(message)
+            return
+        if self._is_canceled(job.id):
+            record.status, record.completed_at = JobStatus.CANCELED, now_ms()
+            record.error = {"error": _CANCELED}
+            await self._save(record)
+            await _ack(message)
+            return
+        if attempt > record.attempts:
+            # The attempt before ended without a word from its worker.
+            record.attempt_errors = [
+                *record.attempt_errors,
+                {"attempt": record.attempts, "error": _LOST, "at": now_ms()},
+            ]
+        record.attempts = attempt
+        try:
+            await self._runners[job.kind](job, record)
+        except asyncio.CancelledError:
+            await self._end_attempt(message, record, _HANDED_BACK, last=False)
+            raise
+        except Exception as exc:
+            if not record.terminal:
+                # Handed back by the pipeline (ComfyUI failed under the job), or cut short before it could end.
+                why = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
+                await self._end_attempt(message, record, why, last=attempt >= self._max_attempts)
+                return
+            # It ended, failed, and its record says why.
+        await self._records.saved(record)
+        await _ack(message)
+
+    async def _end_attempt(self, message: AbstractIncomingMessage, record: JobRecord, why: str, *, last: bool) -> None:
+        record.attempt_errors = [*record.attempt_errors, {"attempt": record.attempts, "error": why, "at": now_ms()}]
+        if last:
+            record.status, record.completed_at = JobStatus.FAILED, now_ms()
+            record.error = {
+                "error": f"{why}; its {self._max_attempts} attempts (JOB_MAX_ATTEMPTS) are spent",
+                "status_code": 503,
+            }
+            record.queue_position = None
+        await self._save(record)
+        logger.warning(
+            "job attempt ended without an outcome",
+            extra={"request_id": record.id, "attempt": record.attempts, "reason": why, "dead_lettered": last},
+        )
+        with converted("cannot hand the job back"):
+            if last:
+                await message.reject(requeue=False)
+            else:
+                await message.nack(requeue=True)
+
+    async def _save(self, record: JobRecord) -> None:
+        self._records.changed(record)
+        await self._records.saved(record)
+
+    async def _hand_back(self, message: AbstractIncomingMessage) -> None:
+        with converted("cannot hand the job back"):
+            await message.nack(requeue=True)
+
+    async def drain(self) -> None:
+        """Take no more jobs and hand back the ones held but not started; the running ones run on."""
+        self._stopping = True
+        try:
+            await self._broker.stop_consuming_jobs(self._tags)
+        except BrokerError as exc:
+            logger.warning("could not stop consuming jobs", extra={"reason": str(exc)})
+        held, self._held = self._held, []
+        for entry in held:
+            try:
+                await self._hand_back(entry.message)
+            except BrokerError as exc:
+                # The channel is gone: the broker has the message back already.
+                logger.info(
+                    "a held job went back with the channel", extra={"request_id": entry.job.id, "why": str(exc)}
+                )
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        if self._running:
+            _, pending = await asyncio.wait(set(self._running), timeout=timeout_s)
+            return not pending
+        return True
+
+    async def aclose(self) -> None:
+        """Hand back the jobs still running (their tasks are cancelled: each nacks its message)."""
+        await self.drain()
+        for task in self._running:
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+
+async def _ack(message: AbstractIncomingMessage) -> None:
+    with converted("cannot acknowledge the job"):
+        await message.ack()

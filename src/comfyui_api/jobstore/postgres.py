@@ -1,0 +1,96 @@
+"""The fleet's shared job store: PostgreSQL (`JOB_STORE_URL=postgresql://…`), through SQLAlchemy Core's asyncio
+extension over asyncpg, with sql.py's tables and queries. Every replica reads and writes the same records, so any
+one answers for any job.
+
+Replicas that start together create the schema once: `open()` holds a transaction-scoped advisory lock while it
+checks the schema version and creates what is missing. A connection broken by a database restart is found by a
+ping when it is taken from the pool and replaced, so the store works again as soon as the database does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from sqlalchemy import Column, Integer, MetaData, Table, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from ..errors import ConfigError, JobStoreError
+from ..urls import redact_url
+from .records import now_ms
+from .sql import SqlJobStore, metadata
+
+SCHEMA_VERSION = 2
+# Any constant shared by every replica: the key of the advisory lock held while the schema is created.
+_SCHEMA_LOCK = 0x636F6D6679
+# Seconds to connect before a database that does not answer counts as down.
+CONNECT_TIMEOUT_S = 5.0
+
+_version_metadata = MetaData()
+_version_table = Table("comfyui_api_schema", _version_metadata, Column("version", Integer, nullable=False))
+
+
+def asyncpg_url(url: str) -> str:
+    """`postgresql://…` (as operators write it) with SQLAlchemy's asyncpg driver named; ConfigError if it is not a
+    PostgreSQL URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"JOB_STORE_URL: not a database URL: {redact_url(url)}") from None
+    if parsed.get_backend_name() not in {"postgresql", "postgres"}:
+        raise ConfigError(f"JOB_STORE_URL: only postgresql:// URLs are supported, got {parsed.drivername}://")
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+class PostgresJobStore(SqlJobStore):
+    def __init__(self, url: str, *, clock: Callable[[], int] = now_ms) -> None:
+        self._url = asyncpg_url(url)
+        self.where = redact_url(url)
+        super().__init__(postgresql_insert, self._convert, clock=clock)
+
+    async def open(self) -> None:
+        engine = create_async_engine(
+            self._url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30}
+        )
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+                await connection.run_sync(_version_metadata.create_all)
+                found = (await connection.execute(select(_version_table.c.version))).scalar()
+                if found is not None and found > SCHEMA_VERSION:
+                    raise ConfigError(
+                        f"JOB_STORE_URL: {self.where} holds job records of schema version {found}, which this version "
+                        f"of the server (schema {SCHEMA_VERSION}) cannot read"
+                    )
+                await connection.run_sync(metadata.create_all)
+                if found is None:
+                    await connection.execute(_version_table.insert().values(version=SCHEMA_VERSION))
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            await engine.dispose()
+            raise ConfigError(f"JOB_STORE_URL: cannot open the job store {self.where}: {_cause(exc)}") from None
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine = engine
+
+    async def ping(self) -> None:
+        """Raises JobStoreError unless the database answers now."""
+        with self._convert():
+            async with self._connected().connect() as connection:
+                await connection.execute(text("SELECT 1"))
+
+    @contextlib.contextmanager
+    def _convert(self) -> Iterator[None]:
+        # asyncpg's connection errors reach us as OSError or TimeoutError when the pool opens a new connection.
+        try:
+            yield
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            raise JobStoreError(f"job store {self.where}: {_cause(exc)}") from exc
+
+
+def _cause(exc: BaseException) -> Any:
+    return str(getattr(exc, "orig", None) or exc) or type(exc).__name__

@@ -1,0 +1,181 @@
+"""The job store's tables and queries, for any database SQLAlchemy Core's asyncio extension reaches: the embedded
+SQLite file (sqlite.py) and the fleet's shared PostgreSQL (postgres.py) differ only in how they are opened, how their
+errors are named, and their dialect's INSERT … ON CONFLICT."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    Row,
+    String,
+    Table,
+    and_,
+    delete,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .base import JobQuery
+from .records import JobRecord, JobStatus, now_ms, record_row, row_record
+
+
+class Insert(Protocol):
+    """A dialect's `insert(table)` (sqlalchemy.dialects.sqlite / postgresql): both have ON CONFLICT."""
+
+    def __call__(self, table: Table) -> Any: ...
+
+
+metadata = MetaData()
+jobs_table = Table(
+    "jobs",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("status", String, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("started_at", BigInteger),
+    Column("completed_at", BigInteger),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("queue_position", Integer),
+    Column("attempts", Integer, nullable=False),
+    # none_as_null: a record's None is SQL NULL, not the JSON text 'null'.
+    Column("progress", JSON(none_as_null=True)),
+    Column("outputs", JSON, nullable=False),
+    Column("error", JSON(none_as_null=True)),
+    Column("delivery", JSON, nullable=False),
+    Column("kind", String, nullable=False, server_default="prompt"),
+    Column("request", JSON(none_as_null=True)),
+    Column("attempt_errors", JSON, nullable=False, server_default="[]"),
+    Index("jobs_by_expiry", "expires_at"),
+    Index("jobs_by_creation", "created_at", "id"),
+)
+
+# Comfy API v2's Idempotency-Keys, claimed until they expire.
+keys_table = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key", String, primary_key=True),
+    Column("expires_at", BigInteger, nullable=False),
+)
+
+
+class SqlJobStore:
+    """JobStore's queries. A subclass opens `_engine`; `converted()` turns the driver's errors into JobStoreError."""
+
+    def __init__(
+        self,
+        insert: Insert,
+        converted: Callable[[], contextlib.AbstractContextManager[None]],
+        *,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self._insert = insert
+        self._converted = converted
+        self._clock = clock
+        self._engine: AsyncEngine | None = None
+        upsert = insert(jobs_table)
+        self._upsert = upsert.on_conflict_do_update(
+            index_elements=[jobs_table.c.id],
+            set_={column.name: upsert.excluded[column.name] for column in jobs_table.c if column.name != "id"},
+        )
+
+    async def save(self, records: Sequence[JobRecord]) -> None:
+        if not records:
+            return
+        with self._converted():
+            async with self._connected().begin() as connection:
+                await connection.execute(self._upsert, [_row(record) for record in records])
+
+    async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
+        """Replace the stored record by `record` only while the stored one is in one of `statuses`: whether it was
+        (a cancel that must not overwrite a job another replica has taken on)."""
+        row = _row(record)
+        del row["id"]
+        statement = (
+            update(jobs_table)
+            .where(jobs_table.c.id == record.id, jobs_table.c.status.in_([status.value for status in statuses]))
+            .values(row)
+        )
+        with self._converted():
+            async with self._connected().begin() as connection:
+                result = await connection.execute(statement)
+        return bool(result.rowcount == 1)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        statement = select(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.expires_at > self._clock())
+        with self._converted():
+            async with self._connected().connect() as connection:
+                row = (await connection.execute(statement)).first()
+        return _record(row) if row is not None else None
+
+    async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
+        table = jobs_table.c
+        statement = select(jobs_table).where(table.expires_at > self._clock())
+        if query.kind is not None:
+            statement = statement.where(table.kind == query.kind.value)
+        if query.statuses is not None:
+            statement = statement.where(table.status.in_([status.value for status in query.statuses]))
+        if query.created_after is not None:
+            statement = statement.where(table.created_at >= query.created_after)
+        if query.created_before is not None:
+            statement = statement.where(table.created_at < query.created_before)
+        if query.before is not None:
+            created, job_id = query.before
+            statement = statement.where(
+                or_(table.created_at < created, and_(table.created_at == created, table.id < job_id))
+            )
+        statement = statement.order_by(table.created_at.desc(), table.id.desc()).limit(query.limit)
+        with self._converted():
+            async with self._connected().connect() as connection:
+                rows = (await connection.execute(statement)).all()
+        return [_record(row) for row in rows]
+
+    async def delete_expired(self) -> int:
+        with self._converted():
+            async with self._connected().begin() as connection:
+                now = self._clock()
+                result = await connection.execute(delete(jobs_table).where(jobs_table.c.expires_at <= now))
+                await connection.execute(delete(keys_table).where(keys_table.c.expires_at <= now))
+        return int(result.rowcount)
+
+    async def claim_key(self, key: str, expires_at: int) -> bool:
+        claim = self._insert(keys_table).values(key=key, expires_at=expires_at).on_conflict_do_nothing()
+        with self._converted():
+            async with self._connected().begin() as connection:
+                expired = keys_table.c.expires_at <= self._clock()
+                await connection.execute(delete(keys_table).where(keys_table.c.key == key, expired))
+                result = await connection.execute(claim)
+        return bool(result.rowcount == 1)
+
+    async def release_key(self, key: str) -> None:
+        with self._converted():
+            async with self._connected().begin() as connection:
+                await connection.execute(delete(keys_table).where(keys_table.c.key == key))
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    def _connected(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the job store is not open")
+        return self._engine
+
+
+def _row(record: JobRecord) -> dict[str, Any]:
+    return record_row(record)
+
+
+def _record(row: Row[Any]) -> JobRecord:
+    return row_record(row._mapping)
