@@ -49,23 +49,18 @@ COMFY_HOME = "/opt/ComfyUI"
 # Variables these files may set besides the README's: the platform's and tools' own.
 PLATFORM_PREFIXES = ("AWS_", "HF_", "NVIDIA_", "MALLOC_", "PIP_", "UV_")
 PLATFORM_NAMES = {"PYTHONUNBUFFERED"}
-# Fleet mode's variables, accepted as documented while the README's table may not list them yet (once it lists any,
-# test_fleet_variables_match_the_readme holds the files to the table).
+# Fleet mode's variables, the server's own settings: accepted as documented while the README's table may not list
+# them yet (once it lists any, test_fleet_variables_are_real_settings holds the files to the table).
 FLEET_VARIABLES = frozenset(
-    {
-        "JOB_STORE_URL",
-        "BROKER_URL",
-        "FLEET_ROLE",
-        "FLEET_SECRET_KEY",
-        "FLEET_SYNC_LOCAL",
-        "FLEET_QUEUE_PREFIX",
-        "FLEET_PRIORITY_LEVELS",
-        "FLEET_LOOKAHEAD",
-    }
+    name.upper()
+    for name in Settings.model_fields
+    if name.startswith("fleet_") or name in ("broker_url", "job_store_url")
 )
-# Their defaults, which the queue names KEDA watches depend on (the server's own, once Settings has them).
-FLEET_DEFAULTS = {"FLEET_QUEUE_PREFIX": "comfyui-api", "FLEET_PRIORITY_LEVELS": "3", "FLEET_LOOKAHEAD": "1"}
+# The FLEET_ROLE values this release's server accepts: all (the public API and a worker with its own ComfyUI) and
+# worker (jobs only, no public API). There is no API-only role: every fleet pod and service runs ComfyUI on a GPU.
+FLEET_ROLES = ("all", "worker")
 FLEET_COMPOSE_SERVICES = ("fleet-api", "fleet-worker-1", "fleet-worker-2")
+FLEET_COMPOSE_ROLES = {"fleet-api": "all", "fleet-worker-1": "worker", "fleet-worker-2": "worker"}
 KEDA_KINDS = frozenset({"ScaledObject", "TriggerAuthentication"})
 # RabbitMQ's default consumer acknowledgement timeout: brokers before 3.12 apply it whatever the queues declare.
 RABBITMQ_CONSUMER_TIMEOUT_S = 1800.0
@@ -292,10 +287,8 @@ def fleet_deployment(role: str) -> dict[str, Any]:
 
 
 def fleet_setting(env: dict[str, str], name: str) -> str:
-    if name in env:
-        return env[name]
-    field = Settings.model_fields.get(name.lower())
-    return str(field.default) if field is not None else FLEET_DEFAULTS[name]
+    """A fleet variable as a pod gets it: its own value, else the server's default."""
+    return env[name] if name in env else str(Settings.model_fields[name.lower()].default)
 
 
 def quantity_gib(value: str) -> float:
@@ -796,7 +789,8 @@ def test_compose_fleet_services() -> None:
     services = compose()["services"]
     api = services["api"]
     roles = {name: compose_env(name)["FLEET_ROLE"] for name in FLEET_COMPOSE_SERVICES}
-    assert roles == {"fleet-api": "api", "fleet-worker-1": "worker", "fleet-worker-2": "worker"}
+    assert roles == FLEET_COMPOSE_ROLES
+    caches = []
     for name in FLEET_COMPOSE_SERVICES:
         service = services[name]
         assert service["build"] == api["build"] and service["image"] == api["image"], name
@@ -805,20 +799,21 @@ def test_compose_fleet_services() -> None:
         # Every replica and worker seals and opens credentials with the same key.
         assert env["FLEET_SECRET_KEY"] == compose_env("fleet-api")["FLEET_SECRET_KEY"]
         Fernet(env["FLEET_SECRET_KEY"])  # a valid Fernet key, or this raises
-    # The fleet's API runs no ComfyUI: no GPU; its port is not api's, which may run beside it.
-    assert "deploy" not in services["fleet-api"]
+        # Every fleet service runs ComfyUI and jobs (all and worker alike): one GPU and api's /dev/shm each.
+        assert service["deploy"] == api["deploy"], f"{name}: one GPU, as api"
+        assert service["shm_size"] == api["shm_size"], name
+        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+        caches.append(mounts[env["CACHE_DIR"]])
+        assert mounts[image_env()["WORKFLOW_DIR"]] == "./workflows", name
+    assert len(set(caches)) == len(caches), "each server has a download cache of its own"
+    assert not set(caches) & {volume.split(":")[0] for volume in api["volumes"]}, "nor shares api's"
+    # The public API: on fleet-api (FLEET_ROLE=all) only, at a host port that is not api's, which may run beside it.
     host_ports = {port.rsplit(":", 2)[-2]: port.rsplit(":", 1)[1] for port in services["fleet-api"]["ports"]}
     assert set(host_ports.values()) == {str(API_PORT)}
     assert not set(host_ports) & {port.rsplit(":", 2)[-2] for port in api["ports"]}
-    caches = []
-    for name in ("fleet-worker-1", "fleet-worker-2"):
-        worker = services[name]
-        assert worker["deploy"] == api["deploy"], f"{name}: one GPU, as api"
-        assert "ports" not in worker, f"{name} serves no public API"
-        mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in worker["volumes"]}
-        caches.append(mounts[compose_env(name)["CACHE_DIR"]])
-        assert mounts[image_env()["WORKFLOW_DIR"]] == "./workflows", name
-    assert len(set(caches)) == len(caches), "each worker has a download cache of its own"
+    for name, role in FLEET_COMPOSE_ROLES.items():
+        if role == "worker":
+            assert "ports" not in services[name], f"{name} serves no public API"
 
 
 @pytest.mark.parametrize("service", FLEET_COMPOSE_SERVICES)
@@ -826,8 +821,7 @@ def test_compose_fleet_environment_starts_the_server(clean_environment: pytest.M
     env = compose_env(service)
     settings = settings_from(clean_environment, image_env() | env)
     assert settings.port == API_PORT
-    if hasattr(settings, "fleet_role"):
-        assert getattr(settings.fleet_role, "value", settings.fleet_role) == env["FLEET_ROLE"]
+    assert settings.fleet and settings.fleet_role == FLEET_COMPOSE_ROLES[service]
 
 
 # Fleet mode: deploy/kubernetes/fleet/ ---------------------------------------------------------------------------
@@ -991,7 +985,7 @@ def test_fleet_objects() -> None:
             assert labels["app.kubernetes.io/name"] == "comfyui-api", name
     # The Service keeps the single-node name (clients change nothing); the Secret too, with more keys.
     assert ("Service", "comfyui-api") in fleet_objects() and ("Secret", "comfyui-api") in fleet_objects()
-    assert fleet_deployment("api")["metadata"]["name"] == "comfyui-api"
+    assert fleet_deployment("all")["metadata"]["name"] == "comfyui-api"
     assert fleet_deployment("worker")["metadata"]["name"] == "comfyui-api-worker"
 
 
@@ -1003,7 +997,7 @@ def test_fleet_kustomization() -> None:
     assert set(resources) == {p.name for p in FLEET.glob("*.yaml")} - kept_out
     # The single-node kustomization's image, registry and tag: one image serves every FLEET_ROLE.
     assert kustomization["images"] == k8s_objects()["Kustomization"]["images"]
-    for role in ("api", "worker"):
+    for role in FLEET_ROLES:
         assert container_of(fleet_deployment(role))["image"] == kustomization["images"][0]["name"]
 
 
@@ -1019,9 +1013,9 @@ def test_keda_objects_match_the_crds(kind: str) -> None:
 def test_fleet_triggers_name_the_job_queues() -> None:
     scaled = fleet_object("ScaledObject")["spec"]
     worker_env = plain_env_of(container_of(fleet_deployment("worker")))
-    api_env = plain_env_of(container_of(fleet_deployment("api")))
+    all_env = plain_env_of(container_of(fleet_deployment("all")))
     for name in ("FLEET_QUEUE_PREFIX", "FLEET_PRIORITY_LEVELS"):
-        assert fleet_setting(worker_env, name) == fleet_setting(api_env, name), f"{name}: one value in the fleet"
+        assert fleet_setting(worker_env, name) == fleet_setting(all_env, name), f"{name}: one value in the fleet"
     prefix = fleet_setting(worker_env, "FLEET_QUEUE_PREFIX")
     levels = int(fleet_setting(worker_env, "FLEET_PRIORITY_LEVELS"))
     triggers = scaled["triggers"]
@@ -1060,6 +1054,8 @@ def test_fleet_scaledobject_scales_the_workers() -> None:
     )
     assert "replicas" not in worker["spec"], "KEDA's HPA owns the worker count"
     assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
+    # The FLEET_ROLE=all replicas keep their fixed count: KEDA scales only the workers.
+    assert target["name"] != fleet_deployment("all")["metadata"]["name"]
     assert "HorizontalPodAutoscaler" not in {kind for kind, _ in fleet_objects()}, "KEDA creates the HPA"
     # As the single-node HPA: GPU pods are added quickly and removed slowly.
     behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
@@ -1136,12 +1132,14 @@ def test_fleet_secret() -> None:
         Signer(data["WEBHOOK_SECRET"])
 
 
-@pytest.mark.parametrize("role", ["api", "worker"])
+@pytest.mark.parametrize("role", FLEET_ROLES)
 def test_fleet_deployment_secrets(role: str) -> None:
     container = container_of(fleet_deployment(role))
     secret = fleet_object("Secret")
     refs = secret_refs_of(container)
     assert {"BROKER_URL", "JOB_STORE_URL", "FLEET_SECRET_KEY", "WEBHOOK_SECRET"} <= set(refs)
+    # Both roles run jobs: both fetch inputs and upload outputs.
+    assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(refs)
     for name, ref in refs.items():
         assert ref["name"] == secret["metadata"]["name"], name
         assert ref.get("optional") or ref["key"] in secret["stringData"], f"{name}: the example Secret lacks it"
@@ -1149,7 +1147,7 @@ def test_fleet_deployment_secrets(role: str) -> None:
     assert "PORT" not in plain_env_of(container), "the probes and the Service use port 3000"
 
 
-@pytest.mark.parametrize("role", ["api", "worker"])
+@pytest.mark.parametrize("role", FLEET_ROLES)
 def test_fleet_deployment_drains_before_it_is_killed(role: str) -> None:
     deployment = fleet_deployment(role)
     container = container_of(deployment)
@@ -1158,21 +1156,23 @@ def test_fleet_deployment_drains_before_it_is_killed(role: str) -> None:
     grace = float(env["SHUTDOWN_GRACE_PERIOD_S"])
     period = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert period > grace + pre_stop_pause(container)
-
-
-def test_fleet_worker_deployment() -> None:
-    deployment = fleet_deployment("worker")
-    container = container_of(deployment)
-    env = plain_env_of(container)
-    # A worker being scaled in finishes the job it runs: its drain outlasts the longest job.
-    assert float(env["SHUTDOWN_GRACE_PERIOD_S"]) >= float(env["PROMPT_TIMEOUT_S"])
+    # Both roles run jobs: a pod being scaled in or replaced finishes the job it runs, its drain outlasting the
+    # longest job.
+    assert grace >= float(env["PROMPT_TIMEOUT_S"])
     # And the longest job fits RabbitMQ's default consumer timeout, for brokers that ignore x-consumer-timeout.
     assert float(env["PROMPT_TIMEOUT_S"]) < RABBITMQ_CONSUMER_TIMEOUT_S
+
+
+@pytest.mark.parametrize("role", FLEET_ROLES)
+def test_fleet_deployment_runs_comfyui_on_a_gpu(role: str) -> None:
+    deployment = fleet_deployment(role)
+    container = container_of(deployment)
+    env = plain_env_of(container)
     resources = container["resources"]
     assert int(resources["limits"]["nvidia.com/gpu"]) == int(resources["requests"]["nvidia.com/gpu"]) == 1
     pod = deployment["spec"]["template"]["spec"]
     assert pod["tolerations"] == k8s_objects()["Deployment"]["spec"]["template"]["spec"]["tolerations"]
-    # The single-node deployment's probes, paths and timings (the worker starts ComfyUI the same way).
+    # The single-node deployment's probes, paths and timings: both roles start ComfyUI the same way it does.
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert container[probe] == k8s_container()[probe], probe
         assert container_port(container[probe]["httpGet"]["port"], container) == API_PORT
@@ -1185,34 +1185,58 @@ def test_fleet_worker_deployment() -> None:
     mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert float(env["LRU_CACHE_SIZE_GB"]) < quantity_gib(volumes[mounts[env["CACHE_DIR"]]]["emptyDir"]["sizeLimit"])
+    assert mounts["/dev/shm"] in volumes, "PyTorch needs more than the container's 64 MiB /dev/shm"
 
 
-def test_fleet_api_deployment_and_service() -> None:
-    api, worker = fleet_deployment("api"), fleet_deployment("worker")
-    container = container_of(api)
-    assert api["spec"]["replicas"] == 2
-    resources = container["resources"]
-    assert not any("nvidia.com/gpu" in resources.get(part, {}) for part in ("requests", "limits")), "no ComfyUI"
-    assert "tolerations" not in api["spec"]["template"]["spec"], "keep API replicas off the GPU nodes"
-    expected = {"startupProbe": "/health", "livenessProbe": "/health", "readinessProbe": "/ready"}
-    for probe, path in expected.items():
-        check = container[probe]["httpGet"]
-        assert check["path"] == path and container_port(check["port"], container) == API_PORT, probe
-    # The Service reaches the API replicas and never a worker; each Deployment selects only its own pods.
+def test_fleet_all_deployment_and_service() -> None:
+    public, worker = fleet_deployment("all"), fleet_deployment("worker")
+    container = container_of(public)
+    env = plain_env_of(container)
+    # A fixed count, more than one, so the Service always has an endpoint (KEDA scales only the workers).
+    assert public["spec"]["replicas"] >= 2
+    # A replica busy with a job still takes requests (they wait in the queues): its readiness ignores its own
+    # ComfyUI's queue.
+    assert int(env.get("MAX_QUEUE_DEPTH", "0")) == 0, "MAX_QUEUE_DEPTH would take busy replicas off the Service"
+    # Routed to by the Service: it keeps serving while the endpoints are updated, then drains.
+    assert pre_stop_pause(container) > 0
+    # The Service reaches the FLEET_ROLE=all replicas and never a worker; each Deployment selects only its own pods.
     service = fleet_object("Service")["spec"]
-    api_labels = api["spec"]["template"]["metadata"]["labels"]
+    public_labels = public["spec"]["template"]["metadata"]["labels"]
     worker_labels = worker["spec"]["template"]["metadata"]["labels"]
-    assert service["selector"].items() <= api_labels.items()
+    assert service["selector"].items() <= public_labels.items()
     assert not service["selector"].items() <= worker_labels.items()
-    assert api["spec"]["selector"]["matchLabels"].items() <= api_labels.items()
+    assert public["spec"]["selector"]["matchLabels"].items() <= public_labels.items()
     assert worker["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
-    assert not api["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
-    assert not worker["spec"]["selector"]["matchLabels"].items() <= api_labels.items()
+    assert not public["spec"]["selector"]["matchLabels"].items() <= worker_labels.items()
+    assert not worker["spec"]["selector"]["matchLabels"].items() <= public_labels.items()
     (port,) = service["ports"]
     assert container_port(port["targetPort"], container) == API_PORT
 
 
-@pytest.mark.parametrize("role", ["api", "worker"])
+def test_fleet_roles_are_the_servers() -> None:
+    """Every FLEET_ROLE set anywhere in the kit is one the server accepts, and every fleet pod sets its own."""
+    used: dict[str, str] = {}
+    for name, service in compose()["services"].items():
+        if "FLEET_ROLE" in compose_env(name):
+            used[f"docker-compose.yml {name}"] = compose_env(name)["FLEET_ROLE"]
+        elif "build" in service:
+            assert "BROKER_URL" not in compose_env(name), f"{name}: a fleet service names its FLEET_ROLE"
+    for path in [*sorted(K8S.glob("*.yaml")), *sorted(FLEET.glob("*.yaml"))]:
+        for doc in load_yaml(path):
+            if doc["kind"] == "Deployment":
+                where = f"{path.relative_to(ROOT)} {doc['metadata']['name']}"
+                env = {item["name"]: item for item in container_of(doc)["env"]}
+                if "FLEET_ROLE" in env:
+                    assert "value" in env["FLEET_ROLE"], f"{where}: FLEET_ROLE is set in the file, not from elsewhere"
+                    used[where] = env["FLEET_ROLE"]["value"]
+                else:
+                    assert path.parent == K8S, f"{where}: a fleet Deployment names its FLEET_ROLE"
+    refused = {where: role for where, role in used.items() if role not in FLEET_ROLES}
+    assert not refused, f"FLEET_ROLE values the server does not accept: {refused}"
+    assert set(used.values()) == set(FLEET_ROLES), "both roles are deployed: the public API (all) and workers"
+
+
+@pytest.mark.parametrize("role", FLEET_ROLES)
 def test_fleet_deployment_environment_starts_the_server(clean_environment: pytest.MonkeyPatch, role: str) -> None:
     secret = fleet_object("Secret")["stringData"]
     secrets = {
@@ -1224,25 +1248,26 @@ def test_fleet_deployment_environment_starts_the_server(clean_environment: pytes
     env = plain_env_of(container_of(fleet_deployment(role)))
     settings = settings_from(clean_environment, image_env() | env | secrets)
     assert settings.port == API_PORT
-    if hasattr(settings, "fleet_role"):
-        assert getattr(settings.fleet_role, "value", settings.fleet_role) == role
+    assert settings.fleet and settings.fleet_role == role
 
 
 def test_fleet_variables_are_real_settings() -> None:
     used: set[str] = set()
     for name in FLEET_COMPOSE_SERVICES:
         used |= set(compose_env(name))
-    for role in ("api", "worker"):
+    for role in FLEET_ROLES:
         used |= {item["name"] for item in container_of(fleet_deployment(role))["env"]}
+    # Named like fleet variables, so they must be the server's settings: a renamed one cannot linger here.
+    fleet_like = {name for name in used if name.startswith("FLEET_") or name in ("BROKER_URL", "JOB_STORE_URL")}
+    assert not {name for name in fleet_like if name.lower() not in Settings.model_fields}, "not a setting"
     fleet_names = used & FLEET_VARIABLES
+    assert fleet_like == fleet_names
     assert {"BROKER_URL", "JOB_STORE_URL", "FLEET_SECRET_KEY", "FLEET_ROLE"} <= fleet_names
-    # FLEET_VARIABLES stands in for the README's table and the server's settings until they have fleet mode; from
-    # then on the files are held to them, so that a renamed variable cannot linger here.
+    # FLEET_VARIABLES stands in for the README's table until it documents fleet mode; from then on the files are
+    # held to the table too.
     names, _ = readme_variables()
     if FLEET_VARIABLES & names:
         assert not fleet_names - names, "fleet variables the README's table does not list"
-    if "broker_url" in Settings.model_fields:
-        assert not {name for name in fleet_names if name.lower() not in Settings.model_fields}, "not a setting"
 
 
 @pytest.mark.parametrize("folder", [K8S, FLEET], ids=lambda folder: str(folder.relative_to(ROOT)))
