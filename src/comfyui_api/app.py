@@ -77,7 +77,12 @@ def create_app(
         if settings.job_store_url is not None
         else SQLiteJobStore(settings.state_dir / "jobs.db")
     )
-    records = RecordWriter(store, retention_s=settings.job_retention_s, before_write=assets.flush_outputs)
+    records = RecordWriter(
+        store,
+        retention_s=settings.job_retention_s,
+        before_write=assets.flush_outputs,
+        shared=settings.job_store_url is not None,
+    )
     hub = JobEvents(max_streams=settings.max_event_streams)
     # Who hears of each record change: the writer, the event hub, and in fleet mode the other replicas.
     listeners: list[Callable[[JobRecord], None]] = [records.changed, hub.on_record]

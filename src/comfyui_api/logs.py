@@ -40,6 +40,10 @@ _THIRD_PARTY_LOGGERS = (
     "filelock",
     # Logs every statement of the job store with its parameters (the records' delivery options).
     "aiosqlite",
+    # Log every message published or received, bodies included (job requests, sealed secrets), and every statement.
+    "aio_pika",
+    "aiormq",
+    "asyncpg",
 )
 
 

@@ -55,8 +55,12 @@ class RecordWriter:
         flush_interval_s: float = FLUSH_INTERVAL_S,
         max_pending: int = MAX_PENDING,
         before_write: Callable[[], Awaitable[None]] | None = None,
+        shared: bool = False,
     ) -> None:
+        """`shared`: other servers write the store too (fleet mode), so a record this one wrote may have changed
+        since: reads not pending here go to the store."""
         self.store = store
+        self._shared = shared
         self._before_write = before_write
         self._retention_ms = round(retention_s * 1000)
         self._clock = clock
@@ -100,7 +104,9 @@ class RecordWriter:
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's latest record: unwritten, being written, or from the store; None if unknown or expired."""
-        record = self._pending.get(job_id) or self._writing.get(job_id) or self._written.get(job_id)
+        record = self._pending.get(job_id) or self._writing.get(job_id)
+        if record is None and not self._shared:
+            record = self._written.get(job_id)
         if record is None:
             return await self.store.get(job_id)
         return record if record.expires_at > self._clock() else None
@@ -169,6 +175,8 @@ class RecordWriter:
         await self.store.close()
 
     def _remember(self, written: dict[str, JobRecord]) -> None:
+        if self._shared:
+            return
         recent = self._written
         for job_id, record in written.items():
             recent[job_id] = record

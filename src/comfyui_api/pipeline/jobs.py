@@ -98,6 +98,8 @@ class Job:
     files_to_delete: list[Path] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
+    # Its attempt ended without an outcome, for another worker of the fleet to run it (PromptRunner's hand_back).
+    handed_back: bool = False
     # What the job store and GET /prompt/{id} keep of this job; each change is passed to `record_changed`.
     record: JobRecord = field(init=False)
     record_changed: Callable[[JobRecord], None] = field(default=_unrecorded, repr=False)
@@ -228,8 +230,8 @@ class Job:
 
     def mark_ended(self, exc: BaseException) -> None:
         """The job ended with `exc`: failed with the error its request was answered, or canceled (interrupted, or
-        abandoned when its client left or the server stopped)."""
-        if self.record.terminal:
+        abandoned when its client left or the server stopped); a job handed back has no end here."""
+        if self.record.terminal or self.handed_back:
             return
         if isinstance(exc, ApiError):
             status = JobStatus.CANCELED if isinstance(exc, PromptInterrupted) else JobStatus.FAILED
@@ -249,6 +251,12 @@ class Job:
             return
         _queued_again(self.record)
         self.record_changed(self.record)
+
+    def hand_back(self) -> None:
+        """The attempt ended without an outcome and the job goes back to the fleet's queue: its record says queued
+        again, and nothing ends it here."""
+        self.handed_back = True
+        self.suspend()
 
     def mark_abandoned(self) -> None:
         """The job ends without an outcome of its own (cancelled with its caller): canceled, unless it has one."""

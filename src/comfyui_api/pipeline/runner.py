@@ -261,6 +261,8 @@ class PromptRunner:
     def _abandon(self, job: Job) -> None:
         """A job cut short without an outcome: when the server is stopping and its record says how to run it again,
         it is kept queued for the next start (pipeline/recovery.py); otherwise canceled."""
+        if job.handed_back:
+            return  # its record says queued: the broker gives the job to a worker again
         if self._state.draining and job.record.request is not None:
             # Also a job that cannot run again (held credentials or extra_data): the next start fails it, saying why.
             job.suspend()
@@ -269,7 +271,7 @@ class PromptRunner:
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
         if self.hands_back(exc):
-            job.suspend()
+            job.hand_back()
         elif isinstance(exc, Exception):
             job.mark_ended(exc)
         else:

@@ -1,0 +1,202 @@
+"""Fleet mode end to end: two server processes, each with its own real CPU ComfyUI, sharing the session's private
+RabbitMQ vhost and PostgreSQL database. Jobs submitted through both replicas all run once with the right outputs and
+both workers take some; any replica answers status and streams the events of a job the other runs; a cancel
+reaches the worker that runs the job; a job that kills ComfyUI every time goes to the dead-letter queue after
+JOB_MAX_ATTEMPTS with its record failed; a SIGKILLed worker's job completes on the other."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import signal
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+from PIL import Image
+
+from tests.support.graphs import slow, solid
+from tests.support.rabbitmq import queue_depth
+from tests.support.receiver import WebhookReceiver
+from tests.support.server import STARTUP_DEADLINE_S, ApiServer, trusting, wait_until
+from tests.test_v2_durability import KILL_COMFYUI_NODE, kills_comfyui, sse
+
+ServerFactory = Callable[..., ApiServer]
+TERMINAL = {"succeeded", "failed", "canceled"}
+JOB_DEADLINE_S = STARTUP_DEADLINE_S + 180
+PREFIX = f"fleet-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[WebhookReceiver]:
+    with WebhookReceiver() as hook:
+        yield hook
+
+
+@pytest.fixture(scope="module")
+def fleet(make_server: ServerFactory, broker_url: str, database_url: str, receiver: WebhookReceiver) -> list[ApiServer]:
+    env = {
+        "BROKER_URL": broker_url,
+        "JOB_STORE_URL": database_url,
+        "FLEET_SECRET_KEY": Fernet.generate_key().decode(),
+        "FLEET_QUEUE_PREFIX": PREFIX,
+        "JOB_MAX_ATTEMPTS": "2",
+        "ALWAYS_RESTART_COMFYUI": "true",
+        **trusting(receiver.url),
+    }
+    servers = [make_server(f"fleet-{name}", **env) for name in "ab"]
+    for server in servers:
+        (server.base / "custom_nodes" / "kill_comfyui.py").write_text(KILL_COMFYUI_NODE)
+        server.start()
+    for server in servers:
+        wait_until(lambda server=server: server.http.get("/ready").status_code == 200, 120, "the replica to be ready")
+    return servers
+
+
+def record(server: ApiServer, job_id: str) -> dict[str, Any]:
+    response = server.http.get(f"/prompt/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_status(server: ApiServer, job_id: str, *statuses: str) -> dict[str, Any]:
+    wanted = set(statuses or TERMINAL)
+    return wait_until(
+        lambda: (body := record(server, job_id))["status"] in wanted and body,
+        JOB_DEADLINE_S,
+        f"job {job_id} to be {' or '.join(sorted(wanted))}",
+        interval_s=0.2,
+    )
+
+
+def ran(server: ApiServer, job_id: str) -> bool:
+    """Whether this replica's ComfyUI ran the job (its log says the prompt completed)."""
+    return any(
+        entry.get("msg") == "prompt completed" and entry.get("request_id") == job_id for entry in server.log_entries()
+    )
+
+
+def queued_on(servers: list[ApiServer], job_id: str) -> ApiServer:
+    """The replica whose ComfyUI the job was queued in."""
+    return wait_until(
+        lambda: next(
+            (
+                server
+                for server in servers
+                if any(
+                    entry.get("msg") == "prompt queued" and entry.get("request_id") == job_id
+                    for entry in server.log_entries()
+                )
+            ),
+            None,
+        ),
+        JOB_DEADLINE_S,
+        f"job {job_id} to be queued in a ComfyUI",
+    )
+
+
+def image_size(encoded: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
+        return image.size
+
+
+def test_jobs_through_both_replicas_run_once_each_with_their_own_outputs(fleet: list[ApiServer]) -> None:
+    count = 16
+
+    def run(index: int) -> tuple[int, httpx.Response]:
+        server = fleet[index % 2]
+        body = {"prompt": solid(8 + index, 8, prefix=f"fleet{index}"), "id": f"fleet-sync-{index}"}
+        return index, httpx.post(f"{server.url}/prompt", json=body, timeout=JOB_DEADLINE_S)
+
+    with ThreadPoolExecutor(max_workers=count) as pool:
+        answers = list(pool.map(run, range(count)))
+
+    for index, response in answers:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["id"] == f"fleet-sync-{index}"
+        [image] = body["images"]
+        assert image_size(image) == (8 + index, 8)
+    ids = [f"fleet-sync-{index}" for index in range(count)]
+    ran_on = [[server for server in fleet if ran(server, job_id)] for job_id in ids]
+    assert all(len(servers) == 1 for servers in ran_on), "each job ran exactly once"
+    assert {id(servers[0]) for servers in ran_on} == {id(server) for server in fleet}, "both workers ran some"
+    for job_id in ids:  # either replica answers for any job, from the shared store
+        for server in fleet:
+            found = record(server, job_id)
+            assert found["status"] == "succeeded" and found["attempts"] == 1
+
+
+def test_an_async_job_streams_its_events_and_status_on_the_other_replica(
+    fleet: list[ApiServer], receiver: WebhookReceiver
+) -> None:
+    submitted_on, other = fleet
+    body = {"prompt": slow(size=512, blurs=2), "id": "fleet-async", "webhook_v2": receiver.url_for("/fleet-async")}
+    assert submitted_on.http.post("/prompt", json=body).status_code == 202
+
+    with other.http.stream("GET", "/prompt/fleet-async/events") as response:
+        assert response.status_code == 200, response.read()
+        events = list(sse(response))
+
+    statuses = [data["status"] for _, name, data in events if name == "status"]
+    assert statuses[-1] == "succeeded", events
+    [hook] = receiver.wait_for(lambda got: any(r.path == "/fleet-async" for r in got), timeout_s=60)
+    assert hook.json()["type"] == "prompt.complete"
+    assert record(other, "fleet-async")["status"] == "succeeded"
+
+
+def test_a_cancel_on_one_replica_reaches_the_job_running_on_the_other(
+    fleet: list[ApiServer], receiver: WebhookReceiver
+) -> None:
+    body = {"prompt": slow(), "id": "fleet-cancel", "webhook_v2": receiver.url_for("/fleet-cancel")}
+    assert fleet[0].http.post("/prompt", json=body).status_code == 202
+    runner = queued_on(fleet, "fleet-cancel")
+    other = fleet[1] if runner is fleet[0] else fleet[0]
+    wait_status(other, "fleet-cancel", "running")
+
+    response = other.http.post("/interrupt", json={"id": "fleet-cancel"})
+
+    assert response.status_code == 200, response.text
+    assert wait_status(other, "fleet-cancel")["status"] == "canceled"
+
+
+def test_a_job_that_kills_comfyui_every_time_is_dead_lettered_with_its_record_failed(
+    fleet: list[ApiServer], receiver: WebhookReceiver, broker_url: str
+) -> None:
+    body = {"prompt": kills_comfyui(), "id": "fleet-poison", "webhook_v2": receiver.url_for("/fleet-poison")}
+    assert fleet[1].http.post("/prompt", json=body).status_code == 202
+
+    ended = wait_status(fleet[0], "fleet-poison")
+
+    assert ended["status"] == "failed", ended
+    assert ended["attempts"] == 2
+    assert len(ended["attempt_errors"]) == 2
+    assert wait_until(
+        lambda: asyncio.run(queue_depth(broker_url, f"{PREFIX}.jobs.dead")) == 1, 60, "the dead-lettered job"
+    )
+    for server in fleet:  # both ComfyUIs are back, and both replicas serve
+        wait_until(lambda server=server: server.http.get("/ready").status_code == 200, 180, "the replica to be ready")
+
+
+def test_a_job_whose_worker_is_killed_completes_on_the_other(fleet: list[ApiServer], receiver: WebhookReceiver) -> None:
+    body = {"prompt": slow(), "id": "fleet-killed", "webhook_v2": receiver.url_for("/fleet-killed")}
+    assert fleet[0].http.post("/prompt", json=body).status_code == 202
+    victim = queued_on(fleet, "fleet-killed")
+    survivor = fleet[1] if victim is fleet[0] else fleet[0]
+    wait_status(survivor, "fleet-killed", "running")
+
+    victim.signal(signal.SIGKILL)
+    victim.wait_exit(60)
+
+    ended = wait_status(survivor, "fleet-killed")
+    assert ended["status"] == "succeeded", ended
+    assert ended["attempts"] == 2
+    assert ran(survivor, "fleet-killed")
+    [hook] = receiver.wait_for(lambda got: any(r.path == "/fleet-killed" for r in got), timeout_s=60)
+    assert hook.json()["type"] == "prompt.complete"

@@ -1,0 +1,136 @@
+"""The PostgreSQL job store (fleet mode) on a real server: every behaviour the SQLite store's tests check
+(tests/unit/test_job_store.py, collected again here against a private database per test), and what is PostgreSQL's
+own: replicas opening one new database at once create its schema once, a database of a newer schema is refused, a
+server that does not answer is a ConfigError at startup and a JobStoreError after, and no error shows the password."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+from comfyui_api.errors import ConfigError, JobStoreError
+from comfyui_api.jobstore.postgres import SCHEMA_VERSION, PostgresJobStore
+from comfyui_api.jobstore.records import JobStatus
+from tests.support.postgres import query, with_database
+from tests.support.server import closed_port
+
+# The SQLite store's tests, collected again in this module, where `store` is a PostgreSQL one.
+from tests.unit.test_job_store import (  # noqa: F401
+    HOUR_MS,
+    Clock,
+    record,
+    test_a_conditional_save_replaces_a_record_only_in_the_given_statuses,
+    test_a_record_is_read_back_as_it_was_saved,
+    test_an_idempotency_key_is_claimed_once_until_released_or_expired,
+    test_listing_is_newest_first_filtered_by_status_and_time_and_paged,
+    test_null_fields_stay_null,
+    test_saving_a_record_again_replaces_it_and_one_save_writes_many,
+)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def database(database_server: str) -> AsyncIterator[str]:
+    """A database of this test alone, dropped after it."""
+    name = f"comfyui_api_test_store_{secrets.token_hex(4)}"
+    await query(database_server, f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(database_server, name)
+    finally:
+        await query(database_server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def store(database: str, clock: Clock) -> AsyncIterator[PostgresJobStore]:
+    opened = PostgresJobStore(database, clock=clock)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def test_expired_records_are_invisible_then_deleted_with_their_keys(
+    store: PostgresJobStore, database: str, clock: Clock
+) -> None:
+    await store.save([record("soon", clock.now), record("later", clock.now + HOUR_MS)])
+    assert await store.claim_key("k", clock.now + 10)
+
+    clock.now += HOUR_MS
+
+    assert await store.get("soon") is None
+    assert await store.delete_expired() == 1
+    assert [row["id"] for row in await query(database, "SELECT id FROM jobs")] == ["later"]
+    assert await query(database, "SELECT key FROM idempotency_keys") == []
+
+
+async def test_replicas_opening_a_new_database_at_once_create_its_schema_once(database: str, clock: Clock) -> None:
+    stores = [PostgresJobStore(database, clock=clock) for _ in range(4)]
+
+    await asyncio.gather(*(store.open() for store in stores))
+
+    await stores[0].save([record("a", clock.now)])
+    for store in stores:
+        found = await store.get("a")
+        assert found is not None and found.status is JobStatus.QUEUED
+        await store.close()
+    assert [row["version"] for row in await query(database, "SELECT version FROM comfyui_api_schema")] == [
+        SCHEMA_VERSION
+    ]
+
+
+async def test_a_database_of_a_newer_schema_is_refused(database: str) -> None:
+    first = PostgresJobStore(database)
+    await first.open()
+    await first.close()
+    await query(database, "UPDATE comfyui_api_schema SET version = $1", SCHEMA_VERSION + 1)
+
+    with pytest.raises(ConfigError, match=rf"JOB_STORE_URL: .* schema version {SCHEMA_VERSION + 1}"):
+        await PostgresJobStore(database).open()
+
+
+async def test_a_server_that_does_not_answer_is_named_without_its_password() -> None:
+    url = f"postgresql://jobs:hunter2@127.0.0.1:{closed_port()}/jobs"
+
+    with pytest.raises(ConfigError, match="JOB_STORE_URL: cannot open the job store") as refused:
+        await PostgresJobStore(url).open()
+
+    assert "hunter2" not in str(refused.value)
+
+
+async def test_a_database_gone_after_startup_is_a_job_store_error_then_works_again(
+    database_server: str, clock: Clock
+) -> None:
+    name = f"comfyui_api_test_store_{secrets.token_hex(4)}"
+    await query(database_server, f'CREATE DATABASE "{name}"')
+    store = PostgresJobStore(with_database(database_server, name), clock=clock)
+    await store.open()
+    await store.save([record("a", clock.now)])
+    await query(database_server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+    with pytest.raises(JobStoreError, match="job store"):
+        await store.ping()
+    with pytest.raises(JobStoreError):
+        await store.get("a")
+
+    await query(database_server, f'CREATE DATABASE "{name}"')
+    try:
+        reopened = PostgresJobStore(with_database(database_server, name), clock=clock)
+        await reopened.open()
+        await store.ping()  # the pool replaced its broken connections
+        await reopened.close()
+    finally:
+        await store.close()
+        await query(database_server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_only_postgresql_urls_are_taken() -> None:
+    with pytest.raises(ConfigError, match="only postgresql:// URLs"):
+        PostgresJobStore("mysql://db/jobs")
+    with pytest.raises(ConfigError, match="not a database URL"):
+        PostgresJobStore("::not a url::")
