@@ -119,9 +119,7 @@ def create_app(
     deletion_cost = DeletionCost(settings.salad_metadata_url) if on_saladcloud(dict(os.environ)) else None
     if deletion_cost is not None:
         events.subscribe(deletion_cost.on_event)
-    runner = PromptRunner(
-        settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets), hand_back=settings.fleet
-    )
+    runner = PromptRunner(settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets))
     delivery = Delivery(
         runner,
         Uploader(storage, on_event=storage_events),
@@ -131,6 +129,10 @@ def create_app(
         azure_base=azure.primary_endpoint if azure is not None else None,
         guard=guard,
     )
+    fleet = Fleet(settings, state, records, hub, delivery, runner) if settings.fleet else None
+    if fleet is not None:
+        listeners.append(fleet.on_record)
+        hub.remote = fleet.followers
     v2_jobs = V2Jobs(
         runner,
         jobs,
@@ -138,11 +140,9 @@ def create_app(
         assets,
         max_queue_depth=settings.max_queue_depth,
         output_retention_s=settings.job_retention_s,
+        resumable=not settings.fleet,
+        canceler=fleet if fleet is not None else runner,
     )
-    fleet = Fleet(settings, state, records, hub, delivery, runner) if settings.fleet else None
-    if fleet is not None:
-        listeners.append(fleet.on_record)
-        hub.remote = fleet.followers
     lifecycle = Lifecycle(
         settings,
         state,

@@ -1,8 +1,11 @@
 """Fleet mode end to end: two server processes, each with its own real CPU ComfyUI, sharing the session's private
-RabbitMQ vhost and PostgreSQL database. Jobs submitted through both replicas all run once with the right outputs and
-both workers take some; any replica answers status and streams the events of a job the other runs; a cancel
-reaches the worker that runs the job; a job that kills ComfyUI every time goes to the dead-letter queue after
-JOB_MAX_ATTEMPTS with its record failed; a SIGKILLed worker's job completes on the other."""
+RabbitMQ vhost and PostgreSQL database. 100 jobs submitted through both replicas all run once with the right outputs
+and both workers take some; any replica answers status and streams the events of a job the other runs; a cancel
+reaches the worker that runs the job; urgent jobs run before earlier ones of a lower priority; a job that kills
+ComfyUI every time goes to the dead-letter queue after JOB_MAX_ATTEMPTS with its record failed; a SIGTERMed worker
+hands its job back and a SIGKILLed one loses it, and either way it completes on the other. A third server, on a
+broker of its own, keeps every accepted job across a restart of that broker and refuses submissions while it is
+down."""
 
 from __future__ import annotations
 
@@ -45,7 +48,9 @@ def fleet(make_server: ServerFactory, broker_url: str, database_url: str, receiv
         "JOB_STORE_URL": database_url,
         "FLEET_SECRET_KEY": Fernet.generate_key().decode(),
         "FLEET_QUEUE_PREFIX": PREFIX,
-        "JOB_MAX_ATTEMPTS": "2",
+        "JOB_MAX_ATTEMPTS": "3",
+        # A SIGTERM drain waits this long for the running job, then hands it back.
+        "SHUTDOWN_GRACE_PERIOD_S": "1",
         "ALWAYS_RESTART_COMFYUI": "true",
         **trusting(receiver.url),
     }
@@ -101,20 +106,36 @@ def queued_on(servers: list[ApiServer], job_id: str) -> ApiServer:
     )
 
 
+def hook_types(receiver: WebhookReceiver, path: str) -> list[str]:
+    """The types of the webhooks sent to `path`, once one came."""
+    got = receiver.wait_for(lambda got: any(r.path == path for r in got), timeout_s=60)
+    return [request.json()["type"] for request in got if request.path == path]
+
+
+def stop_and_restart(server: ApiServer, how: signal.Signals) -> None:
+    """Stop a replica with `how`, wait for it and its ComfyUI to go, and start it again on the same folder."""
+    comfy = server.comfy_process()
+    server.signal(how)
+    server.wait_exit(120)
+    comfy.wait(60)
+    server.start()
+    wait_until(lambda: server.http.get("/ready").status_code == 200, 120, "the replica to be ready again")
+
+
 def image_size(encoded: str) -> tuple[int, int]:
     with Image.open(io.BytesIO(base64.b64decode(encoded))) as image:
         return image.size
 
 
 def test_jobs_through_both_replicas_run_once_each_with_their_own_outputs(fleet: list[ApiServer]) -> None:
-    count = 16
+    count = 100
 
     def run(index: int) -> tuple[int, httpx.Response]:
         server = fleet[index % 2]
-        body = {"prompt": solid(8 + index, 8, prefix=f"fleet{index}"), "id": f"fleet-sync-{index}"}
+        body = {"prompt": solid(8 + index, 8, prefix=f"fleet{index}"), "id": f"fleet-sync-{index}", "timeout_s": 600}
         return index, httpx.post(f"{server.url}/prompt", json=body, timeout=JOB_DEADLINE_S)
 
-    with ThreadPoolExecutor(max_workers=count) as pool:
+    with ThreadPoolExecutor(max_workers=20) as pool:
         answers = list(pool.map(run, range(count)))
 
     for index, response in answers:
@@ -146,8 +167,7 @@ def test_an_async_job_streams_its_events_and_status_on_the_other_replica(
 
     statuses = [data["status"] for _, name, data in events if name == "status"]
     assert statuses[-1] == "succeeded", events
-    [hook] = receiver.wait_for(lambda got: any(r.path == "/fleet-async" for r in got), timeout_s=60)
-    assert hook.json()["type"] == "prompt.complete"
+    assert hook_types(receiver, "/fleet-async") == ["prompt.complete"]
     assert record(other, "fleet-async")["status"] == "succeeded"
 
 
@@ -175,8 +195,8 @@ def test_a_job_that_kills_comfyui_every_time_is_dead_lettered_with_its_record_fa
     ended = wait_status(fleet[0], "fleet-poison")
 
     assert ended["status"] == "failed", ended
-    assert ended["attempts"] == 2
-    assert len(ended["attempt_errors"]) == 2
+    assert ended["attempts"] == 3
+    assert len(ended["attempt_errors"]) == 3
     assert wait_until(
         lambda: asyncio.run(queue_depth(broker_url, f"{PREFIX}.jobs.dead")) == 1, 60, "the dead-lettered job"
     )
@@ -184,19 +204,62 @@ def test_a_job_that_kills_comfyui_every_time_is_dead_lettered_with_its_record_fa
         wait_until(lambda server=server: server.http.get("/ready").status_code == 200, 180, "the replica to be ready")
 
 
-def test_a_job_whose_worker_is_killed_completes_on_the_other(fleet: list[ApiServer], receiver: WebhookReceiver) -> None:
-    body = {"prompt": slow(), "id": "fleet-killed", "webhook_v2": receiver.url_for("/fleet-killed")}
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["drained", "killed"])
+def test_a_job_whose_worker_stops_completes_on_the_other(
+    fleet: list[ApiServer], receiver: WebhookReceiver, how: signal.Signals
+) -> None:
+    job_id = f"fleet-{how.name.lower()}"
+    body = {"prompt": slow(), "id": job_id, "webhook_v2": receiver.url_for(f"/{job_id}")}
     assert fleet[0].http.post("/prompt", json=body).status_code == 202
-    victim = queued_on(fleet, "fleet-killed")
+    victim = queued_on(fleet, job_id)
     survivor = fleet[1] if victim is fleet[0] else fleet[0]
-    wait_status(survivor, "fleet-killed", "running")
+    wait_status(survivor, job_id, "running")
 
-    victim.signal(signal.SIGKILL)
-    victim.wait_exit(60)
+    stop_and_restart(victim, how)
 
-    ended = wait_status(survivor, "fleet-killed")
+    ended = wait_status(survivor, job_id)
     assert ended["status"] == "succeeded", ended
     assert ended["attempts"] == 2
-    assert ran(survivor, "fleet-killed")
-    [hook] = receiver.wait_for(lambda got: any(r.path == "/fleet-killed" for r in got), timeout_s=60)
-    assert hook.json()["type"] == "prompt.complete"
+    [first] = ended["attempt_errors"]
+    assert ("handed back" in first["error"]) == (how is signal.SIGTERM), first
+    assert hook_types(receiver, f"/{job_id}") == ["prompt.complete"]
+
+
+def test_urgent_jobs_run_before_earlier_ones_of_a_lower_priority(
+    fleet: list[ApiServer], receiver: WebhookReceiver
+) -> None:
+    def submit(job_id: str, graph: dict[str, Any], priority: int) -> None:
+        body = {"prompt": graph, "id": job_id, "priority": priority, "webhook_v2": receiver.url_for(f"/{job_id}")}
+        response = fleet[0].http.post("/prompt", json=body)
+        assert response.status_code == 202, response.text
+
+    # Every slot of both workers (1 + FLEET_LOOKAHEAD each) busy with a slow job; then low jobs, then urgent ones.
+    blockers = [f"fleet-blocker-{index}" for index in range(4)]
+    for job_id in blockers:
+        submit(job_id, slow(), 0)
+    wait_until(
+        lambda: all(record(fleet[0], job_id)["status"] == "running" for job_id in blockers[:1]), 120, "a blocker to run"
+    )
+    low = [f"fleet-low-{index}" for index in range(4)]
+    urgent = [f"fleet-urgent-{index}" for index in range(4)]
+    for job_id in low:
+        submit(job_id, solid(8, 8, prefix=job_id), 0)
+    for job_id in urgent:
+        submit(job_id, solid(8, 8, prefix=job_id), 2)
+
+    ended = {job_id: wait_status(fleet[0], job_id) for job_id in blockers + low + urgent}
+
+    assert {body["status"] for body in ended.values()} == {"succeeded"}
+    for server in fleet:  # each worker ran the urgent jobs it took before any low one
+        started = {job_id: ended[job_id]["started_at"] for job_id in low + urgent if ran(server, job_id)}
+        urgent_here = [at for job_id, at in started.items() if job_id in urgent]
+        low_here = [at for job_id, at in started.items() if job_id in low]
+        if urgent_here and low_here:
+            assert max(urgent_here) < min(low_here), started
+
+
+def test_a_priority_above_the_highest_level_is_refused_at_its_field(fleet: list[ApiServer]) -> None:
+    response = fleet[0].http.post("/prompt", json={"prompt": solid(8, 8), "priority": 3, "webhook_v2": "x"})
+
+    assert response.status_code == 400
+    assert response.json()["location"] == "priority"

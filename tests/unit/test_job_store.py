@@ -227,3 +227,17 @@ async def test_an_idempotency_key_is_claimed_once_until_released_or_expired(
     assert await store.claim_key("k", clock.now + HOUR_MS)
     clock.now += HOUR_MS
     assert await store.claim_key("k", clock.now + HOUR_MS)  # the earlier claim expired
+
+
+async def test_a_conditional_save_replaces_a_record_only_in_the_given_statuses(
+    store: SQLiteJobStore, clock: Clock
+) -> None:
+    await store.save([record("a", clock.now)])
+    canceled = record("a", clock.now, JobStatus.CANCELED, completed_at=clock.now)
+
+    assert await store.save_if(canceled, {JobStatus.QUEUED})
+    assert not await store.save_if(record("a", clock.now, JobStatus.RUNNING), {JobStatus.QUEUED})
+    assert not await store.save_if(record("b", clock.now), {JobStatus.QUEUED})  # no such record: nothing created
+    found = await store.get("a")
+    assert found is not None and found.status is JobStatus.CANCELED
+    assert await store.get("b") is None

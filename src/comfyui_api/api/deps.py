@@ -4,7 +4,7 @@ once per app and keeps them on `app.state`, where these read them."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -14,6 +14,7 @@ from ..config import Settings
 from ..jobstore.writer import RecordWriter
 from ..pipeline.delivery import Door
 from ..pipeline.jobs import JobRegistry
+from ..pipeline.runner import Canceler
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from ..workflows.catalog import Catalog
@@ -31,12 +32,6 @@ SettingsDep = Annotated[Settings, Depends(_from_app("settings"))]
 ServerStateDep = Annotated[ServerState, Depends(_from_app("server_state"))]
 EventsDep = Annotated[EventStream, Depends(_from_app("events"))]
 JobsDep = Annotated[JobRegistry, Depends(_from_app("jobs"))]
-
-
-class Canceler(Protocol):
-    """Who cancels a request by id: this server's runner, or in fleet mode the fleet (the job may run elsewhere)."""
-
-    async def interrupt(self, job_id: str) -> bool: ...
 
 
 CancelerDep = Annotated[Canceler, Depends(_from_app("canceler"))]

@@ -12,7 +12,8 @@ Objects, named from FLEET_QUEUE_PREFIX (`p` below):
   `p.jobs.dead.notify` (read by the replicas, which fail the job's record).
 - `p.events` (topic): each job's events, routing key `job.<id>`; a replica binds the ids it streams or waits for.
 - `p.control` (fanout): cancel requests, to every worker.
-- A server-named exclusive queue per replica: the bodies of synchronous answers that workers stream back to it.
+- Per replica, exclusive queues `p.replica.<id>.events`, `.control` and `.answers` (the bodies of synchronous
+  answers that workers stream back to it).
 
 The connection is aio-pika's robust one: after a broker restart it reconnects (every RECONNECT_INTERVAL_S) and
 declares again the queues, bindings and consumers it had. Publishing waits for the broker's confirm, so a job the API
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +114,9 @@ class Broker:
         self._events_queue: AbstractQueue | None = None
         self._reply_queue: AbstractQueue | None = None
         self._bound: set[str] = set()
+        self._job_consumers: list[AbstractQueue] = []
+        # This replica's name in its own queues' names.
+        self.replica = uuid.uuid4().hex[:12]
 
     @property
     def connected(self) -> bool:
@@ -133,24 +138,33 @@ class Broker:
         names = self.topology
         dead = await channel.declare_exchange(names.dead_exchange, ExchangeType.FANOUT, durable=True)
         for name in (names.dead_queue, names.dead_notify_queue):
-            queue = await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+            queue = await self._dead_queue(channel, name)
             await queue.bind(dead)
         for name in names.job_queues:
-            await channel.declare_queue(
-                name,
-                durable=True,
-                arguments={
-                    "x-queue-type": "quorum",
-                    "x-delivery-limit": self._max_attempts - 1,
-                    "x-dead-letter-exchange": names.dead_exchange,
-                    "x-consumer-timeout": self._consumer_timeout_ms,
-                },
-            )
+            await self._job_queue(channel, name)
         self._exchanges = {
             "events": await channel.declare_exchange(names.events_exchange, ExchangeType.TOPIC, durable=True),
             "control": await channel.declare_exchange(names.control_exchange, ExchangeType.FANOUT, durable=True),
             "default": channel.default_exchange,
         }
+
+    async def _job_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+        # Declared (idempotently) on each channel that uses it: a robust channel declares again, after a reconnect,
+        # the queues declared on it, and then restores their consumers.
+        return await channel.declare_queue(
+            name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-delivery-limit": self._max_attempts - 1,
+                "x-dead-letter-exchange": self.topology.dead_exchange,
+                "x-consumer-timeout": self._consumer_timeout_ms,
+            },
+        )
+
+    @staticmethod
+    async def _dead_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
+        return await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
 
     def _reconnected(self, *_: Any) -> None:
         logger.info("reconnected to the broker", extra={"broker": self.where})
@@ -215,31 +229,27 @@ class Broker:
         tags = []
         with converted("cannot consume the job queues"):
             for name in self.topology.job_queues:
-                queue = await channel.get_queue(name, ensure=False)
+                queue = await self._job_queue(channel, name)
+                self._job_consumers.append(queue)
                 tags.append(await queue.consume(callback))
-        self._job_channel = channel
         return tags
 
     async def stop_consuming_jobs(self, tags: list[str]) -> None:
         """Take no more jobs; the ones held stay held until each is acknowledged or handed back."""
-        channel = getattr(self, "_job_channel", None)
-        if channel is None:
-            return
         with converted("cannot stop consuming"):
-            for name, tag in zip(self.topology.job_queues, tags, strict=True):
-                queue = await channel.get_queue(name, ensure=False)
+            for queue, tag in zip(self._job_consumers, tags, strict=True):
                 await queue.cancel(tag)
 
     async def consume_dead(self, callback: Consumer) -> None:
         channel = await self._channel(16)
         with converted("cannot consume the dead-letter notices"):
-            queue = await channel.get_queue(self.topology.dead_notify_queue, ensure=False)
+            queue = await self._dead_queue(channel, self.topology.dead_notify_queue)
             await queue.consume(callback)
 
     async def consume_control(self, callback: Consumer) -> None:
         channel = await self._channel(64)
         with converted("cannot consume control messages"):
-            queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            queue = await channel.declare_queue(self._own("control"), exclusive=True, auto_delete=True)
             await queue.bind(self.topology.control_exchange)
             await queue.consume(callback, no_ack=True)
 
@@ -247,7 +257,7 @@ class Broker:
         """This replica's queue of job events, bound to no job yet (`follow`)."""
         channel = await self._channel(256)
         with converted("cannot consume job events"):
-            self._events_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            self._events_queue = await channel.declare_queue(self._own("events"), exclusive=True, auto_delete=True)
             await self._events_queue.consume(callback, no_ack=True)
 
     async def follow(self, job_id: str) -> None:
@@ -271,16 +281,14 @@ class Broker:
         """This replica's queue for synchronous answers; its name (a job's `reply_to`)."""
         channel = await self._channel(prefetch)
         with converted("cannot consume answers"):
-            self._reply_queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+            self._reply_queue = await channel.declare_queue(self._own("answers"), exclusive=True, auto_delete=True)
             await self._reply_queue.consume(callback)
         return self._reply_queue.name
 
-    async def queue_depth(self, level: int) -> int:
-        """Messages ready in a job queue (not counting the ones workers hold)."""
-        assert self._publisher is not None
-        with converted("cannot read the queue's depth"):
-            queue = await self._publisher.declare_queue(self.topology.job_queue(level), passive=True)
-        return int(queue.declaration_result.message_count or 0)
+    def _own(self, what: str) -> str:
+        # Named, not server-named: a robust channel declares a queue again by its name after a reconnect, and the
+        # broker refuses a client's declaration of the `amq.gen-` names it makes up.
+        return f"{self.topology.prefix}.replica.{self.replica}.{what}"
 
     async def _channel(self, prefetch: int) -> AbstractChannel:
         if self._connection is None:

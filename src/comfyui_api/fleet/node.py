@@ -18,7 +18,7 @@ from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms, record_row
 from ..jobstore.writer import RecordWriter
 from ..pipeline.delivery import Delivery
 from ..pipeline.request import PromptRequest
-from ..pipeline.runner import PromptRunner
+from ..pipeline.runner import PromptRunner, ends_attempt
 from ..state import ServerState
 from ..tasks import TaskOwner
 from ..v2.events import JobEvents
@@ -148,9 +148,9 @@ class Fleet:
             return
         reply_to = message.reply_to
         try:
-            answer = await self._delivery.answer(request, record, extra=message.extra)
+            answer = await self._delivery.answer(request, record, extra=message.extra, from_queue=True)
         except Exception as exc:
-            if self._runner.hands_back(exc) or reply_to is None:
+            if ends_attempt(exc) or reply_to is None:
                 raise
             failure = exc if isinstance(exc, ApiError) else None
             body = error_answer(failure) if failure is not None else JsonBody({"error": "Internal error"}).encode()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from ..errors import ApiError, BrokerError, SealError
+from ..errors import ApiError, BrokerError, SealError, ShuttingDown
 from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
 from ..jobstore.writer import RecordWriter
 from .broker import Broker, converted
@@ -70,6 +70,8 @@ class FleetWorker:
         self._held: list[_Held] = []
         self._order = itertools.count()
         self._running: set[asyncio.Task[None]] = set()
+        # Job id → the task running it here.
+        self._active: dict[str, asyncio.Task[None]] = {}
         self._tags: list[str] = []
         self._stopping = False
 
@@ -112,6 +114,21 @@ class FleetWorker:
 
     async def _run(self, held: _Held) -> None:
         message, job = held.message, held.job
+        earlier = self._active.get(job.id)
+        if earlier is not None:
+            # Delivered again while it still runs here: its message went back with a broken connection. The run
+            # under way decides; this delivery is acknowledged once it has ended, or handed back if it did not.
+            await asyncio.wait({earlier})
+        task = asyncio.current_task()
+        assert task is not None
+        self._active[job.id] = task
+        try:
+            await self._attempt(message, job)
+        finally:
+            if self._active.get(job.id) is task:
+                del self._active[job.id]
+
+    async def _attempt(self, message: AbstractIncomingMessage, job: JobMessage) -> None:
         attempt = int((message.headers or {}).get("x-delivery-count") or 0) + 1
         record = await self._records.get(job.id)
         if record is None or record.terminal:
@@ -124,7 +141,8 @@ class FleetWorker:
             await self._save(record)
             await _ack(message)
             return
-        if attempt > record.attempts:
+        told = any(entry.get("attempt") == record.attempts for entry in record.attempt_errors)
+        if attempt > record.attempts and not told:
             # The attempt before ended without a word from its worker.
             record.attempt_errors = [
                 *record.attempt_errors,
@@ -136,6 +154,9 @@ class FleetWorker:
         except asyncio.CancelledError:
             await self._end_attempt(message, record, _HANDED_BACK, last=False)
             raise
+        except ShuttingDown:
+            await self._end_attempt(message, record, _HANDED_BACK, last=False)
+            return
         except Exception as exc:
             if not record.terminal:
                 # Handed back by the pipeline (ComfyUI failed under the job), or cut short before it could end.
@@ -144,7 +165,12 @@ class FleetWorker:
                 return
             # It ended, failed, and its record says why.
         await self._records.saved(record)
-        await _ack(message)
+        try:
+            await _ack(message)
+        except BrokerError as exc:
+            # The connection broke during the job: the broker delivers it again, and that delivery, finding the
+            # record ended, is acknowledged without running it again.
+            logger.info("a job ended after its message went back", extra={"request_id": job.id, "why": str(exc)})
 
     async def _end_attempt(self, message: AbstractIncomingMessage, record: JobRecord, why: str, *, last: bool) -> None:
         record.attempt_errors = [*record.attempt_errors, {"attempt": record.attempts, "error": why, "at": now_ms()}]
@@ -160,11 +186,15 @@ class FleetWorker:
             "job attempt ended without an outcome",
             extra={"request_id": record.id, "attempt": record.attempts, "reason": why, "dead_lettered": last},
         )
-        with converted("cannot hand the job back"):
-            if last:
-                await message.reject(requeue=False)
-            else:
-                await message.nack(requeue=True)
+        try:
+            with converted("cannot hand the job back"):
+                if last:
+                    await message.reject(requeue=False)
+                else:
+                    await message.nack(requeue=True)
+        except BrokerError as exc:
+            # Its channel is gone, and with it the message went back to the queue.
+            logger.info("a job went back with its channel", extra={"request_id": record.id, "why": str(exc)})
 
     async def _save(self, record: JobRecord) -> None:
         self._records.changed(record)

@@ -34,7 +34,7 @@ from ..webhooks.sender import WebhookSender
 from .jobs import Job, now_ms
 from .outputs import delete_files
 from .request import PromptRequest
-from .runner import PromptRunner
+from .runner import PromptRunner, ends_attempt
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,17 @@ class Delivery:
         return await self.answer(request, record, extra=extra)
 
     async def answer(
-        self, request: PromptRequest, record: JobRecord | None, *, extra: dict[str, Any] | None = None
+        self,
+        request: PromptRequest,
+        record: JobRecord | None,
+        *,
+        extra: dict[str, Any] | None = None,
+        from_queue: bool = False,
     ) -> Answer:
-        """`handle`, for a request already checked, with its job's `record` (a fleet worker's, from the store)."""
+        """`handle`, for a request already checked, with its job's `record` (a fleet worker's, from the store;
+        `from_queue`, see PromptRunner.start)."""
         extra = extra or {}
-        job = await self._runner.start(request, record)
+        job = await self._runner.start(request, record, from_queue=from_queue)
         if request.is_async:
             if request.webhook:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})
@@ -187,9 +193,9 @@ class Delivery:
         sent, its record ended. An error the runner hands back (ComfyUI failed under it) ends the attempt without an
         outcome, its record queued again, and is raised: the job goes back to the queue."""
         try:
-            job = await self._runner.start(request, record)
+            job = await self._runner.start(request, record, from_queue=True)
         except Exception as exc:
-            if self._runner.hands_back(exc):
+            if ends_attempt(exc):
                 raise
             # Refused before it ran (an input that does not download, ComfyUI refusing the graph): its record says
             # why, and its webhooks are told as after any 202.
@@ -218,7 +224,7 @@ class Delivery:
                 body = payloads.prompt_complete(self._body(job, request, images))
                 await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
         except ApiError as exc:
-            if self._runner.hands_back(exc):
+            if job.from_queue and ends_attempt(exc):
                 raise
             # After the 202 this line may be the only trace of the failure (a request without a webhook).
             logger.error(

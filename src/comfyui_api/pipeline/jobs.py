@@ -98,7 +98,9 @@ class Job:
     files_to_delete: list[Path] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
-    # Its attempt ended without an outcome, for another worker of the fleet to run it (PromptRunner's hand_back).
+    # A fleet worker took it from the broker (PromptRunner.start's `from_queue`); and its attempt ended without an
+    # outcome, for a worker to run it again.
+    from_queue: bool = False
     handed_back: bool = False
     # What the job store and GET /prompt/{id} keep of this job; each change is passed to `record_changed`.
     record: JobRecord = field(init=False)

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import shutil
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 from ..comfy.client import ComfyClient, take_out
 from ..comfy.events import EventStream
@@ -38,6 +38,18 @@ _INTERRUPT_WAIT_S = 5.0
 _SETTLE_INTERVAL_S = 0.5
 
 
+class Canceler(Protocol):
+    """Who cancels a request by id: this server's runner, or in fleet mode the fleet (the job may run elsewhere)."""
+
+    async def interrupt(self, job_id: str) -> bool: ...
+
+
+def ends_attempt(exc: BaseException) -> bool:
+    """Whether `exc` ends a fleet job's attempt without an outcome (ComfyUI failed under it, or this server is
+    stopping): the job goes back to the broker."""
+    return isinstance(exc, ComfyUnavailable | ShuttingDown)
+
+
 class PromptRunner:
     def __init__(
         self,
@@ -50,12 +62,7 @@ class PromptRunner:
         janitor: Janitor,
         *,
         assets: AssetSource | None = None,
-        hand_back: bool = False,
     ) -> None:
-        """`hand_back`: a job ComfyUI fails under (it exits, is restarted or cannot be reached) is not queued in it
-        again here but ended without an outcome, its record queued, and ComfyUnavailable raised: a fleet worker then
-        hands the job back to the broker, for whichever worker takes it next."""
-        self._hand_back = hand_back
         self._settings = settings
         self._client = client
         self._events = events
@@ -76,15 +83,22 @@ class PromptRunner:
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def start(
-        self, request: PromptRequest, record: JobRecord | None = None, *, extra_data: dict[str, Any] | None = None
+        self,
+        request: PromptRequest,
+        record: JobRecord | None = None,
+        *,
+        extra_data: dict[str, Any] | None = None,
+        from_queue: bool = False,
     ) -> Job:
         """Preprocess the prompt and queue it in ComfyUI. The job stays open until `close(job)`.
 
         `record`: the job's record as its front door made it (kind, what a restart needs to run it again), or as the
-        store kept it when a restart runs it again; by default a new /prompt record."""
+        store kept it when a restart runs it again; by default a new /prompt record. `from_queue`: a fleet worker
+        took the job from the broker: when ComfyUI fails under it (`ends_attempt`), it is not queued in ComfyUI
+        again here but handed back (its record queued, the error raised) for whichever worker takes it next."""
         if self._state.draining:
             raise ShuttingDown()
-        job = Job(id=request.id)
+        job = Job(id=request.id, from_queue=from_queue)
         if record is not None:
             job.record = record
         job.extra_data = extra_data
@@ -164,13 +178,9 @@ class PromptRunner:
     def _may_retry(self, job: Job) -> bool:
         """Whether the job gets another attempt after ComfyUI failed it: not once it was interrupted, or its
         attempts (JOB_MAX_ATTEMPTS) are spent; its deadline bounds the retries too (PromptTimeout)."""
-        if self._hand_back:
-            return False
+        if job.from_queue:
+            return False  # the broker gives it to a worker again
         return not job.interrupt_requested and job.record.attempts < self._settings.job_max_attempts
-
-    def hands_back(self, exc: BaseException) -> bool:
-        """Whether `exc` ends a job's attempt without an outcome, for the broker to run it again elsewhere."""
-        return self._hand_back and isinstance(exc, ComfyUnavailable)
 
     def _requeue(self, job: Job, exc: ComfyUnavailable) -> None:
         logger.warning(
@@ -270,7 +280,7 @@ class PromptRunner:
             job.mark_abandoned()
 
     async def _fail(self, job: Job, exc: BaseException) -> None:
-        if self.hands_back(exc):
+        if job.from_queue and ends_attempt(exc):
             job.hand_back()
         elif isinstance(exc, Exception):
             job.mark_ended(exc)

@@ -26,7 +26,7 @@ from ..jobstore.writer import RecordWriter
 from ..pipeline.jobs import Job, JobRegistry
 from ..pipeline.outputs import OutputFile
 from ..pipeline.request import PromptRequest
-from ..pipeline.runner import PromptRunner
+from ..pipeline.runner import Canceler, PromptRunner
 from .assets import AssetStore
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 # What a client waits before it retries a submission refused for a full queue.
 QUEUE_FULL_RETRY_AFTER_S = 5
+_STOPPED = "The server running the job stopped before it ended; submit it again"
 _OUTPUT_TYPES = {"image": "image", "video": "video", "audio": "audio", "text": "text"}
 
 
@@ -83,8 +84,15 @@ class V2Jobs:
         *,
         max_queue_depth: int,
         output_retention_s: float,
+        resumable: bool = True,
+        canceler: Canceler | None = None,
     ) -> None:
+        """`resumable`: a job this server stops under is kept queued for its next start to run again; False in fleet
+        mode, where the shared store's unfinished jobs are not this server's alone: such a job fails instead."""
+        self._resumable = resumable
         self._runner = runner
+        # Who interrupts a job: the runner, or in fleet mode the fleet (another replica may run the job).
+        self._canceler: Canceler = canceler or runner
         self._jobs = jobs
         self._records = records
         self._assets = assets
@@ -164,6 +172,10 @@ class V2Jobs:
                 job.record.outputs = [*job.record.outputs, await self._as_asset(job, output, expires_at)]
                 job.record_changed(job.record)  # an `output` event the moment each is committed
             job.mark_succeeded(outputs=job.record.outputs)
+        except asyncio.CancelledError:
+            if not self._resumable:
+                job.mark_ended(ApiError(_STOPPED, status_code=503))
+            raise
         except ApiError as exc:
             logger.info("v2 job failed", extra={"request_id": job.id, "status": exc.status_code, "error": exc.message})
         except Exception as exc:
@@ -220,7 +232,7 @@ class V2Jobs:
         """Cancel a job (idempotent): taken out of ComfyUI's queue, or interrupted; a finished one is left as is."""
         record = await self.get(job_id)
         if record is not None and not record.terminal:
-            await self._runner.interrupt(job_id)
+            await self._canceler.interrupt(job_id)
             record = await self.get(job_id)
         return record
 
