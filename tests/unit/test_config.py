@@ -283,13 +283,13 @@ def test_dump_for_log_leaves_unset_secrets_empty() -> None:
 
 
 def test_fleet_mode_needs_a_shared_store_and_a_key() -> None:
-    with pytest.raises(ConfigError, match="BROKER_URL .* needs JOB_STORE_URL"):
+    with pytest.raises(ConfigError, match=r"BROKER_URL .* needs JOB_STORE_URL"):
         load_settings(broker_url="amqp://mq/")
     with pytest.raises(ConfigError, match="needs FLEET_SECRET_KEY"):
         load_settings(broker_url="amqp://mq/", job_store_url="postgresql://db/jobs")
     with pytest.raises(ConfigError, match="FLEET_ROLE=worker needs fleet mode"):
         load_settings(fleet_role="worker")
-    with pytest.raises(ConfigError, match="FLEET_ROLE: .*must be one of all, worker"):
+    with pytest.raises(ConfigError, match=r"FLEET_ROLE: .*must be one of all, worker"):
         load_settings(fleet_role="everything")
     fleet = load_settings(
         broker_url="amqp://mq/", job_store_url="postgresql://db/jobs", fleet_secret_key="k", fleet_role="WORKER"
