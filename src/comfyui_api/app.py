@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -189,17 +189,8 @@ def create_app(
     app.state.job_events = hub
     install_error_handlers(app)
     app.include_router(probes.router)
-    if settings.fleet_role != "worker":  # a worker-only replica serves its probes alone
-        for router in (
-            prompt.router,
-            job_status.router,
-            control.router,
-            download.router,
-            models.router,
-            v2_jobs_routes.router,
-            v2_assets.router,
-        ):
-            app.include_router(router)
+    for router in _routers(settings):
+        app.include_router(router)
     _add_doc_routes(app)
     # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
     # id is set before anything logs, and a request that auth refuses is logged too, before its body is read.
@@ -215,6 +206,17 @@ def create_app(
         install_bearer_auth(app, settings.api_keys)
     app.add_middleware(RequestContext)
     return app
+
+
+def _routers(settings: Settings) -> list[APIRouter]:
+    """The routes beside the probes: none on a worker-only replica; on an API-only one, those that need no ComfyUI
+    here (Comfy API v2 jobs run where they are submitted, so it has none of v2's)."""
+    if settings.fleet_role == "worker":
+        return []
+    queued = [prompt.router, job_status.router, control.router]
+    if settings.fleet_role == "api":
+        return queued
+    return [*queued, download.router, models.router, v2_jobs_routes.router, v2_assets.router]
 
 
 async def mount_workflows(app: FastAPI) -> None:
@@ -233,7 +235,8 @@ async def mount_workflows(app: FastAPI) -> None:
         ),
         None,
     )
-    await catalog.refresh(app.state.comfy_client, settings.models_path)
+    if settings.runs_comfy:  # an API-only replica's inputs list no models and samplers: its workers' ComfyUI checks
+        await catalog.refresh(app.state.comfy_client, settings.models_path)
     create_folder("WORKFLOW_DIR", settings.workflow_dir)
     workflows = await asyncio.to_thread(discover, settings.workflow_dir)
     with using_catalog(catalog):  # the routes' markdown descriptions are built now, from the inputs' schemas

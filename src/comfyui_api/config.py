@@ -51,8 +51,9 @@ SALAD_VARIABLES = (
 # configured key can be sent (`openssl rand -hex 32` and Python's `secrets.token_urlsafe()` both fit).
 _API_KEY = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
-# all: the public API and a worker with its own ComfyUI; worker: a worker without the public API.
-FLEET_ROLES = ("all", "worker")
+# all: the public API and a worker with its own ComfyUI; worker: a worker without the public API; api: the public API
+# without a ComfyUI (it queues jobs for the workers).
+FLEET_ROLES = ("all", "worker", "api")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off", ""}
@@ -336,11 +337,18 @@ class Settings(BaseSettings):
             raise ValueError("BROKER_URL (fleet mode) needs JOB_STORE_URL: the replicas share one job store")
         if self.fleet_secret_key is None:
             raise ValueError("BROKER_URL (fleet mode) needs FLEET_SECRET_KEY: job messages carry sealed credentials")
+        if self.fleet_sync_local and self.fleet_role == "api":
+            raise ValueError("FLEET_SYNC_LOCAL=true needs a ComfyUI to run on: not with FLEET_ROLE=api")
         return self
 
     @property
     def fleet(self) -> bool:
         return self.broker_url is not None
+
+    @property
+    def runs_comfy(self) -> bool:
+        """Whether this server launches and uses a ComfyUI: all but an API-only fleet replica."""
+        return self.fleet_role != "api"
 
     @model_validator(mode="after")
     def _derive_dirs(self) -> Settings:

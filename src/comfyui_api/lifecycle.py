@@ -164,12 +164,24 @@ class Lifecycle:
                 ),
                 "asset-sweeper",
             )
-        self._warmup_prompt = await load_warmup(self._settings)
-        manifest = load_manifest(self._settings)
         if self._system is not None:
             self._tasks.watch(self._system.start(), critical=False)
         await asyncio.to_thread(self._storage.cache.sweep_partials)
         await self._storage.cache.enforce_limit()
+        if settings.runs_comfy:
+            await self._start_comfy()
+        else:
+            # An API-only fleet replica: it serves once its job store is open (and, per /ready, its broker connected).
+            self._state.needs_comfy = False
+            self._state.warm = self._state.healthy = True
+        if self._fleet is not None:
+            await self._fleet.start(self._tasks)
+        elif self._records is not None:
+            self._tasks.spawn(self._resume_unfinished(self._records), "resume-jobs")
+
+    async def _start_comfy(self) -> None:
+        self._warmup_prompt = await load_warmup(self._settings)
+        manifest = load_manifest(self._settings)
         if manifest is not None:
             try:
                 await install_before_start(manifest, self._settings, self._storage)
@@ -181,10 +193,6 @@ class Lifecycle:
         self._tasks.spawn(self._janitor.run(), "janitor", critical=True)
         self._tasks.spawn(self._supervise(), "supervisor", critical=True)
         self._tasks.spawn(self._warm_up(), "warmup")
-        if self._fleet is not None:
-            await self._fleet.start(self._tasks)
-        elif self._records is not None:
-            self._tasks.spawn(self._resume_unfinished(self._records), "resume-jobs")
         if self._deletion_cost is not None:
             # Not critical: the scale-in order is advice to SaladCloud; the server serves on without it (its death is
             # logged).

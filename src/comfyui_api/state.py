@@ -17,5 +17,7 @@ class ServerState:
     draining: bool = False
     # Why the server cannot go on (a critical background task died); it is exiting. Unready and unhealthy.
     failed: str | None = None
+    # False on an API-only fleet replica: no ComfyUI to wait for or to watch.
+    needs_comfy: bool = True
     # Fleet mode: the broker is connected and the job store answers (always True on a standalone server).
     fleet_ok: bool = True

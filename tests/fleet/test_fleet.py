@@ -42,8 +42,8 @@ def receiver() -> Iterator[WebhookReceiver]:
 
 
 @pytest.fixture(scope="module")
-def fleet(make_server: ServerFactory, broker_url: str, database_url: str, receiver: WebhookReceiver) -> list[ApiServer]:
-    env = {
+def fleet_env(broker_url: str, database_url: str, receiver: WebhookReceiver) -> dict[str, str]:
+    return {
         "BROKER_URL": broker_url,
         "JOB_STORE_URL": database_url,
         "FLEET_SECRET_KEY": Fernet.generate_key().decode(),
@@ -54,7 +54,11 @@ def fleet(make_server: ServerFactory, broker_url: str, database_url: str, receiv
         "ALWAYS_RESTART_COMFYUI": "true",
         **trusting(receiver.url),
     }
-    servers = [make_server(f"fleet-{name}", **env) for name in "ab"]
+
+
+@pytest.fixture(scope="module")
+def fleet(make_server: ServerFactory, fleet_env: dict[str, str]) -> list[ApiServer]:
+    servers = [make_server(f"fleet-{name}", **fleet_env) for name in "ab"]
     for server in servers:
         (server.base / "custom_nodes" / "kill_comfyui.py").write_text(KILL_COMFYUI_NODE)
         server.start()
@@ -263,3 +267,24 @@ def test_a_priority_above_the_highest_level_is_refused_at_its_field(fleet: list[
 
     assert response.status_code == 400
     assert response.json()["location"] == "priority"
+
+
+def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
+    fleet: list[ApiServer], make_server: ServerFactory, fleet_env: dict[str, str], receiver: WebhookReceiver
+) -> None:
+    gateway = make_server("fleet-gateway", **fleet_env, FLEET_ROLE="api").start()
+    wait_until(lambda: gateway.http.get("/ready").status_code == 200, 120, "the API-only replica to be ready")
+    assert "ComfyUI is up" not in gateway.log_path.read_text()
+
+    synced = gateway.http.post("/prompt", json={"prompt": solid(21, 13, prefix="gateway"), "id": "gateway-sync"})
+    body = {"prompt": slow(size=512, blurs=2), "id": "gateway-async", "webhook_v2": receiver.url_for("/gateway")}
+    assert gateway.http.post("/prompt", json=body).status_code == 202
+    with gateway.http.stream("GET", "/prompt/gateway-async/events") as response:
+        events = list(sse(response))
+
+    assert synced.status_code == 200, synced.text
+    assert image_size(synced.json()["images"][0]) == (21, 13)
+    assert [data["status"] for _, name, data in events if name == "status"][-1] == "succeeded"
+    assert hook_types(receiver, "/gateway") == ["prompt.complete"]
+    assert any(ran(server, "gateway-async") for server in fleet)
+    assert gateway.http.get("/api/v2/jobs").status_code == 404  # v2 jobs run where they are submitted: not here

@@ -294,4 +294,8 @@ def test_fleet_mode_needs_a_shared_store_and_a_key() -> None:
     fleet = load_settings(
         broker_url="amqp://mq/", job_store_url="postgresql://db/jobs", fleet_secret_key="k", fleet_role="WORKER"
     )
-    assert fleet.fleet and fleet.fleet_role == "worker" and not load_settings().fleet
+    assert fleet.fleet and fleet.fleet_role == "worker" and fleet.runs_comfy and not load_settings().fleet
+    fleet_env = {"broker_url": "amqp://mq/", "job_store_url": "postgresql://db/jobs", "fleet_secret_key": "k"}
+    assert not load_settings(**fleet_env, fleet_role="api").runs_comfy
+    with pytest.raises(ConfigError, match="FLEET_SYNC_LOCAL=true needs a ComfyUI"):
+        load_settings(**fleet_env, fleet_role="api", fleet_sync_local="true")

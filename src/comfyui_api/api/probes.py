@@ -26,15 +26,14 @@ async def health(state: ServerStateDep) -> JSONResponse:
 
 @router.get("/ready", response_model=ProbeResponse, responses={503: {"model": ProbeResponse}})
 async def ready(state: ServerStateDep, settings: SettingsDep, events: EventsDep, jobs: JobsDep) -> JSONResponse:
-    """200 when a prompt sent now would start promptly: ComfyUI up and warm, websocket connected, not draining, in
-    fleet mode the broker and the job store reachable, and (with MAX_QUEUE_DEPTH) ComfyUI's queue plus prompts still
-    preprocessing below it."""
+    """200 when a prompt sent now would start promptly: ComfyUI up and warm, websocket connected (but on an
+    API-only fleet replica, which has none), not draining, in fleet mode the broker and the job store reachable,
+    and (with MAX_QUEUE_DEPTH) ComfyUI's queue plus prompts still preprocessing below it."""
     limit = settings.max_queue_depth
     depth = events.queue_remaining + jobs.count(JobState.PREPROCESSING)
+    comfy_ok = state.comfy_up.is_set() and state.warm and events.connected
     ok = (
-        state.comfy_up.is_set()
-        and state.warm
-        and events.connected
+        (comfy_ok or not state.needs_comfy)
         and not state.draining
         and state.failed is None
         and state.fleet_ok

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -41,6 +41,7 @@ class FleetDoor:
         *,
         levels: int,
         sync_local: bool,
+        cancel: Callable[[str], Awaitable[bool]],
     ) -> None:
         self._broker = broker
         self._sealer = sealer
@@ -49,6 +50,7 @@ class FleetDoor:
         self._delivery = delivery
         self._levels = levels
         self._sync_local = sync_local
+        self._cancel = cancel
 
     async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Answer:
         if not request.is_async and self._sync_local:
@@ -80,7 +82,18 @@ class FleetDoor:
             return Answer(202, JsonBody(accepted))
         async with self._answers.expecting(request.id) as chunks:
             await self._queue(record, message, reply_to=self._answers.queue_name)
-            return await self._answer(request.id, chunks)
+            try:
+                return await self._answer(request.id, chunks)
+            except asyncio.CancelledError:
+                # Its client left (CANCEL_ON_DISCONNECT): the job is canceled wherever it runs, as here it would be.
+                await asyncio.shield(self._cancel_quietly(request.id))
+                raise
+
+    async def _cancel_quietly(self, job_id: str) -> None:
+        try:
+            await self._cancel(job_id)
+        except ApiError as exc:
+            logger.warning("an abandoned job could not be canceled", extra={"request_id": job_id, "why": exc.message})
 
     async def _queue(self, record: JobRecord, message: JobMessage, *, reply_to: str | None = None) -> None:
         try:

@@ -79,6 +79,7 @@ class Fleet:
             delivery,
             levels=settings.fleet_priority_levels,
             sync_local=settings.fleet_sync_local,
+            cancel=self.interrupt,
         )
         self.worker = (
             FleetWorker(
