@@ -178,7 +178,7 @@ def test_an_async_job_streams_its_events_and_status_on_the_other_replica(
 def test_a_cancel_on_one_replica_reaches_the_job_running_on_the_other(
     fleet: list[ApiServer], receiver: WebhookReceiver
 ) -> None:
-    body = {"prompt": slow(), "id": "fleet-cancel", "webhook_v2": receiver.url_for("/fleet-cancel")}
+    body = {"prompt": slow(size=1504), "id": "fleet-cancel", "webhook_v2": receiver.url_for("/fleet-cancel")}
     assert fleet[0].http.post("/prompt", json=body).status_code == 202
     runner = queued_on(fleet, "fleet-cancel")
     other = fleet[1] if runner is fleet[0] else fleet[0]
@@ -213,7 +213,9 @@ def test_a_job_whose_worker_stops_completes_on_the_other(
     fleet: list[ApiServer], receiver: WebhookReceiver, how: signal.Signals
 ) -> None:
     job_id = f"fleet-{how.name.lower()}"
-    body = {"prompt": slow(), "id": job_id, "webhook_v2": receiver.url_for(f"/{job_id}")}
+    # A graph of its own: ComfyUI would take an identical one's nodes from its cache, in no time.
+    size = 1472 if how is signal.SIGTERM else 1440
+    body = {"prompt": slow(size=size), "id": job_id, "webhook_v2": receiver.url_for(f"/{job_id}")}
     assert fleet[0].http.post("/prompt", json=body).status_code == 202
     victim = queued_on(fleet, job_id)
     survivor = fleet[1] if victim is fleet[0] else fleet[0]
@@ -239,8 +241,8 @@ def test_urgent_jobs_run_before_earlier_ones_of_a_lower_priority(
 
     # Every slot of both workers (1 + FLEET_LOOKAHEAD each) busy with a slow job; then low jobs, then urgent ones.
     blockers = [f"fleet-blocker-{index}" for index in range(4)]
-    for job_id in blockers:
-        submit(job_id, slow(), 0)
+    for index, job_id in enumerate(blockers):
+        submit(job_id, slow(size=1280 + 16 * index), 0)
     wait_until(
         lambda: all(record(fleet[0], job_id)["status"] == "running" for job_id in blockers[:1]), 120, "a blocker to run"
     )
@@ -277,7 +279,7 @@ def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
     assert "ComfyUI is up" not in gateway.log_path.read_text()
 
     synced = gateway.http.post("/prompt", json={"prompt": solid(21, 13, prefix="gateway"), "id": "gateway-sync"})
-    body = {"prompt": slow(size=512, blurs=2), "id": "gateway-async", "webhook_v2": receiver.url_for("/gateway")}
+    body = {"prompt": slow(size=544, blurs=2), "id": "gateway-async", "webhook_v2": receiver.url_for("/gateway")}
     assert gateway.http.post("/prompt", json=body).status_code == 202
     with gateway.http.stream("GET", "/prompt/gateway-async/events") as response:
         events = list(sse(response))

@@ -114,6 +114,7 @@ class Broker:
         self._events_queue: AbstractQueue | None = None
         self._reply_queue: AbstractQueue | None = None
         self._bound: set[str] = set()
+        self._job_channel: AbstractChannel | None = None
         self._job_consumers: list[AbstractQueue] = []
         # This replica's name in its own queues' names.
         self.replica = uuid.uuid4().hex[:12]
@@ -223,13 +224,16 @@ class Broker:
 
     # Consuming -------------------------------------------------------------------------------------------
     async def consume_jobs(self, callback: Consumer, prefetch: int) -> list[str]:
-        """Consume every job queue on a channel of its own, at most `prefetch` unacknowledged jobs per queue; the
-        consumer tags."""
-        channel = await self._channel(prefetch)
+        """Consume every job queue on a channel of their own, at most `prefetch` unacknowledged jobs per queue; the
+        consumer tags. Called again after `stop_consuming_jobs`, it consumes on the same channel: the jobs still
+        running are acknowledged on the channel they came on."""
+        if self._job_channel is None:
+            self._job_channel = await self._channel(prefetch)
         tags = []
+        self._job_consumers = []
         with converted("cannot consume the job queues"):
             for name in self.topology.job_queues:
-                queue = await self._job_queue(channel, name)
+                queue = await self._job_queue(self._job_channel, name)
                 self._job_consumers.append(queue)
                 tags.append(await queue.consume(callback))
         return tags

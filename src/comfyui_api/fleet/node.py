@@ -129,14 +129,18 @@ class Fleet:
     async def _monitor(self) -> None:
         store = self._records.store
         while True:
-            ok = self.broker.connected
-            if ok and isinstance(store, PostgresJobStore):
+            store_ok = True
+            if isinstance(store, PostgresJobStore):
                 try:
                     await store.ping()
                 except JobStoreError as exc:
-                    ok = False
+                    store_ok = False
                     if self._state.fleet_ok:
                         logger.warning("the job store does not answer", extra={"reason": str(exc)})
+            if self.worker is not None and self._state.comfy_up.is_set():
+                # The broker's own outage needs nothing here: its consumers come back with the connection.
+                await (self.worker.resume() if store_ok else self.worker.pause())
+            ok = store_ok and self.broker.connected
             if ok != self._state.fleet_ok:
                 logger.info("fleet connectivity changed", extra={"ok": ok, "broker_connected": self.broker.connected})
             self._state.fleet_ok = ok

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from ..errors import ApiError, BrokerError, SealError, ShuttingDown
+from ..errors import ApiError, BrokerError, JobStoreError, SealError, ShuttingDown
 from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
 from ..jobstore.writer import RecordWriter
 from .broker import Broker, converted
@@ -38,6 +38,7 @@ RunJob = Callable[[JobMessage, JobRecord], Awaitable[None]]
 _LOST = "The worker running it stopped or lost the broker before it ended"
 _HANDED_BACK = "The worker holding it was stopping: it was handed back to the queue"
 _CANCELED = "Canceled before it ran"
+_STORE_RETRY_S = 2.0
 
 
 @dataclass(order=True)
@@ -74,6 +75,8 @@ class FleetWorker:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._tags: list[str] = []
         self._stopping = False
+        # The job store does not answer: no job is taken until it does.
+        self._paused = False
 
     @property
     def busy(self) -> int:
@@ -81,6 +84,8 @@ class FleetWorker:
         return len(self._held) + len(self._running)
 
     async def start(self) -> None:
+        if self._paused:
+            return  # `resume()` starts it
         self._tags = await self._broker.consume_jobs(self._received, self._slots)
 
     async def _received(self, message: AbstractIncomingMessage) -> None:
@@ -93,14 +98,14 @@ class FleetWorker:
                 await message.reject(requeue=False)
             return
         job.reply_to = message.reply_to
-        if self._stopping:
+        if self._stopping or self._paused:
             await self._hand_back(message)
             return
         heapq.heappush(self._held, _Held((-job.priority, next(self._order)), message, job))
         self._schedule()
 
     def _schedule(self) -> None:
-        while self._held and len(self._running) < self._slots and not self._stopping:
+        while self._held and len(self._running) < self._slots and not (self._stopping or self._paused):
             held = heapq.heappop(self._held)
             task = asyncio.create_task(self._run(held), name=f"fleet-job-{held.job.id}")
             self._running.add(task)
@@ -130,7 +135,12 @@ class FleetWorker:
 
     async def _attempt(self, message: AbstractIncomingMessage, job: JobMessage) -> None:
         attempt = int((message.headers or {}).get("x-delivery-count") or 0) + 1
-        record = await self._records.get(job.id)
+        try:
+            record = await self._records.get(job.id)
+        except JobStoreError as exc:
+            logger.warning("a job went back: its record cannot be read", extra={"request_id": job.id, "why": str(exc)})
+            await self._hand_back(message)
+            return
         if record is None or record.terminal:
             # Ended already (a redelivery after the job's end, or a cancel), or expired: nothing to run.
             await _ack(message)
@@ -164,7 +174,7 @@ class FleetWorker:
                 await self._end_attempt(message, record, why, last=attempt >= self._max_attempts)
                 return
             # It ended, failed, and its record says why.
-        await self._records.saved(record)
+        await self._written(record)
         try:
             await _ack(message)
         except BrokerError as exc:
@@ -198,15 +208,45 @@ class FleetWorker:
 
     async def _save(self, record: JobRecord) -> None:
         self._records.changed(record)
-        await self._records.saved(record)
+        await self._written(record)
+
+    async def _written(self, record: JobRecord) -> None:
+        """Wait until the record is in the store, however long it is down: a job is acknowledged only then."""
+        while True:
+            try:
+                await self._records.saved(record)
+                return
+            except JobStoreError as exc:
+                logger.warning(
+                    "a job's record waits for the job store", extra={"request_id": record.id, "why": str(exc)}
+                )
+                await asyncio.sleep(_STORE_RETRY_S)
 
     async def _hand_back(self, message: AbstractIncomingMessage) -> None:
         with converted("cannot hand the job back"):
             await message.nack(requeue=True)
 
+    async def pause(self) -> None:
+        """The job store does not answer: take no more jobs, and hand back the ones held, until `resume()`."""
+        if self._paused or self._stopping:
+            return
+        self._paused = True
+        logger.warning("the job store does not answer: taking no jobs until it does")
+        await self._release()
+
+    async def resume(self) -> None:
+        if not self._paused or self._stopping:
+            return
+        self._paused = False
+        logger.info("the job store answers again: taking jobs")
+        await self.start()
+
     async def drain(self) -> None:
         """Take no more jobs and hand back the ones held but not started; the running ones run on."""
         self._stopping = True
+        await self._release()
+
+    async def _release(self) -> None:
         try:
             await self._broker.stop_consuming_jobs(self._tags)
         except BrokerError as exc:
