@@ -290,3 +290,36 @@ def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
     assert hook_types(receiver, "/gateway") == ["prompt.complete"]
     assert any(ran(server, "gateway-async") for server in fleet)
     assert gateway.http.get("/api/v2/jobs").status_code == 404  # v2 jobs run where they are submitted: not here
+
+
+def test_a_v2_job_runs_where_it_was_submitted_and_any_replica_answers_for_it(fleet: list[ApiServer]) -> None:
+    submitted_on, other = fleet
+    response = submitted_on.http.post("/api/v2/jobs", json={"workflow": slow(size=1376), "metadata": {"t": "v2"}})
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+
+    with other.http.stream("GET", f"/api/v2/jobs/{job_id}/events") as stream:
+        assert stream.status_code == 200
+        frames = sse(stream)
+        first = next(frames)
+        assert first[1] == "status" and first[2]["status"] in {"queued", "running"}
+        canceled = other.http.post(f"/api/v2/jobs/{job_id}/cancel")
+        assert canceled.status_code in (200, 202), canceled.text
+        events = [first, *frames]
+
+    assert events[-1][2]["status"] == "canceled", events
+    assert other.http.get(f"/api/v2/jobs/{job_id}").json()["status"] == "canceled"
+    listed = other.http.get("/api/v2/jobs", params={"metadata[t]": "v2"}).json()
+    assert [job["id"] for job in listed["jobs"]] == [job_id], listed
+    assert not any(ran(server, job_id) for server in fleet)
+
+
+def test_a_sync_request_whose_client_leaves_is_canceled_on_the_worker(fleet: list[ApiServer]) -> None:
+    # Seconds of work: the client gives up long before its end.
+    body = {"prompt": slow(size=1600, blurs=5), "id": "fleet-left"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{fleet[0].url}/prompt", json=body, timeout=httpx.Timeout(3.0, connect=5.0))
+
+    ended = wait_status(fleet[1], "fleet-left")
+
+    assert ended["status"] == "canceled", ended
