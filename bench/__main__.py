@@ -1,7 +1,7 @@
 """The whole benchmark suite in one command: every benchmark, one table of its bars, one JSON file of its figures.
 
-    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard,v2] [--json bench/results/latest.json]
-                              [--baseline earlier.json]
+    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard,v2,fleet]
+                              [--json bench/results/latest.json] [--baseline earlier.json]
 
 Run from the repository root after scripts/setup.sh. Each benchmark runs in a process of its own, one after the other
 (they would disturb each other's timings), with its own defaults, and starts and stops what it needs (comfyui-api
@@ -14,11 +14,14 @@ servers in front of their own CPU ComfyUI, SeaweedFS, file servers); its progres
 * guard:    a cached URL input with the URL guard on and off, and direct ComfyUI (bench/guard.py)
 * v2:       Comfy API v2 jobs (submit, follow, download): a round trip and a burst of 200, against comfy-api-proxy
             in front of the same ComfyUI and direct ComfyUI (bench/v2.py)
+* fleet:    fleet mode (RabbitMQ and PostgreSQL: a private vhost and database): the latency a fleet-mode server
+            adds to a prompt over a standalone one in front of the same ComfyUI, and jobs/s with two workers against
+            one (bench/fleet.py)
 
 Then one table of every figure with a bar (and the figures they are measured against), and the JSON: `meta`, each
 benchmark's own report under `benchmarks`, and every figure flattened under `figures` as "benchmark.figure", which
 is what --baseline compares. The exit status is 0 whatever the bars say, 1 when a benchmark could not measure
-something. About 12 to 16 minutes on a 2-core machine (v2 4 to 8 of them: the proxy's 15 s stalls).
+something. About 13 to 17 minutes on a 2-core machine (v2 4 to 8 of them: the proxy's 15 s stalls; fleet about 1).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import Any
 
 from .common import REPO, check_cases_and_baseline, compare, log, print_checks, sigterm_exits, write_report
 
-BENCHMARKS = ("startup", "requests", "outputs", "download", "guard", "v2")
+BENCHMARKS = ("startup", "requests", "outputs", "download", "guard", "v2", "fleet")
 DEFAULT_REPORT = REPO / "bench" / "results" / "latest.json"
 
 
