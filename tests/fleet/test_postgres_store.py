@@ -23,6 +23,7 @@ from tests.unit.test_job_store import (  # noqa: F401
     Clock,
     record,
     test_a_conditional_save_replaces_a_record_only_in_the_given_statuses,
+    test_a_new_job_is_created_unless_an_unfinished_one_has_its_id,
     test_a_record_is_read_back_as_it_was_saved,
     test_an_idempotency_key_is_claimed_once_until_released_or_expired,
     test_listing_is_newest_first_filtered_by_status_and_time_and_paged,

@@ -241,3 +241,12 @@ async def test_a_conditional_save_replaces_a_record_only_in_the_given_statuses(
     found = await store.get("a")
     assert found is not None and found.status is JobStatus.CANCELED
     assert await store.get("b") is None
+
+
+async def test_a_new_job_is_created_unless_an_unfinished_one_has_its_id(store: SQLiteJobStore, clock: Clock) -> None:
+    assert await store.create(record("a", clock.now))
+    assert not await store.create(record("a", clock.now, delivery={"second": True}))  # the first is unfinished
+    await store.save([record("a", clock.now, JobStatus.SUCCEEDED, completed_at=clock.now)])
+    assert await store.create(record("a", clock.now + 1))  # an id is free again once its job has ended
+    found = await store.get("a")
+    assert found is not None and found.status is JobStatus.QUEUED and found.created_at == clock.now + 1

@@ -132,6 +132,11 @@ class Broker:
             )
             self._publisher = await self._connection.channel(publisher_confirms=True)
             await self._declare(self._publisher)
+            # Events and answers are transient (a follower re-reads the store; an answer's queue dies with its
+            # replica): published on a channel of their own without confirms, they do not wait for the broker.
+            transient = await self._connection.channel(publisher_confirms=False)
+            self._exchanges["transient events"] = await transient.get_exchange(self.topology.events_exchange)
+            self._exchanges["transient default"] = transient.default_exchange
             self._connection.reconnect_callbacks.add(self._reconnected)
         logger.info("connected to the broker", extra={"broker": self.where})
 
@@ -206,7 +211,7 @@ class Broker:
     async def publish_reply(self, reply_to: str, body: bytes, *, job_id: str, headers: dict[str, Any]) -> None:
         """A chunk of a synchronous answer, to the replica that waits for it."""
         message = aio_pika.Message(body, correlation_id=job_id, headers=headers)
-        await self._publish("default", message, reply_to, what="cannot send the answer", mandatory=False)
+        await self._publish("transient default", message, reply_to, what="cannot send the answer", mandatory=False)
 
     async def _publish(
         self, exchange: str, message: aio_pika.Message, routing_key: str, *, what: str, mandatory: bool = True

@@ -16,7 +16,7 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage
 
 from ..errors import ApiError, BadRequest, BrokerError, Conflict, FleetUnavailable, JobStoreError
-from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
+from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms, record_row
 from ..jobstore.writer import RecordWriter
 from ..pipeline.delivery import Answer, Delivery
 from ..pipeline.preprocess import require_saving_node
@@ -97,13 +97,12 @@ class FleetDoor:
 
     async def _queue(self, record: JobRecord, message: JobMessage, *, reply_to: str | None = None) -> None:
         try:
-            found = await self._records.get(record.id)
-            if found is not None and not found.terminal:
-                raise Conflict(f"A request with id {record.id!r} is already in progress", location="id")
-            self._records.changed(record)
-            await self._records.saved(record)
+            created = await self._records.create(record)
         except JobStoreError as exc:
             raise FleetUnavailable(f"The job store does not answer: {exc}") from None
+        if not created:
+            raise Conflict(f"A request with id {record.id!r} is already in progress", location="id")
+        message.record, message.published_at = record_row(record), now_ms()
         try:
             await self._broker.publish_job(
                 message.encode(self._sealer), message.priority, job_id=record.id, reply_to=reply_to
@@ -130,15 +129,14 @@ class FleetDoor:
                 if record is not None and record.terminal and chunks.empty():
                     return _from_record(record)
         headers = first.headers or {}
-        body = RelayedBody(int(headers.get("length") or len(first.body)), first.body, self._rest(first, chunks))
+        rest = None if headers.get("last") else self._rest(first, chunks)
+        body = RelayedBody(int(headers.get("length") or len(first.body)), first.body, rest)
         await first.ack()
         return Answer(int(headers.get("status") or 200), body)
 
     async def _rest(
         self, first: AbstractIncomingMessage, chunks: asyncio.Queue[AbstractIncomingMessage]
     ) -> AsyncIterator[bytes]:
-        if (first.headers or {}).get("last"):
-            return
         attempt = (first.headers or {}).get("attempt")
         while True:
             chunk = await chunks.get()

@@ -34,6 +34,10 @@ class JobMessage:
     models: list[str] = field(default_factory=list)
     # Fields the answer adds (a workflow endpoint's validated `input`).
     extra: dict[str, Any] = field(default_factory=dict)
+    # The job's record as the front door created it (record_row), and when (ms since the epoch): a worker that
+    # takes the job at its first delivery needs no read of the store (worker.py).
+    record: dict[str, Any] | None = None
+    published_at: int = 0
     # The replica waiting for a synchronous answer (the AMQP message's `reply_to`; not in the body).
     reply_to: str | None = None
     # credentials and extra_data, in clear here; sealed in the body.
@@ -49,6 +53,8 @@ class JobMessage:
             "models": self.models,
             "extra": self.extra,
             "request": self.request,
+            "record": self.record,
+            "published_at": self.published_at,
         }
         if self.secrets:
             body["sealed"] = sealer.seal(self.secrets)
@@ -70,6 +76,8 @@ class JobMessage:
                 sync=bool(raw.get("sync", False)),
                 models=[str(model) for model in raw.get("models") or ()],
                 extra=dict(raw.get("extra") or {}),
+                record=dict(raw["record"]) if raw.get("record") else None,
+                published_at=int(raw.get("published_at") or 0),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BrokerError(f"not a job message: {type(exc).__name__}: {exc}") from None

@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from ..config import Settings
-from ..errors import ApiError, BrokerError, FleetUnavailable, JobStoreError
+from ..errors import BrokerError, FleetUnavailable, JobStoreError
 from ..jobstore.postgres import PostgresJobStore
 from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms, record_row, row_record
 from ..jobstore.writer import RecordWriter
@@ -26,7 +26,7 @@ from ..webhooks.body import JsonBody
 from .broker import Broker, Topology
 from .door import FleetDoor
 from .messages import JobMessage
-from .relay import Answers, Cancels, DeadLetters, EventsOut, Followers, error_answer, send_answer
+from .relay import Answers, Cancels, DeadLetters, EventsOut, Followers, send_answer
 from .sealing import Sealer
 from .worker import FleetWorker
 
@@ -66,7 +66,7 @@ class Fleet:
             max_attempts=settings.job_max_attempts,
             consumer_timeout_ms=timeout_ms,
         )
-        self.events_out = EventsOut(self.broker)
+        self.events_out = EventsOut(self.broker, records)
         self.followers = Followers(self.broker, records, hub.on_record)
         self.cancels = Cancels(self.broker, runner.interrupt)
         self._dead = DeadLetters(self.broker, records)
@@ -89,7 +89,7 @@ class Fleet:
                 {JobKind.PROMPT: self._run_prompt},
                 lookahead=settings.fleet_lookahead,
                 max_attempts=settings.job_max_attempts,
-                is_canceled=self.cancels.canceled,
+                cancels=self.cancels,
             )
             if settings.fleet_role != "api"
             else None
@@ -157,17 +157,15 @@ class Fleet:
         except Exception as exc:
             if ends_attempt(exc) or reply_to is None:
                 raise
-            failure = exc if isinstance(exc, ApiError) else None
-            body = error_answer(failure) if failure is not None else JsonBody({"error": "Internal error"}).encode()
-            status = failure.status_code if failure is not None else 500
-            await send_answer(self.broker, reply_to, message.id, record.attempts, status, iter([body]), len(body))
+            # Answered as the request would be here: the job's record holds that answer (its error and status code).
+            error = dict(record.error or {"error": f"Internal error: {type(exc).__name__}", "status_code": 500})
+            status = int(error.pop("status_code", 500))
+            await send_answer(self.broker, reply_to, message.id, record.attempts, status, JsonBody(error))
             return
         try:
             if reply_to is not None:
-                size = await asyncio.to_thread(answer.body.size)
-                await send_answer(
-                    self.broker, reply_to, message.id, record.attempts, answer.status_code, answer.body.chunks(), size
-                )
+                assert isinstance(answer.body, JsonBody)  # this server's pipeline answered it
+                await send_answer(self.broker, reply_to, message.id, record.attempts, answer.status_code, answer.body)
         finally:
             if answer.sent is not None:
                 await answer.sent()

@@ -20,19 +20,21 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from ..errors import ApiError, BrokerError, FleetUnavailable, JobStoreError
+from ..errors import BrokerError, FleetUnavailable, JobStoreError
 from ..jobstore.records import JobRecord, JobStatus, now_ms, record_row, row_record
 from ..jobstore.writer import RecordWriter
+from ..webhooks.body import JsonBody
 from .broker import Broker
 
 logger = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.25
+GATHER_S = 0.05
 RECHECK_INTERVAL_S = 2.0
 CHUNK_BYTES = 256 * 1024
 REPLY_PREFETCH = 64
@@ -42,10 +44,13 @@ _DEAD = "It went to the dead-letter queue: its attempts (JOB_MAX_ATTEMPTS) are s
 
 
 class EventsOut:
-    """Publishes this worker's record changes; never waits (publishing runs in one task, latest record per job)."""
+    """Publishes this worker's record changes; never waits (publishing runs in one task, latest record per job). A
+    job's end is published once its record is in the store: a follower that reads the store on hearing it reads the
+    same end."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, records: RecordWriter) -> None:
         self._broker = broker
+        self._records = records
         self._pending: dict[str, JobRecord] = {}
         self._last_progress: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -58,12 +63,19 @@ class EventsOut:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            # A moment for a job's changes to gather: a short job's few states cost one or two messages, not one
+            # each (bench/fleet.py: the worker's CPU per job).
+            await asyncio.sleep(GATHER_S)
             self._wake.clear()
             pending, self._pending = self._pending, {}
+            due = {}
             for job_id, record in pending.items():
                 if record.status is JobStatus.RUNNING and not self._due(job_id):
                     self._pending.setdefault(job_id, record)  # a progress step: sent with the next due one
-                    continue
+                else:
+                    due[job_id] = record
+            await self._ends_written([record for record in due.values() if record.terminal])
+            for job_id, record in due.items():
                 if record.terminal:
                     self._last_progress.pop(job_id, None)
                 try:
@@ -74,6 +86,14 @@ class EventsOut:
             if self._pending:
                 await asyncio.sleep(PROGRESS_INTERVAL_S)
                 self._wake.set()
+
+    async def _ends_written(self, ended: list[JobRecord]) -> None:
+        """Wait until these ended jobs' records are in the store (one transaction for all): an end is final, so
+        these copies are the records."""
+        results = await asyncio.gather(*(self._records.saved(record) for record in ended), return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if failures:
+            logger.warning("jobs' ends are published before their records", extra={"why": str(failures[0])})
 
     def _due(self, job_id: str) -> bool:
         now = time.monotonic()
@@ -144,9 +164,12 @@ class Cancels:
         self._broker = broker
         self._interrupt = interrupt
         self._recent: dict[str, None] = {}
+        # Since when (ms since the epoch) every cancel request reaches this replica; None before.
+        self.since: int | None = None
 
     async def start(self) -> None:
         await self._broker.consume_control(self._received)
+        self.since = now_ms()
 
     async def request(self, job_id: str) -> None:
         try:
@@ -211,23 +234,28 @@ def _delivery_count(message: AbstractIncomingMessage) -> int:
 
 
 class RelayedBody:
-    """A synchronous answer's body as a worker streams it here (api/answers.py's body interface)."""
+    """A synchronous answer's body as a worker streams it here (api/answers.py's body interface). One that came in
+    one message is small: answered at once, without a stream."""
 
-    def __init__(self, length: int, first: bytes, rest: AsyncIterator[bytes]) -> None:
+    def __init__(self, length: int, first: bytes, rest: AsyncIterator[bytes] | None) -> None:
         self._length = length
         self._first = first
         self._rest = rest
 
     def is_small(self) -> bool:
-        return False
+        return self._rest is None
+
+    def encode(self) -> bytes:
+        return self._first
 
     def size(self) -> int:
         return self._length
 
     async def stream(self) -> AsyncIterator[bytes]:
         yield self._first
-        async for chunk in self._rest:
-            yield chunk
+        if self._rest is not None:
+            async for chunk in self._rest:
+                yield chunk
 
 
 class Answers:
@@ -262,12 +290,19 @@ class Answers:
 
 
 async def send_answer(
-    broker: Broker, reply_to: str, job_id: str, attempt: int, status_code: int, chunks: Iterator[bytes], length: int
+    broker: Broker, reply_to: str, job_id: str, attempt: int, status_code: int, body: JsonBody
 ) -> None:
-    """Stream an answer's body to `reply_to`, in chunks of CHUNK_BYTES at most (`chunks` is read in a thread)."""
+    """Stream an answer's body to `reply_to`: a small one in one message, encoded here; a large one in chunks of
+    CHUNK_BYTES at most, read in a thread (it reads the output files)."""
+    if body.is_small():
+        data = body.encode()
+        headers = {"seq": 0, "attempt": attempt, "last": True, "status": status_code, "length": len(data)}
+        await broker.publish_reply(reply_to, data, job_id=job_id, headers=headers)
+        return
+    length = await asyncio.to_thread(body.size)
+    iterator = body.chunks()
     seq = 0
     pending = b""
-    iterator = iter(chunks)
 
     async def send(data: bytes, last: bool) -> None:
         nonlocal seq
@@ -286,7 +321,3 @@ async def send_answer(
             await send(pending[:CHUNK_BYTES], False)
             pending = pending[CHUNK_BYTES:]
     await send(pending, True)
-
-
-def error_answer(exc: ApiError) -> bytes:
-    return json.dumps(exc.body(), separators=(",", ":")).encode()

@@ -48,6 +48,9 @@ class JobStore(Protocol):
     async def save(self, records: Sequence[JobRecord]) -> None:
         """Create or replace each record (by id), all in one transaction."""
 
+    async def create(self, record: JobRecord) -> bool:
+        """Write a new job's record unless an unfinished, unexpired job has its id: whether it was written."""
+
     async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
         """Replace the stored record only while its status is one of `statuses`: whether it was."""
 

@@ -3,8 +3,9 @@ extension over asyncpg, with sql.py's tables and queries. Every replica reads an
 one answers for any job.
 
 Replicas that start together create the schema once: `open()` holds a transaction-scoped advisory lock while it
-checks the schema version and creates what is missing. A connection broken by a database restart is found by a
-ping when it is taken from the pool and replaced, so the store works again as soon as the database does.
+checks the schema version and creates what is missing. A connection broken by a database restart fails its first
+statement, which is tried again on a new connection (sql.py's `_run`), so the store works again as soon as the
+database does.
 """
 
 from __future__ import annotations
@@ -53,9 +54,7 @@ class PostgresJobStore(SqlJobStore):
         super().__init__(postgresql_insert, self._convert, clock=clock)
 
     async def open(self) -> None:
-        engine = create_async_engine(
-            self._url, pool_pre_ping=True, connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30}
-        )
+        engine = create_async_engine(self._url, connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30})
         try:
             async with engine.begin() as connection:
                 await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
@@ -79,9 +78,7 @@ class PostgresJobStore(SqlJobStore):
 
     async def ping(self) -> None:
         """Raises JobStoreError unless the database answers now."""
-        with self._convert():
-            async with self._connected().connect() as connection:
-                await connection.execute(text("SELECT 1"))
+        await self._run(lambda connection: connection.execute(text("SELECT 1")))
 
     @contextlib.contextmanager
     def _convert(self) -> Iterator[None]:

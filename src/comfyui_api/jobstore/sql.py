@@ -5,8 +5,8 @@ errors are named, and their dialect's INSERT … ON CONFLICT."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -24,10 +24,14 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ..errors import JobStoreError
 from .base import JobQuery
-from .records import JobRecord, JobStatus, now_ms, record_row, row_record
+from .records import TERMINAL, JobRecord, JobStatus, now_ms, record_row, row_record
+
+T = TypeVar("T")
 
 
 class Insert(Protocol):
@@ -92,9 +96,22 @@ class SqlJobStore:
     async def save(self, records: Sequence[JobRecord]) -> None:
         if not records:
             return
-        with self._converted():
-            async with self._connected().begin() as connection:
-                await connection.execute(self._upsert, [_row(record) for record in records])
+        rows = [_row(record) for record in records]
+        await self._run(lambda connection: connection.execute(self._upsert, rows))
+
+    async def create(self, record: JobRecord) -> bool:
+        """Write a new job's record unless a job with its id is unfinished (and unexpired): whether it was written.
+        One statement, so that two replicas taking the same id at once cannot both succeed."""
+        table = jobs_table.c
+        insert = self._insert(jobs_table).values(_row(record))
+        finished = or_(table.status.in_([status.value for status in TERMINAL]), table.expires_at <= self._clock())
+        statement = insert.on_conflict_do_update(
+            index_elements=[table.id],
+            set_={column.name: insert.excluded[column.name] for column in jobs_table.c if column.name != "id"},
+            where=finished,
+        )
+        result = await self._run(lambda connection: connection.execute(statement))
+        return bool(result.rowcount == 1)
 
     async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
         """Replace the stored record by `record` only while the stored one is in one of `statuses`: whether it was
@@ -106,16 +123,12 @@ class SqlJobStore:
             .where(jobs_table.c.id == record.id, jobs_table.c.status.in_([status.value for status in statuses]))
             .values(row)
         )
-        with self._converted():
-            async with self._connected().begin() as connection:
-                result = await connection.execute(statement)
+        result = await self._run(lambda connection: connection.execute(statement))
         return bool(result.rowcount == 1)
 
     async def get(self, job_id: str) -> JobRecord | None:
         statement = select(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.expires_at > self._clock())
-        with self._converted():
-            async with self._connected().connect() as connection:
-                row = (await connection.execute(statement)).first()
+        row = (await self._run(lambda connection: connection.execute(statement))).first()
         return _record(row) if row is not None else None
 
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
@@ -135,37 +148,51 @@ class SqlJobStore:
                 or_(table.created_at < created, and_(table.created_at == created, table.id < job_id))
             )
         statement = statement.order_by(table.created_at.desc(), table.id.desc()).limit(query.limit)
-        with self._converted():
-            async with self._connected().connect() as connection:
-                rows = (await connection.execute(statement)).all()
+        rows = (await self._run(lambda connection: connection.execute(statement))).all()
         return [_record(row) for row in rows]
 
     async def delete_expired(self) -> int:
-        with self._converted():
-            async with self._connected().begin() as connection:
-                now = self._clock()
-                result = await connection.execute(delete(jobs_table).where(jobs_table.c.expires_at <= now))
-                await connection.execute(delete(keys_table).where(keys_table.c.expires_at <= now))
-        return int(result.rowcount)
+        now = self._clock()
+
+        async def work(connection: AsyncConnection) -> Any:
+            await connection.execute(delete(keys_table).where(keys_table.c.expires_at <= now))
+            return await connection.execute(delete(jobs_table).where(jobs_table.c.expires_at <= now))
+
+        return int((await self._run(work)).rowcount)
 
     async def claim_key(self, key: str, expires_at: int) -> bool:
         claim = self._insert(keys_table).values(key=key, expires_at=expires_at).on_conflict_do_nothing()
-        with self._converted():
-            async with self._connected().begin() as connection:
-                expired = keys_table.c.expires_at <= self._clock()
-                await connection.execute(delete(keys_table).where(keys_table.c.key == key, expired))
-                result = await connection.execute(claim)
-        return bool(result.rowcount == 1)
+        expired = keys_table.c.expires_at <= self._clock()
+
+        async def work(connection: AsyncConnection) -> Any:
+            await connection.execute(delete(keys_table).where(keys_table.c.key == key, expired))
+            return await connection.execute(claim)
+
+        return bool((await self._run(work)).rowcount == 1)
 
     async def release_key(self, key: str) -> None:
-        with self._converted():
-            async with self._connected().begin() as connection:
-                await connection.execute(delete(keys_table).where(keys_table.c.key == key))
+        await self._run(lambda connection: connection.execute(delete(keys_table).where(keys_table.c.key == key)))
 
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+    async def _run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """`work` in one transaction; once more when the connection the pool gave turned out dead (the database
+        restarted since it was opened): SQLAlchemy then drops every pooled connection, so the retry gets a new one.
+        A connection is not pinged before each use: that is a round trip per transaction (bench/fleet.py)."""
+        try:
+            return await self._once(work)
+        except JobStoreError as exc:
+            if not (isinstance(exc.__cause__, DBAPIError) and exc.__cause__.connection_invalidated):
+                raise
+        return await self._once(work)
+
+    async def _once(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        with self._converted():
+            async with self._connected().begin() as connection:
+                return await work(connection)
 
     def _connected(self) -> AsyncEngine:
         if self._engine is None:

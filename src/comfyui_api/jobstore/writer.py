@@ -102,6 +102,12 @@ class RecordWriter:
         self._batch_full.set()  # no waiting for the interval
         await waiter
 
+    async def create(self, record: JobRecord) -> bool:
+        """Write a new job's record now, unless an unfinished job has its id (JobStore.create): whether it was
+        written. Its expiry is set as `changed` sets it."""
+        record.expires_at = record.created_at + self._retention_ms
+        return await self.store.create(record)
+
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's latest record: unwritten, being written, or from the store; None if unknown or expired."""
         record = self._pending.get(job_id) or self._writing.get(job_id)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,12 +39,24 @@ from .runner import PromptRunner, ends_attempt
 logger = logging.getLogger(__name__)
 
 
+class AnswerBody(Protocol):
+    """A JSON body as api/answers.py sends it: JsonBody, or in fleet mode one a worker streams (fleet/relay.py)."""
+
+    def is_small(self) -> bool: ...
+
+    def encode(self) -> bytes: ...
+
+    def size(self) -> int: ...
+
+    def stream(self) -> AsyncIterator[bytes]: ...
+
+
 @dataclass(frozen=True)
 class Answer:
     """How a request is answered: a status code and a JSON body (the API turns it into a response)."""
 
     status_code: int
-    body: JsonBody
+    body: AnswerBody
     # To await once the body has been sent, or could not be: it ends the job whose output files the body reads.
     sent: Callable[[], Awaitable[None]] | None = None
 
