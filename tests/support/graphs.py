@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import struct
 from typing import Any
@@ -62,9 +63,15 @@ def solid(width: int, height: int, color: int = 0, prefix: str = "solid") -> Gra
     }
 
 
+# Each slow graph's image has a colour of its own: ComfyUI would answer a graph it ran before from its cache at once.
+_slow_graphs = itertools.count()
+
+
 def slow(size: int = 1536, blurs: int = 3) -> Graph:
-    """Several seconds of work between nodes, so an interrupt or a kill lands mid-prompt."""
-    graph: Graph = {"1": node("EmptyImage", width=size, height=size, batch_size=1, color=0x808080)}
+    """Several seconds of work between nodes, so an interrupt or a kill lands mid-prompt; never the same graph
+    twice in a test process, so none is ever answered from ComfyUI's cache."""
+    color = 0x808080 + next(_slow_graphs) % 0x7F7F7F
+    graph: Graph = {"1": node("EmptyImage", width=size, height=size, batch_size=1, color=color)}
     previous = "1"
     for index in range(blurs):
         node_id = str(index + 2)
