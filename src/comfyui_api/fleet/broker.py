@@ -112,7 +112,6 @@ class Broker:
         self._publisher: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._events_queue: AbstractQueue | None = None
-        self._reply_queue: AbstractQueue | None = None
         self._bound: set[str] = set()
         self._job_channel: AbstractChannel | None = None
         self._job_consumers: list[AbstractQueue] = []
@@ -201,7 +200,7 @@ class Broker:
         """A job's event, for the replicas that follow the job (not persisted: terminal states are in the store)."""
         message = aio_pika.Message(body, content_type="application/json", delivery_mode=DeliveryMode.NOT_PERSISTENT)
         await self._publish(
-            "events", message, event_key(job_id), what="cannot publish the job's event", mandatory=False
+            "transient events", message, event_key(job_id), what="cannot publish the job's event", mandatory=False
         )
 
     async def publish_control(self, body: bytes) -> None:
@@ -290,9 +289,9 @@ class Broker:
         """This replica's queue for synchronous answers; its name (a job's `reply_to`)."""
         channel = await self._channel(prefetch)
         with converted("cannot consume answers"):
-            self._reply_queue = await channel.declare_queue(self._own("answers"), exclusive=True, auto_delete=True)
-            await self._reply_queue.consume(callback)
-        return self._reply_queue.name
+            queue = await channel.declare_queue(self._own("answers"), exclusive=True, auto_delete=True)
+            await queue.consume(callback)
+        return queue.name
 
     def _own(self, what: str) -> str:
         # Named, not server-named: a robust channel declares a queue again by its name after a reconnect, and the

@@ -24,7 +24,7 @@ from ..pipeline.request import PromptRequest
 from ..webhooks.body import JsonBody
 from .broker import Broker
 from .messages import JobMessage, revealed
-from .relay import Answers, RelayedBody
+from .relay import RECHECK_INTERVAL_S, Answers, RelayedBody
 from .sealing import Sealer
 
 logger = logging.getLogger(__name__)
@@ -115,10 +115,11 @@ class FleetDoor:
             raise FleetUnavailable(f"The broker does not answer: {exc}") from None
 
     async def _answer(self, job_id: str, chunks: asyncio.Queue[AbstractIncomingMessage]) -> Answer:
-        """Wait for the first chunk of the job's answer, or for the job to end without one (its record says how)."""
+        """Wait for the first chunk of the job's answer, or for the job to end without one (its record says how,
+        re-read every RECHECK_INTERVAL_S)."""
         while True:
             try:
-                first = await asyncio.wait_for(chunks.get(), timeout=_RECHECK_S)
+                first = await asyncio.wait_for(chunks.get(), timeout=RECHECK_INTERVAL_S)
                 break
             except TimeoutError:
                 try:
@@ -148,10 +149,6 @@ class FleetDoor:
             yield chunk.body
             if headers.get("last"):
                 return
-
-
-# How often a synchronous request's waiter re-reads its job's record while no answer comes.
-_RECHECK_S = 2.0
 
 
 def _from_record(record: JobRecord) -> Answer:

@@ -1,10 +1,10 @@
 """A job as it travels through the broker: what a worker needs to run it, and nothing it must not see in clear.
 
 The body is JSON: the job's id, kind and priority, its request as a restart would replay it (jobstore/records.py's
-`request`: the graph and delivery options, never credentials), the models its graph names (model-aware routing), and
-`sealed`, the request's credentials and v2 `extra_data` sealed with FLEET_SECRET_KEY (sealing.py). The secrets are
-never written to the job store nor logged; they exist in clear only in the memory of the replica that took the
-request and of the worker that runs it.
+`request`: the graph and delivery options, never credentials), what a synchronous answer adds, the record as the
+front door created it, and `sealed`, the request's credentials and v2 `extra_data` sealed with FLEET_SECRET_KEY
+(sealing.py). The secrets are never written to the job store nor logged; they exist in clear only in the memory of
+the replica that took the request and of the worker that runs it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class JobMessage:
     priority: int = 0
     # A synchronous /prompt: the worker streams the answer's body to the replica that holds the connection.
     sync: bool = False
-    models: list[str] = field(default_factory=list)
     # Fields the answer adds (a workflow endpoint's validated `input`).
     extra: dict[str, Any] = field(default_factory=dict)
     # The job's record as the front door created it (record_row), and when (ms since the epoch): a worker that
@@ -50,7 +49,6 @@ class JobMessage:
             "kind": self.kind.value,
             "priority": self.priority,
             "sync": self.sync,
-            "models": self.models,
             "extra": self.extra,
             "request": self.request,
             "record": self.record,
@@ -74,7 +72,6 @@ class JobMessage:
                 request=dict(raw["request"]),
                 priority=int(raw.get("priority", 0)),
                 sync=bool(raw.get("sync", False)),
-                models=[str(model) for model in raw.get("models") or ()],
                 extra=dict(raw.get("extra") or {}),
                 record=dict(raw["record"]) if raw.get("record") else None,
                 published_at=int(raw.get("published_at") or 0),

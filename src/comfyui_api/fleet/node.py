@@ -9,12 +9,13 @@ fail it with 503, and a worker takes no job it could not record.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 
 from ..config import Settings
 from ..errors import BrokerError, FleetUnavailable, JobStoreError
 from ..jobstore.postgres import PostgresJobStore
-from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms, record_row, row_record
+from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
 from ..jobstore.writer import RecordWriter
 from ..pipeline.delivery import Delivery
 from ..pipeline.request import PromptRequest
@@ -28,7 +29,7 @@ from .door import FleetDoor
 from .messages import JobMessage
 from .relay import Answers, Cancels, DeadLetters, EventsOut, Followers, send_answer
 from .sealing import Sealer
-from .worker import FleetWorker
+from .worker import CANCELED_BEFORE_RUN, FleetWorker
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class Fleet:
         tasks.spawn(self._connect(tasks), "fleet-connect")
 
     async def _connect(self, tasks: TaskOwner) -> None:
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             try:
                 await self.broker.connect()
                 break
@@ -180,11 +181,10 @@ class Fleet:
             if record is None or record.terminal:
                 return False
             if record.status is JobStatus.QUEUED:
-                canceled = row_record(record_row(record))
-                canceled.status, canceled.completed_at = JobStatus.CANCELED, now_ms()
-                canceled.error = {"error": "Canceled before it ran"}
-                if await self._records.store.save_if(canceled, {JobStatus.QUEUED}):
-                    self.on_record(canceled)
+                record.status, record.completed_at = JobStatus.CANCELED, now_ms()
+                record.error = {"error": CANCELED_BEFORE_RUN}
+                if await self._records.store.save_if(record, {JobStatus.QUEUED}):
+                    self.on_record(record)
         except JobStoreError as exc:
             raise FleetUnavailable(f"The job store does not answer: {exc}") from None
         await self.cancels.request(job_id)
@@ -193,9 +193,6 @@ class Fleet:
     async def drain(self) -> None:
         if self.worker is not None:
             await self.worker.drain()
-
-    async def wait_idle(self, timeout_s: float) -> bool:
-        return self.worker is None or await self.worker.wait_idle(timeout_s)
 
     async def aclose(self) -> None:
         if self.worker is not None:

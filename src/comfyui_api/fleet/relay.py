@@ -56,8 +56,8 @@ class EventsOut:
         self._wake = asyncio.Event()
 
     def on_record(self, record: JobRecord) -> None:
-        # Copied as JSON now: the job goes on changing its record.
-        self._pending[record.id] = row_record(record_row(record))
+        # The job's own record, as the record writer holds it: what is published is its state when it is sent.
+        self._pending[record.id] = record
         self._wake.set()
 
     async def run(self) -> None:
@@ -88,8 +88,7 @@ class EventsOut:
                 self._wake.set()
 
     async def _ends_written(self, ended: list[JobRecord]) -> None:
-        """Wait until these ended jobs' records are in the store (one transaction for all): an end is final, so
-        these copies are the records."""
+        """Wait until these ended jobs' records are in the store (one transaction for all)."""
         results = await asyncio.gather(*(self._records.saved(record) for record in ended), return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:

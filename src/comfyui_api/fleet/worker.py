@@ -38,7 +38,7 @@ RunJob = Callable[[JobMessage, JobRecord], Awaitable[None]]
 
 _LOST = "The worker running it stopped or lost the broker before it ended"
 _HANDED_BACK = "The worker holding it was stopping: it was handed back to the queue"
-_CANCELED = "Canceled before it ran"
+CANCELED_BEFORE_RUN = "Canceled before it ran"
 _STORE_RETRY_S = 2.0
 
 
@@ -86,11 +86,6 @@ class FleetWorker:
         self._stopping = False
         # The job store does not answer: no job is taken until it does.
         self._paused = False
-
-    @property
-    def busy(self) -> int:
-        """Jobs held or running."""
-        return len(self._held) + len(self._running)
 
     async def start(self) -> None:
         if self._paused:
@@ -156,8 +151,8 @@ class FleetWorker:
             return
         if self._cancels.canceled(job.id):
             record.status, record.completed_at = JobStatus.CANCELED, now_ms()
-            record.error = {"error": _CANCELED}
-            await self._save(record)
+            record.error = {"error": CANCELED_BEFORE_RUN}
+            await self._written(record)
             await _ack(message)
             return
         told = any(entry.get("attempt") == record.attempts for entry in record.attempt_errors)
@@ -208,7 +203,7 @@ class FleetWorker:
                 "status_code": 503,
             }
             record.queue_position = None
-        await self._save(record)
+        await self._written(record)
         logger.warning(
             "job attempt ended without an outcome",
             extra={"request_id": record.id, "attempt": record.attempts, "reason": why, "dead_lettered": last},
@@ -222,10 +217,6 @@ class FleetWorker:
         except BrokerError as exc:
             # Its channel is gone, and with it the message went back to the queue.
             logger.info("a job went back with its channel", extra={"request_id": record.id, "why": str(exc)})
-
-    async def _save(self, record: JobRecord) -> None:
-        self._records.changed(record)
-        await self._written(record)
 
     async def _written(self, record: JobRecord) -> None:
         """Wait until the record is in the store, however long it is down: a job is acknowledged only then."""
@@ -277,12 +268,6 @@ class FleetWorker:
                 logger.info(
                     "a held job went back with the channel", extra={"request_id": entry.job.id, "why": str(exc)}
                 )
-
-    async def wait_idle(self, timeout_s: float) -> bool:
-        if self._running:
-            _, pending = await asyncio.wait(set(self._running), timeout=timeout_s)
-            return not pending
-        return True
 
     async def aclose(self) -> None:
         """Hand back the jobs still running (their tasks are cancelled: each nacks its message)."""

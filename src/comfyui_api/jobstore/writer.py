@@ -110,9 +110,8 @@ class RecordWriter:
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's latest record: unwritten, being written, or from the store; None if unknown or expired."""
-        record = self._pending.get(job_id) or self._writing.get(job_id)
-        if record is None and not self._shared:
-            record = self._written.get(job_id)
+        # Written records are kept for reads only when no other server writes the store (`_remember`).
+        record = self._pending.get(job_id) or self._writing.get(job_id) or self._written.get(job_id)
         if record is None:
             return await self.store.get(job_id)
         return record if record.expires_at > self._clock() else None
