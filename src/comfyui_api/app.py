@@ -140,9 +140,11 @@ def create_app(
         assets,
         max_queue_depth=settings.max_queue_depth,
         output_retention_s=settings.job_retention_s,
-        resumable=not settings.fleet,
+        door=fleet.door if fleet is not None else None,
         canceler=fleet if fleet is not None else runner,
     )
+    if fleet is not None:
+        fleet.serve_v2(v2_jobs)
     lifecycle = Lifecycle(
         settings,
         state,
@@ -210,13 +212,11 @@ def create_app(
 
 def _routers(settings: Settings) -> list[APIRouter]:
     """The routes beside the probes: none on a worker-only replica; on an API-only one, those that need no ComfyUI
-    here (Comfy API v2 jobs run where they are submitted, so it has none of v2's)."""
+    here (jobs go to the workers through the queue, assets are the fleet's)."""
     if settings.fleet_role == "worker":
         return []
-    queued = [prompt.router, job_status.router, control.router]
-    if settings.fleet_role == "api":
-        return queued
-    return [*queued, download.router, models.router, v2_jobs_routes.router, v2_assets.router]
+    local = [download.router, models.router] if settings.runs_comfy else []
+    return [prompt.router, job_status.router, control.router, *local, v2_jobs_routes.router, v2_assets.router]
 
 
 async def mount_workflows(app: FastAPI) -> None:

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     fleet_queue_prefix: str = Field("comfyui-api", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     fleet_priority_levels: int = Field(3, ge=1, le=10)
     fleet_lookahead: int = Field(1, ge=0, le=16)
+    # Model-aware routing (fleet/routing.py): how long a job waits for a worker warm for its models (0: no routing),
+    # and how many model sets a worker counts as warm.
+    fleet_model_wait_s: float = Field(10.0, ge=0, le=3600)
+    fleet_warm_models: int = Field(2, ge=1, le=16)
 
     # Comfy API v2 (v2/): uploaded assets and job outputs (default folder: STATE_DIR/assets), and event streams.
     assets_dir: Path | None = None

@@ -3,7 +3,10 @@ RabbitMQ vhost and PostgreSQL database. 100 jobs submitted through both replicas
 and both workers take some; any replica answers status and streams the events of a job the other runs; a cancel
 reaches the worker that runs the job; urgent jobs run before earlier ones of a lower priority; a job that kills
 ComfyUI every time goes to the dead-letter queue after JOB_MAX_ATTEMPTS with its record failed; a SIGTERMed worker
-hands its job back and a SIGKILLed one loses it, and either way it completes on the other. A third server, on a
+hands its job back and a SIGKILLed one loses it, and either way it completes on the other. Jobs go first to the
+worker that has their models loaded, and to any once their FLEET_MODEL_WAIT_S is over. Comfy API v2 jobs go
+through the queue too: an asset uploaded to an API-only replica is a worker's input, and the output is served by every
+replica. A third server, on a
 broker of its own, keeps every accepted job across a restart of that broker and refuses submissions while it is
 down."""
 
@@ -23,7 +26,7 @@ import pytest
 from cryptography.fernet import Fernet
 from PIL import Image
 
-from tests.support.graphs import slow, solid
+from tests.support.graphs import png_bytes, slow, solid, txt2img
 from tests.support.rabbitmq import queue_depth
 from tests.support.receiver import WebhookReceiver
 from tests.support.server import STARTUP_DEADLINE_S, ApiServer, trusting, wait_until
@@ -52,6 +55,8 @@ def fleet_env(broker_url: str, database_url: str, receiver: WebhookReceiver) -> 
         # A SIGTERM drain waits this long for the running job, then hands it back.
         "SHUTDOWN_GRACE_PERIOD_S": "1",
         "ALWAYS_RESTART_COMFYUI": "true",
+        # A job waits this long for a worker warm for its models, then goes to any.
+        "FLEET_MODEL_WAIT_S": "2",
         **trusting(receiver.url),
     }
 
@@ -276,11 +281,17 @@ def test_a_priority_above_the_highest_level_is_refused_at_its_field(fleet: list[
     assert response.json()["location"] == "priority"
 
 
+@pytest.fixture(scope="module")
+def gateway(fleet: list[ApiServer], make_server: ServerFactory, fleet_env: dict[str, str]) -> ApiServer:
+    """An API-only replica (no ComfyUI) in front of the two workers."""
+    server = make_server("fleet-gateway", **fleet_env, FLEET_ROLE="api").start()
+    wait_until(lambda: server.http.get("/ready").status_code == 200, 120, "the API-only replica to be ready")
+    return server
+
+
 def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
-    fleet: list[ApiServer], make_server: ServerFactory, fleet_env: dict[str, str], receiver: WebhookReceiver
+    fleet: list[ApiServer], gateway: ApiServer, receiver: WebhookReceiver
 ) -> None:
-    gateway = make_server("fleet-gateway", **fleet_env, FLEET_ROLE="api").start()
-    wait_until(lambda: gateway.http.get("/ready").status_code == 200, 120, "the API-only replica to be ready")
     assert "ComfyUI is up" not in gateway.log_path.read_text()
 
     synced = gateway.http.post("/prompt", json={"prompt": solid(21, 13, prefix="gateway"), "id": "gateway-sync"})
@@ -294,29 +305,116 @@ def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
     assert [data["status"] for _, name, data in events if name == "status"][-1] == "succeeded"
     assert hook_types(receiver, "/gateway") == ["prompt.complete"]
     assert any(ran(server, "gateway-async") for server in fleet)
-    assert gateway.http.get("/api/v2/jobs").status_code == 404  # v2 jobs run where they are submitted: not here
 
 
-def test_a_v2_job_runs_where_it_was_submitted_and_any_replica_answers_for_it(fleet: list[ApiServer]) -> None:
-    submitted_on, other = fleet
-    response = submitted_on.http.post("/api/v2/jobs", json={"workflow": slow(size=1376), "metadata": {"t": "v2"}})
+def loads_asset(asset_id: str, prefix: str) -> dict[str, Any]:
+    """A graph that saves the image of a v2 asset again."""
+    reference = {"__type": "core/ASSET", "info": {"id": asset_id}}
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": reference}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": prefix}},
+    }
+
+
+def test_a_v2_job_reads_an_asset_uploaded_to_one_replica_and_its_output_is_served_by_every_replica(
+    fleet: list[ApiServer], gateway: ApiServer
+) -> None:
+    uploaded = gateway.http.post(
+        "/api/v2/assets",
+        files={"file": ("input.png", png_bytes(23, 17), "image/png")},
+        data={"file_path": "input.png", "content_type": "image/png"},
+    )
+    assert uploaded.status_code in (200, 201), uploaded.text
+    workflow = loads_asset(uploaded.json()["id"], "v2-fleet")
+
+    response = gateway.http.post("/api/v2/jobs", json={"workflow": workflow, "metadata": {"priority": "1"}})
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
+    with fleet[0].http.stream("GET", f"/api/v2/jobs/{job_id}/events") as stream:
+        events = list(sse(stream))
+
+    assert [data["status"] for _, name, data in events if name == "status"][-1] == "succeeded", events
+    assert [name for _, name, _ in events].count("output") == 1
+    [ran_on] = [server for server in fleet if ran(server, job_id)]
+    for server in (gateway, *fleet):  # the output is the fleet's: whichever replica is asked serves it
+        job = server.http.get(f"/api/v2/jobs/{job_id}").json()
+        assert job["status"] == "succeeded" and job["metadata"] == {"priority": "1"}
+        [output] = job["outputs"]
+        content = server.http.get(f"/api/v2/assets/{output['id']}/content")
+        assert content.status_code == 200
+        with Image.open(io.BytesIO(content.content)) as image:
+            assert image.size == (23, 17)
+    assert ran_on in fleet
+
+
+def test_a_v2_job_submitted_on_one_replica_is_canceled_from_another_wherever_it_runs(
+    fleet: list[ApiServer], gateway: ApiServer
+) -> None:
+    response = fleet[0].http.post("/api/v2/jobs", json={"workflow": slow(size=1376), "metadata": {"t": "v2"}})
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    runner = queued_on(fleet, job_id)
+    other = fleet[1] if runner is fleet[0] else fleet[0]
 
     with other.http.stream("GET", f"/api/v2/jobs/{job_id}/events") as stream:
         assert stream.status_code == 200
         frames = sse(stream)
         first = next(frames)
         assert first[1] == "status" and first[2]["status"] in {"queued", "running"}
-        canceled = other.http.post(f"/api/v2/jobs/{job_id}/cancel")
-        assert canceled.status_code in (200, 202), canceled.text
+        canceled = gateway.http.post(f"/api/v2/jobs/{job_id}/cancel")
+        assert canceled.status_code == 200, canceled.text
         events = [first, *frames]
 
     assert events[-1][2]["status"] == "canceled", events
     assert other.http.get(f"/api/v2/jobs/{job_id}").json()["status"] == "canceled"
-    listed = other.http.get("/api/v2/jobs", params={"metadata[t]": "v2"}).json()
+    listed = gateway.http.get("/api/v2/jobs", params={"metadata[t]": "v2"}).json()
     assert [job["id"] for job in listed["jobs"]] == [job_id], listed
-    assert not any(ran(server, job_id) for server in fleet)
+    assert not ran(runner, job_id)
+
+
+def test_a_v2_job_is_refused_at_its_field_before_it_is_queued(fleet: list[ApiServer]) -> None:
+    too_urgent = fleet[0].http.post("/api/v2/jobs", json={"workflow": solid(8, 8), "metadata": {"priority": "3"}})
+    not_a_level = fleet[0].http.post("/api/v2/jobs", json={"workflow": solid(8, 8), "metadata": {"priority": "hi"}})
+    no_asset = fleet[1].http.post("/api/v2/jobs", json={"workflow": loads_asset(str(uuid.uuid4()), "none")})
+
+    assert too_urgent.status_code == 422 and "metadata.priority" in too_urgent.json()["error"]["message"]
+    assert not_a_level.status_code == 422
+    assert not_a_level.json()["error"]["details"] == {"location": "metadata.priority"}
+    assert no_asset.status_code == 422
+    assert no_asset.json()["error"]["code"] == "missing_asset"
+    assert no_asset.json()["error"]["details"] == {"location": "prompt.1.inputs.image"}
+
+
+def test_jobs_go_first_to_the_worker_warm_for_their_models_and_to_any_once_their_wait_is_over(
+    fleet: list[ApiServer],
+) -> None:
+    def generate(server: ApiServer, job_id: str, seed: int) -> str:
+        body = {"prompt": txt2img(seed=seed), "id": job_id, "timeout_s": 600}
+        response = httpx.post(f"{server.url}/prompt", json=body, timeout=JOB_DEADLINE_S)
+        assert response.status_code == 200, response.text
+        return job_id
+
+    first = generate(fleet[0], "models-first", 1)
+    [warm] = [server for server in fleet if ran(server, first)]
+    cold = fleet[1] if warm is fleet[0] else fleet[0]
+
+    # Both workers idle: each job of the same checkpoint goes to the one that has it loaded, whichever replica took
+    # it (without routing, the broker would hand them to the two workers in turn).
+    following = [generate(fleet[index % 2], f"models-next-{index}", 2 + index) for index in range(4)]
+    assert all(ran(warm, job_id) for job_id in following)
+
+    # The warm worker gone: the job waits FLEET_MODEL_WAIT_S in its model queue, then any worker takes it.
+    comfy = warm.comfy_process()
+    warm.signal(signal.SIGTERM)
+    warm.wait_exit(120)
+    comfy.wait(60)
+    try:
+        fallen = generate(cold, "models-fallback", 9)
+        assert ran(cold, fallen)
+        assert record(cold, fallen)["attempts"] == 1
+    finally:
+        warm.start()
+        wait_until(lambda: warm.http.get("/ready").status_code == 200, 120, "the replica to be ready again")
 
 
 def test_a_sync_request_whose_client_leaves_is_canceled_on_the_worker(fleet: list[ApiServer]) -> None:

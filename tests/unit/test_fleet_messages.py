@@ -44,6 +44,7 @@ def test_a_message_reads_back_as_written_and_its_body_never_shows_the_secrets() 
         priority=2,
         sync=True,
         extra={"input": {"steps": 4}},
+        model_key="0123456789abcdef",
         secrets=revealed(request, "credentials"),
     )
 
@@ -52,12 +53,13 @@ def test_a_message_reads_back_as_written_and_its_body_never_shows_the_secrets() 
 
     assert b"top-secret-token" not in body
     assert "credentials" not in json.loads(body)["request"]
-    assert (read.id, read.kind, read.priority, read.sync, read.extra) == (
+    assert (read.id, read.kind, read.priority, read.sync, read.extra, read.model_key) == (
         "job-1",
         JobKind.PROMPT,
         2,
         True,
         message.extra,
+        "0123456789abcdef",
     )
     rebuilt = PromptRequest.model_validate({**read.request, **read.secrets})
     assert rebuilt.credentials is not None

@@ -17,8 +17,8 @@ from fastapi import FastAPI
 
 from comfyui_api.api import v2_jobs as v2_jobs_routes
 from comfyui_api.api.handlers import install_error_handlers
-from comfyui_api.errors import PromptRejected, V2Error
-from comfyui_api.jobstore.records import JobStatus
+from comfyui_api.errors import FleetUnavailable, PromptRejected, V2Error
+from comfyui_api.jobstore.records import JobRecord, JobStatus
 from comfyui_api.jobstore.sqlite import SQLiteJobStore
 from comfyui_api.jobstore.writer import RecordWriter
 from comfyui_api.pipeline.runner import PromptRunner
@@ -203,3 +203,107 @@ async def test_a_job_runs_with_its_asset_and_extra_data_and_its_outputs_become_a
     for path in v2.state_dir.rglob("*"):
         if path.is_file():
             assert b"secret-xyz" not in path.read_bytes()
+
+
+# Fleet mode: submissions go to the fleet's door, and a worker runs them with run_queued -------------------------
+class RecordingDoor:
+    """The fleet's front door as V2Jobs sees it (fleet/door.py is tested against a real broker in tests/fleet): it
+    keeps what it was given, or refuses as the door does when the broker does not answer."""
+
+    def __init__(self) -> None:
+        self.queued: list[tuple[JobRecord, int, dict[str, Any]]] = []
+        self.down = False
+
+    async def queue_v2(self, record: JobRecord, *, priority: int, secrets: dict[str, Any]) -> None:
+        if self.down:
+            raise FleetUnavailable("The broker does not answer: connection refused")
+        self.queued.append((record, priority, secrets))
+
+
+@pytest.fixture
+def door(v2: V2) -> RecordingDoor:
+    recording = RecordingDoor()
+    v2.jobs._door = recording
+    return recording
+
+
+async def test_in_fleet_mode_a_submission_is_queued_with_its_priority_and_sealed_extra_data(
+    v2: V2, door: RecordingDoor
+) -> None:
+    body = {"workflow": GRAPH, "extra_data": {"api_key_comfy_org": "k"}, "metadata": {"priority": "2", "a": "b"}}
+    record = await v2.jobs.submit(JobSubmission.model_validate(body), "fleet-key")
+
+    [(queued, priority, secrets)] = door.queued
+    assert queued is record and record.status is JobStatus.QUEUED
+    assert (priority, secrets) == (2, {"extra_data": {"api_key_comfy_org": "k"}})
+    assert record.request is not None and "needs_memory" not in record.request
+    assert v2.p.queued() == []  # nothing runs here: a worker takes it from the queue
+    error = await _refused(v2, {"workflow": GRAPH}, key="fleet-key")
+    assert error.code == "idempotency_key_reuse"
+
+
+async def test_in_fleet_mode_a_down_broker_is_retried_later_and_frees_the_key(v2: V2, door: RecordingDoor) -> None:
+    door.down = True
+    error = await _refused(v2, {"workflow": GRAPH}, key="down-key")
+    assert (error.status_code, error.code) == (429, "deployment_not_ready")
+    assert error.retry_after_s is not None and error.retry_after_s > 0
+
+    door.down = False
+    await v2.jobs.submit(JobSubmission(workflow=GRAPH), "down-key")
+    assert len(door.queued) == 1
+
+
+@pytest.mark.parametrize("priority", ["-1", "high", "1.5"])
+async def test_a_priority_that_is_not_a_level_is_refused_at_its_field(
+    v2: V2, door: RecordingDoor, priority: str
+) -> None:
+    error = await _refused(v2, {"workflow": GRAPH, "metadata": {"priority": priority}})
+    assert (error.status_code, error.code, error.details) == (
+        422,
+        "invalid_request",
+        {"location": "metadata.priority"},
+    )
+    assert door.queued == []
+
+
+async def test_in_fleet_mode_an_unknown_asset_is_refused_before_it_is_queued(v2: V2, door: RecordingDoor) -> None:
+    graph = {
+        **GRAPH,
+        "2": {"class_type": "LoadImage", "inputs": {"image": {"__type": "core/ASSET", "info": {"id": "gone"}}}},
+    }
+    error = await _refused(v2, {"workflow": graph})
+    assert (error.code, error.details) == ("missing_asset", {"location": "prompt.2.inputs.image"})
+    assert door.queued == []
+
+
+async def test_a_queued_job_comfyui_refuses_ends_failed_with_the_code_its_submission_would_get(
+    v2: V2, door: RecordingDoor
+) -> None:
+    record = await v2.jobs.submit(JobSubmission(workflow=GRAPH), None)
+    v2.p.comfy.rejection = PromptRejected("Prompt outputs failed validation", node_errors={})
+
+    await v2.jobs.run_queued(record, {})
+
+    assert record.status is JobStatus.FAILED
+    assert record.error is not None and record.error["code"] == "invalid_workflow"
+
+
+async def test_a_queued_job_runs_to_its_end_with_its_extra_data(v2: V2, door: RecordingDoor) -> None:
+    record = await v2.jobs.submit(JobSubmission(workflow=GRAPH), None)
+    running = asyncio.create_task(v2.jobs.run_queued(record, {"extra_data": {"api_key_comfy_org": "k"}}))
+    queued = await _queued_prompt(v2)
+    assert queued["extra_data"] == {"api_key_comfy_org": "k"}
+
+    v2.p.comfy.end(queued["prompt_id"], saved(v2.p.output_dir, f"{record.id}_out_00001_.png"))
+    await asyncio.wait_for(running, 30)
+
+    assert record.status is JobStatus.SUCCEEDED
+    [output] = record.outputs
+    assert (await v2.assets.get(output["id"])) is not None
+
+
+async def _queued_prompt(v2: V2) -> dict[str, Any]:
+    """The prompt ComfyUI was given, once it was."""
+    await v2.p.comfy.until(lambda: v2.p.comfy.named("queue_prompt"), timeout_s=30)
+    [queued] = v2.p.comfy.named("queue_prompt")
+    return queued

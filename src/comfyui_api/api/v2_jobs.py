@@ -169,6 +169,8 @@ def _job_error(record: JobRecord) -> dict[str, Any] | None:
 def _error_code(record: JobRecord, error: dict[str, Any]) -> str:
     if record.status is JobStatus.CANCELED:
         return "canceled"
+    if isinstance(error.get("code"), str):
+        return str(error["code"])  # a queued job refused as its submission would have been (v2/jobs.py)
     if error.get("node_id") is not None:
         return "node_execution_error"
     return {

@@ -8,12 +8,23 @@ Objects, named from FLEET_QUEUE_PREFIX (`p` below):
   (worker.py). `x-delivery-limit` is JOB_MAX_ATTEMPTS - 1 redeliveries: JOB_MAX_ATTEMPTS deliveries in all.
   `x-consumer-timeout` lets a job run as long as PROMPT_TIMEOUT_S allows (RabbitMQ 3.12 and later; older brokers
   need `consumer_timeout` in rabbitmq.conf, see the README).
-- `p.dead`: the fanout exchange those queues dead-letter to, bound to `p.jobs.dead` (kept for operators) and to
+- `p.jobs.route` (direct): where jobs are published, with their model key (fleet/routing.py) as routing key and
+  their level as the `level` header. A key some worker is warm for has a model queue bound; any other job goes on
+  to the exchange's alternate exchange, `p.jobs.levels` (headers), which routes it by `level` to `p.jobs.p<level>`.
+- `p.jobs.model.<key>`: a model queue, declared by the workers warm for that key (worker.py). A job waits there at
+  most FLEET_MODEL_WAIT_S (`x-message-ttl`) for one of them, then is dead-lettered (at-least-once) to
+  `p.jobs.levels`, into its priority queue, for any worker. So does a job past the model queue's delivery limit
+  (workers that died under it): its last attempts are in the priority queue, where the dead-letter queue awaits it.
+  A model queue no worker consumed for an hour (`x-expires`, long after its jobs' TTL) is deleted with its binding.
+- `p.dead`: the fanout exchange the priority queues dead-letter to, bound to `p.jobs.dead` (kept for operators) and to
   `p.jobs.dead.notify` (read by the replicas, which fail the job's record).
 - `p.events` (topic): each job's events, routing key `job.<id>`; a replica binds the ids it streams or waits for.
 - `p.control` (fanout): cancel requests, to every worker.
 - Per replica, exclusive queues `p.replica.<id>.events`, `.control` and `.answers` (the bodies of synchronous
   answers that workers stream back to it).
+
+Priorities hold in the priority queues; a model queue is FIFO, and a worker runs the jobs it holds the most urgent
+first, a job of a model it is warm for before others of its level.
 
 The connection is aio-pika's robust one: after a broker restart it reconnects (every RECONNECT_INTERVAL_S) and
 declares again the queues, bindings and consumers it had. Publishing waits for the broker's confirm, so a job the API
@@ -51,6 +62,10 @@ logger = logging.getLogger(__name__)
 RECONNECT_INTERVAL_S = 2.0
 # Seconds an AMQP call may take before the broker counts as unreachable: submissions fail fast with 503.
 CALL_TIMEOUT_S = 10.0
+# How long a model queue outlives its last consumer: far longer than its jobs wait in it (FLEET_MODEL_WAIT_S), since
+# a queue that expires takes the messages still in it along.
+MODEL_QUEUE_EXPIRY_MS = 3600 * 1000
+LEVEL_HEADER = "level"
 
 Consumer = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
@@ -66,6 +81,17 @@ class Topology:
     @property
     def job_queues(self) -> list[str]:
         return [self.job_queue(level) for level in range(self.levels)]
+
+    @property
+    def route_exchange(self) -> str:
+        return f"{self.prefix}.jobs.route"
+
+    @property
+    def levels_exchange(self) -> str:
+        return f"{self.prefix}.jobs.levels"
+
+    def model_queue(self, key: str) -> str:
+        return f"{self.prefix}.jobs.model.{key}"
 
     @property
     def dead_exchange(self) -> str:
@@ -102,8 +128,12 @@ def converted(what: str) -> Iterator[None]:
 
 
 class Broker:
-    def __init__(self, url: str, topology: Topology, *, max_attempts: int, consumer_timeout_ms: int) -> None:
+    def __init__(
+        self, url: str, topology: Topology, *, max_attempts: int, consumer_timeout_ms: int, model_wait_ms: int = 0
+    ) -> None:
+        """`model_wait_ms`: how long a job waits in a model queue for a worker warm for its models."""
         self._url = url
+        self._model_wait_ms = model_wait_ms
         self.where = redact_url(url)
         self.topology = topology
         self._max_attempts = max_attempts
@@ -115,6 +145,8 @@ class Broker:
         self._bound: set[str] = set()
         self._job_channel: AbstractChannel | None = None
         self._job_consumers: list[AbstractQueue] = []
+        # Model key → its queue, consumed on the job channel while this worker is warm for the key and has room.
+        self._model_consumers: dict[str, tuple[AbstractQueue, str]] = {}
         # This replica's name in its own queues' names.
         self.replica = uuid.uuid4().hex[:12]
 
@@ -145,12 +177,21 @@ class Broker:
         for name in (names.dead_queue, names.dead_notify_queue):
             queue = await self._dead_queue(channel, name)
             await queue.bind(dead)
-        for name in names.job_queues:
-            await self._job_queue(channel, name)
+        levels = await channel.declare_exchange(names.levels_exchange, ExchangeType.HEADERS, durable=True)
+        for level, name in enumerate(names.job_queues):
+            queue = await self._job_queue(channel, name)
+            await queue.bind(levels, arguments={"x-match": "all", LEVEL_HEADER: level})
+        route = await channel.declare_exchange(
+            names.route_exchange,
+            ExchangeType.DIRECT,
+            durable=True,
+            arguments={"alternate-exchange": names.levels_exchange},
+        )
         self._exchanges = {
+            "route": route,
+            "dead": dead,
             "events": await channel.declare_exchange(names.events_exchange, ExchangeType.TOPIC, durable=True),
             "control": await channel.declare_exchange(names.control_exchange, ExchangeType.FANOUT, durable=True),
-            "default": channel.default_exchange,
         }
 
     async def _job_queue(self, channel: AbstractChannel, name: str) -> AbstractQueue:
@@ -167,6 +208,25 @@ class Broker:
             },
         )
 
+    async def _model_queue(self, channel: AbstractChannel, key: str) -> AbstractQueue:
+        queue = await channel.declare_queue(
+            self.topology.model_queue(key),
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                "x-message-ttl": self._model_wait_ms,
+                "x-expires": MODEL_QUEUE_EXPIRY_MS,
+                "x-delivery-limit": self._max_attempts - 1,
+                "x-dead-letter-exchange": self.topology.levels_exchange,
+                # Re-published with the broker's own confirms: a job never falls between the two queues.
+                "x-dead-letter-strategy": "at-least-once",
+                "x-overflow": "reject-publish",
+                "x-consumer-timeout": self._consumer_timeout_ms,
+            },
+        )
+        await queue.bind(self.topology.route_exchange, key)
+        return queue
+
     @staticmethod
     async def _dead_queue(channel: AbstractChannel, name: str) -> AbstractQueue:
         return await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
@@ -182,9 +242,10 @@ class Broker:
         *,
         job_id: str,
         reply_to: str | None = None,
-        headers: dict[str, Any] | None = None,
+        model_key: str | None = None,
     ) -> None:
-        """Put a job in the queue of its priority level; returns once the broker confirmed it (on disk)."""
+        """Put a job in the queue of its model key, when workers are warm for it, else in the queue of its priority
+        level; returns once the broker confirmed it (on disk)."""
         message = aio_pika.Message(
             body,
             delivery_mode=DeliveryMode.PERSISTENT,
@@ -192,9 +253,22 @@ class Broker:
             correlation_id=job_id,
             reply_to=reply_to,
             content_type="application/json",
-            headers=headers or {},
+            headers={LEVEL_HEADER: level},
         )
-        await self._publish("default", message, self.topology.job_queue(level), what="cannot queue the job")
+        await self._publish("route", message, model_key or "", what="cannot queue the job")
+
+    async def publish_dead(self, message: AbstractIncomingMessage, why: str) -> None:
+        """Put a job in the dead-letter queues as the broker dead-letters one (for a job from a model queue, whose
+        dead-letter exchange leads to the priority queues instead)."""
+        dead = aio_pika.Message(
+            message.body,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            correlation_id=message.correlation_id,
+            content_type=message.content_type,
+            headers={**(message.headers or {}), "x-first-death-reason": why},
+        )
+        await self._publish("dead", dead, "", what="cannot dead-letter the job")
 
     async def publish_event(self, job_id: str, body: bytes) -> None:
         """A job's event, for the replicas that follow the job (not persisted: terminal states are in the store)."""
@@ -246,6 +320,28 @@ class Broker:
         """Take no more jobs; the ones held stay held until each is acknowledged or handed back."""
         with converted("cannot stop consuming"):
             for queue, tag in zip(self._job_consumers, tags, strict=True):
+                await queue.cancel(tag)
+            for key in list(self._model_consumers):
+                await self.stop_consuming_model(key)
+
+    @property
+    def model_keys(self) -> set[str]:
+        """The model keys whose queues this replica consumes."""
+        return set(self._model_consumers)
+
+    async def consume_model(self, key: str, callback: Consumer) -> None:
+        """Take jobs from the model queue of `key` too (on the job channel: `consume_jobs` first)."""
+        if key in self._model_consumers or self._job_channel is None:
+            return
+        with converted("cannot consume the model queue"):
+            queue = await self._model_queue(self._job_channel, key)
+            self._model_consumers[key] = (queue, await queue.consume(callback))
+
+    async def stop_consuming_model(self, key: str) -> None:
+        found = self._model_consumers.pop(key, None)
+        if found is not None:
+            queue, tag = found
+            with converted("cannot stop consuming the model queue"):
                 await queue.cancel(tag)
 
     async def consume_dead(self, callback: Consumer) -> None:

@@ -1,5 +1,5 @@
-"""The fleet's front door for /prompt and workflow requests: each is checked as a standalone server checks it,
-recorded in the shared store, and queued in the broker; any worker runs it.
+"""The fleet's front door for /prompt, workflow and Comfy API v2 requests: each is checked as a standalone server
+checks it, recorded in the shared store, and queued in the broker; any worker runs it.
 
 An async request is answered 202 once its record is written and the broker confirmed its message. A synchronous one
 waits for its answer, which the worker streams to this replica (relay.py); or, with FLEET_SYNC_LOCAL=true, runs
@@ -25,6 +25,7 @@ from ..webhooks.body import JsonBody
 from .broker import Broker
 from .messages import JobMessage, revealed
 from .relay import RECHECK_INTERVAL_S, Answers, RelayedBody
+from .routing import model_key
 from .sealing import Sealer
 
 logger = logging.getLogger(__name__)
@@ -41,8 +42,11 @@ class FleetDoor:
         *,
         levels: int,
         sync_local: bool,
+        model_routing: bool,
         cancel: Callable[[str], Awaitable[bool]],
     ) -> None:
+        """`model_routing`: jobs go first to the workers warm for their models (FLEET_MODEL_WAIT_S > 0)."""
+        self._model_routing = model_routing
         self._broker = broker
         self._sealer = sealer
         self._records = records
@@ -55,12 +59,7 @@ class FleetDoor:
     async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Answer:
         if not request.is_async and self._sync_local:
             return await self._delivery.handle(request, extra=extra)
-        priority = request.priority or 0
-        if priority >= self._levels:
-            raise BadRequest(
-                f"priority: {priority} is above the highest level, {self._levels - 1} (FLEET_PRIORITY_LEVELS)",
-                location="priority",
-            )
+        priority = self._level(request.priority or 0, "priority")
         await self._delivery.check(request)
         graph = request.graph()
         require_saving_node(graph)
@@ -89,6 +88,25 @@ class FleetDoor:
                 await asyncio.shield(self._cancel_quietly(request.id))
                 raise
 
+    async def queue_v2(self, record: JobRecord, *, priority: int, secrets: dict[str, Any]) -> None:
+        """Record a v2 job (checked already, v2/jobs.py) and queue it; `secrets` (its extra_data) travel sealed."""
+        message = JobMessage(
+            id=record.id,
+            kind=JobKind.V2,
+            request=record.request or {},
+            priority=self._level(priority, "metadata.priority"),
+            secrets=secrets,
+        )
+        await self._queue(record, message)
+
+    def _level(self, priority: int, location: str) -> int:
+        if priority >= self._levels:
+            raise BadRequest(
+                f"{location}: {priority} is above the highest level, {self._levels - 1} (FLEET_PRIORITY_LEVELS)",
+                location=location,
+            )
+        return priority
+
     async def _cancel_quietly(self, job_id: str) -> None:
         try:
             await self._cancel(job_id)
@@ -103,9 +121,15 @@ class FleetDoor:
         if not created:
             raise Conflict(f"A request with id {record.id!r} is already in progress", location="id")
         message.record, message.published_at = record_row(record), now_ms()
+        graph = (record.request or {}).get("prompt") or (record.request or {}).get("workflow") or {}
+        message.model_key = model_key(graph)
         try:
             await self._broker.publish_job(
-                message.encode(self._sealer), message.priority, job_id=record.id, reply_to=reply_to
+                message.encode(self._sealer),
+                message.priority,
+                job_id=record.id,
+                reply_to=reply_to,
+                model_key=message.model_key if self._model_routing else None,
             )
         except BrokerError as exc:
             # Not queued: its record must not say it waits.

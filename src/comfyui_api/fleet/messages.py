@@ -37,6 +37,8 @@ class JobMessage:
     # takes the job at its first delivery needs no read of the store (worker.py).
     record: dict[str, Any] | None = None
     published_at: int = 0
+    # The key of the models the job loads (routing.py): the worker that runs it is then warm for them.
+    model_key: str | None = None
     # The replica waiting for a synchronous answer (the AMQP message's `reply_to`; not in the body).
     reply_to: str | None = None
     # credentials and extra_data, in clear here; sealed in the body.
@@ -53,6 +55,7 @@ class JobMessage:
             "request": self.request,
             "record": self.record,
             "published_at": self.published_at,
+            "model_key": self.model_key,
         }
         if self.secrets:
             body["sealed"] = sealer.seal(self.secrets)
@@ -75,6 +78,7 @@ class JobMessage:
                 extra=dict(raw.get("extra") or {}),
                 record=dict(raw["record"]) if raw.get("record") else None,
                 published_at=int(raw.get("published_at") or 0),
+                model_key=str(raw["model_key"]) if raw.get("model_key") else None,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise BrokerError(f"not a job message: {type(exc).__name__}: {exc}") from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from typing import Any, Protocol
 
 from ..config import Settings
 from ..errors import BrokerError, FleetUnavailable, JobStoreError
@@ -29,7 +30,7 @@ from .door import FleetDoor
 from .messages import JobMessage
 from .relay import Answers, Cancels, DeadLetters, EventsOut, Followers, send_answer
 from .sealing import Sealer
-from .worker import CANCELED_BEFORE_RUN, FleetWorker
+from .worker import CANCELED_BEFORE_RUN, FleetWorker, RunJob
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ MONITOR_INTERVAL_S = 2.0
 # PROMPT_TIMEOUT_S, a day.
 _ACK_MARGIN_S = 600
 _NO_DEADLINE_MS = 24 * 3600 * 1000
+
+
+class QueuedV2(Protocol):
+    async def run_queued(self, record: JobRecord, secrets: dict[str, Any]) -> None: ...
 
 
 class Fleet:
@@ -66,12 +71,15 @@ class Fleet:
             Topology(settings.fleet_queue_prefix, settings.fleet_priority_levels),
             max_attempts=settings.job_max_attempts,
             consumer_timeout_ms=timeout_ms,
+            model_wait_ms=round(settings.fleet_model_wait_s * 1000),
         )
         self.events_out = EventsOut(self.broker, records)
         self.followers = Followers(self.broker, records, hub.on_record)
         self.cancels = Cancels(self.broker, runner.interrupt)
         self._dead = DeadLetters(self.broker, records)
         self._answers = Answers(self.broker)
+        # What a worker runs each kind of job with; v2 jobs once `serve_v2` is called.
+        self._runners: dict[JobKind, RunJob] = {JobKind.PROMPT: self._run_prompt}
         self.door = FleetDoor(
             self.broker,
             self.sealer,
@@ -80,6 +88,7 @@ class Fleet:
             delivery,
             levels=settings.fleet_priority_levels,
             sync_local=settings.fleet_sync_local,
+            model_routing=settings.fleet_model_wait_s > 0,
             cancel=self.interrupt,
         )
         self.worker = (
@@ -87,15 +96,24 @@ class Fleet:
                 self.broker,
                 self.sealer,
                 records,
-                {JobKind.PROMPT: self._run_prompt},
+                self._runners,
                 lookahead=settings.fleet_lookahead,
                 max_attempts=settings.job_max_attempts,
                 cancels=self.cancels,
+                warm_models=settings.fleet_warm_models if settings.fleet_model_wait_s > 0 else 0,
             )
             if settings.fleet_role != "api"
             else None
         )
         state.fleet_ok = False
+
+    def serve_v2(self, jobs: QueuedV2) -> None:
+        """Run Comfy API v2 jobs taken from the queue with `jobs` (v2/jobs.py's V2Jobs)."""
+
+        async def run(message: JobMessage, record: JobRecord) -> None:
+            await jobs.run_queued(record, message.secrets)
+
+        self._runners[JobKind.V2] = run
 
     def on_record(self, record: JobRecord) -> None:
         """A record changed here: its followers on other replicas hear of it."""

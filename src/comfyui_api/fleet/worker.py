@@ -10,11 +10,18 @@ deliveries, `x-delivery-count`); its record shows the attempt and why the one be
 is handed back (nack, requeue) for any worker; on its last attempt (JOB_MAX_ATTEMPTS) it is rejected to the
 dead-letter queue with its record failed. A redelivered job whose record is terminal already is acknowledged without
 running again. On drain the worker stops consuming and hands back the jobs it holds but has not started.
+
+Model-aware routing (FLEET_MODEL_WAIT_S > 0): a worker is warm for the models of the last FLEET_WARM_MODELS model
+sets it took jobs of (routing.py's keys). While it has a free slot it consumes their model queues (broker.py), so
+a job of those models that waits there is its first; with every slot busy it stops, and the job falls through to any
+worker once its wait is over.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import heapq
 import itertools
 import logging
@@ -52,10 +59,13 @@ class CancelLog(Protocol):
 
 @dataclass(order=True)
 class _Held:
-    # heapq pops the smallest: the most urgent level first, then the first received.
-    rank: tuple[int, int]
+    # heapq pops the smallest: the most urgent level first, then a job of a model this worker is warm for, then the
+    # first received.
+    rank: tuple[int, int, int]
     message: AbstractIncomingMessage = field(compare=False)
     job: JobMessage = field(compare=False)
+    # Taken from a model queue, whose dead-letter exchange leads back to the priority queues.
+    from_model: bool = field(default=False, compare=False)
 
 
 class FleetWorker:
@@ -69,7 +79,9 @@ class FleetWorker:
         lookahead: int,
         max_attempts: int,
         cancels: CancelLog,
+        warm_models: int = 0,
     ) -> None:
+        """`warm_models`: how many model sets this worker follows the model queues of (0: none, no routing)."""
         self._broker = broker
         self._sealer = sealer
         self._records = records
@@ -86,13 +98,21 @@ class FleetWorker:
         self._stopping = False
         # The job store does not answer: no job is taken until it does.
         self._paused = False
+        self._warm_limit = warm_models
+        # The model keys this worker is warm for, the most recently used last.
+        self._warm: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._models_changed = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._paused:
             return  # `resume()` starts it
         self._tags = await self._broker.consume_jobs(self._received, self._slots)
+        if self._warm_limit and self._follower is None:
+            self._follower = asyncio.create_task(self._follow_models(), name="fleet-model-queues")
+        self._models_changed.set()
 
-    async def _received(self, message: AbstractIncomingMessage) -> None:
+    async def _received(self, message: AbstractIncomingMessage, *, from_model: bool = False) -> None:
         try:
             job = JobMessage.decode(message.body, self._sealer)
         except (BrokerError, SealError) as exc:
@@ -105,7 +125,8 @@ class FleetWorker:
         if self._stopping or self._paused:
             await self._hand_back(message)
             return
-        heapq.heappush(self._held, _Held((-job.priority, next(self._order)), message, job))
+        rank = (-job.priority, 0 if from_model else 1, next(self._order))
+        heapq.heappush(self._held, _Held(rank, message, job, from_model))
         self._schedule()
 
     def _schedule(self) -> None:
@@ -114,6 +135,33 @@ class FleetWorker:
             task = asyncio.create_task(self._run(held), name=f"fleet-job-{held.job.id}")
             self._running.add(task)
             task.add_done_callback(self._ran)
+        self._models_changed.set()
+
+    async def _follow_models(self) -> None:
+        """Consume the model queues of the keys this worker is warm for while it has a free slot, and only then: a
+        job held here waits for this worker alone, while in its queue any warm worker, and after its wait any
+        worker, may take it."""
+        while True:
+            await self._models_changed.wait()
+            self._models_changed.clear()
+            room = len(self._running) < self._slots and not (self._stopping or self._paused)
+            wanted = set(self._warm) if room else set()
+            try:
+                for key in self._broker.model_keys - wanted:
+                    await self._broker.stop_consuming_model(key)
+                for key in wanted - self._broker.model_keys:
+                    await self._broker.consume_model(key, functools.partial(self._received, from_model=True))
+            except BrokerError as exc:
+                # The connection is gone: its consumers with it. The next change, or the reconnect, tries again.
+                logger.info("model queues not followed", extra={"why": str(exc)})
+
+    def _warmed(self, key: str) -> None:
+        """A job of the models of `key` runs here: this worker is warm for them, and forgets the least recent."""
+        self._warm[key] = None
+        self._warm.move_to_end(key)
+        while len(self._warm) > self._warm_limit:
+            self._warm.popitem(last=False)
+        self._models_changed.set()
 
     def _ran(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -122,7 +170,7 @@ class FleetWorker:
         self._schedule()
 
     async def _run(self, held: _Held) -> None:
-        message, job = held.message, held.job
+        job = held.job
         earlier = self._active.get(job.id)
         if earlier is not None:
             # Delivered again while it still runs here: its message went back with a broken connection. The run
@@ -132,12 +180,13 @@ class FleetWorker:
         assert task is not None
         self._active[job.id] = task
         try:
-            await self._attempt(message, job)
+            await self._attempt(held)
         finally:
             if self._active.get(job.id) is task:
                 del self._active[job.id]
 
-    async def _attempt(self, message: AbstractIncomingMessage, job: JobMessage) -> None:
+    async def _attempt(self, held: _Held) -> None:
+        message, job = held.message, held.job
         attempt = int((message.headers or {}).get("x-delivery-count") or 0) + 1
         try:
             record = self._as_created(message, job, attempt) or await self._records.get(job.id)
@@ -156,26 +205,36 @@ class FleetWorker:
             await _ack(message)
             return
         told = any(entry.get("attempt") == record.attempts for entry in record.attempt_errors)
+        if (message.headers or {}).get("x-death"):
+            # From a model queue: the priority queue counts its deliveries from 1 again, the record counts on.
+            begun = told or record.started_at is not None or record.status is not JobStatus.QUEUED
+            attempt = max(attempt, record.attempts + 1 if begun else record.attempts)
         if attempt > record.attempts and not told:
             # The attempt before ended without a word from its worker.
             record.attempt_errors = [
                 *record.attempt_errors,
                 {"attempt": record.attempts, "error": _LOST, "at": now_ms()},
             ]
+        if attempt > self._max_attempts:
+            # Its workers died under each attempt: the delivery limits of a model queue and a priority queue add up.
+            await self._end_attempt(held, record, _LOST, last=True, ran=False)
+            return
         record.attempts = attempt
+        if job.model_key is not None and self._warm_limit:
+            self._warmed(job.model_key)  # its ComfyUI loads the models now
         try:
             await self._runners[job.kind](job, record)
         except asyncio.CancelledError:
-            await self._end_attempt(message, record, _HANDED_BACK, last=False)
+            await self._end_attempt(held, record, _HANDED_BACK, last=False)
             raise
         except ShuttingDown:
-            await self._end_attempt(message, record, _HANDED_BACK, last=False)
+            await self._end_attempt(held, record, _HANDED_BACK, last=False)
             return
         except Exception as exc:
             if not record.terminal:
                 # Handed back by the pipeline (ComfyUI failed under the job), or cut short before it could end.
                 why = exc.message if isinstance(exc, ApiError) else f"{type(exc).__name__}: {exc}"
-                await self._end_attempt(message, record, why, last=attempt >= self._max_attempts)
+                await self._end_attempt(held, record, why, last=attempt >= self._max_attempts)
                 return
             # It ended, failed, and its record says why.
         await self._written(record)
@@ -191,11 +250,24 @@ class FleetWorker:
         the job was queued after this replica began to hear every cancel (a cancel since would be known here). It
         spares the store a read per job (bench/fleet.py)."""
         since = self._cancels.since
-        fresh = attempt == 1 and not message.redelivered and since is not None and job.published_at > since
+        fresh = (
+            attempt == 1
+            and not message.redelivered
+            and not (message.headers or {}).get("x-death")  # dead-lettered from a model queue: delivered before
+            and since is not None
+            and job.published_at > since
+        )
         return row_record(job.record) if fresh and job.record is not None else None
 
-    async def _end_attempt(self, message: AbstractIncomingMessage, record: JobRecord, why: str, *, last: bool) -> None:
-        record.attempt_errors = [*record.attempt_errors, {"attempt": record.attempts, "error": why, "at": now_ms()}]
+    async def _end_attempt(self, held: _Held, record: JobRecord, why: str, *, last: bool, ran: bool = True) -> None:
+        """End an attempt without an outcome: the job goes back to the queue, or on its `last` attempt to the
+        dead-letter queue with its record failed (`ran`: the attempt's error is recorded)."""
+        message = held.message
+        if ran:
+            record.attempt_errors = [
+                *record.attempt_errors,
+                {"attempt": record.attempts, "error": why, "at": now_ms()},
+            ]
         if last:
             record.status, record.completed_at = JobStatus.FAILED, now_ms()
             record.error = {
@@ -209,6 +281,10 @@ class FleetWorker:
             extra={"request_id": record.id, "attempt": record.attempts, "reason": why, "dead_lettered": last},
         )
         try:
+            if last and held.from_model:
+                await self._broker.publish_dead(message, "delivery_limit")
+                await _ack(message)
+                return
             with converted("cannot hand the job back"):
                 if last:
                     await message.reject(requeue=False)
@@ -239,6 +315,7 @@ class FleetWorker:
         if self._paused or self._stopping:
             return
         self._paused = True
+        self._models_changed.set()
         logger.warning("the job store does not answer: taking no jobs until it does")
         await self._release()
 
@@ -252,6 +329,7 @@ class FleetWorker:
     async def drain(self) -> None:
         """Take no more jobs and hand back the ones held but not started; the running ones run on."""
         self._stopping = True
+        self._models_changed.set()
         await self._release()
 
     async def _release(self) -> None:
@@ -272,6 +350,8 @@ class FleetWorker:
     async def aclose(self) -> None:
         """Hand back the jobs still running (their tasks are cancelled: each nacks its message)."""
         await self.drain()
+        if self._follower is not None:
+            self._follower.cancel()
         for task in self._running:
             task.cancel()
         if self._running:

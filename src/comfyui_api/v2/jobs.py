@@ -5,6 +5,11 @@ The pipeline (pipeline/runner.py) runs it like any /prompt request: `core/ASSET`
 ComfyUI's validation refusals become 422 `invalid_workflow` with each node's errors, a ComfyUI crash queues it again
 (JOB_MAX_ATTEMPTS), and a server restart runs it again from its record (pipeline/recovery.py). `extra_data` is sent
 to ComfyUI with each attempt and never stored; a job that had it cannot be run again after a restart.
+
+In fleet mode a submission is queued in the broker instead (fleet/door.py): its 201 means recorded in the shared store
+and confirmed by the broker, and whichever worker takes it runs it (`run_queued`), its ComfyUI's validation refusal
+ending it failed with `invalid_workflow`. The assets it reads and writes are the fleet's (v2/assets.py on PostgreSQL),
+so any replica serves them. An integer `metadata.priority` is its priority (FLEET_PRIORITY_LEVELS).
 """
 
 from __future__ import annotations
@@ -15,18 +20,19 @@ import mimetypes
 import uuid
 from collections.abc import Awaitable
 from pathlib import PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import ApiError, BadRequest, MissingAsset, PromptRejected, V2Error
+from ..errors import ApiError, BadRequest, FleetUnavailable, MissingAsset, PromptRejected, V2Error
 from ..jobstore.base import JobQuery
 from ..jobstore.records import JobKind, JobRecord, now_ms
 from ..jobstore.writer import RecordWriter
 from ..pipeline.jobs import Job, JobRegistry
 from ..pipeline.outputs import OutputFile
+from ..pipeline.preprocess import is_asset_reference
 from ..pipeline.request import PromptRequest
-from ..pipeline.runner import Canceler, PromptRunner
+from ..pipeline.runner import Canceler, PromptRunner, ends_attempt
 from .assets import AssetStore
 
 logger = logging.getLogger(__name__)
@@ -34,7 +40,9 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 # What a client waits before it retries a submission refused for a full queue.
 QUEUE_FULL_RETRY_AFTER_S = 5
-_STOPPED = "The server running the job stopped before it ended; submit it again"
+# What a client waits before it retries a submission refused while the fleet's broker or store is down.
+FLEET_RETRY_AFTER_S = 5
+PRIORITY_LABEL = "priority"
 _OUTPUT_TYPES = {"image": "image", "video": "video", "audio": "audio", "text": "text"}
 
 
@@ -57,6 +65,12 @@ class JobSubmission(BaseModel):
     timeout_s: float | None = Field(
         None, gt=0, description="This job's deadline in seconds (queueing and execution), capped by PROMPT_TIMEOUT_S."
     )
+
+
+class V2Door(Protocol):
+    """The fleet's front door (fleet/door.py): records a v2 job in the shared store and queues it for any worker."""
+
+    async def queue_v2(self, record: JobRecord, *, priority: int, secrets: dict[str, Any]) -> None: ...
 
 
 class StagedAssets:
@@ -84,12 +98,11 @@ class V2Jobs:
         *,
         max_queue_depth: int,
         output_retention_s: float,
-        resumable: bool = True,
+        door: V2Door | None = None,
         canceler: Canceler | None = None,
     ) -> None:
-        """`resumable`: a job this server stops under is kept queued for its next start to run again; False in fleet
-        mode, where the shared store's unfinished jobs are not this server's alone: such a job fails instead."""
-        self._resumable = resumable
+        """`door`: in fleet mode, where submissions are queued (else they run here)."""
+        self._door = door
         self._runner = runner
         # Who interrupts a job: the runner, or in fleet mode the fleet (another replica may run the job).
         self._canceler: Canceler = canceler or runner
@@ -105,7 +118,11 @@ class V2Jobs:
         """Validate, queue and durably record a job; its record once it is on disk."""
         _refuse_reserved(submission)
         graph = _api_graph(submission.workflow)
-        self._check_queue()
+        priority = _priority(submission.metadata)
+        if self._door is None:
+            self._check_queue()
+        else:
+            await self._check_assets(graph)
         store = self._records.store
         if idempotency_key is not None and not await store.claim_key(idempotency_key, now_ms() + IDEMPOTENCY_TTL_MS):
             raise V2Error(
@@ -120,11 +137,20 @@ class V2Jobs:
         if submission.timeout_s is not None:
             replay["timeout_s"] = submission.timeout_s
         extra = submission.extra_data.model_dump(exclude_none=True) if submission.extra_data else None
-        if extra:
-            replay["needs_memory"] = True
+        if extra and self._door is None:
+            replay["needs_memory"] = True  # in fleet mode it travels sealed with the job instead
         record = JobRecord(id=job_id, created_at=now_ms(), kind=JobKind.V2, request=replay)
         try:
+            if self._door is not None:
+                await self._door.queue_v2(record, priority=priority, secrets={"extra_data": extra} if extra else {})
+                return record
             job = await self._start(record, graph, extra)
+        except FleetUnavailable as exc:
+            if idempotency_key is not None:
+                await store.release_key(idempotency_key)
+            raise V2Error(
+                "deployment_not_ready", exc.message, status_code=429, retry_after_s=FLEET_RETRY_AFTER_S
+            ) from None
         except (V2Error, BadRequest):
             # Refused without a job: the key may be used again.
             if idempotency_key is not None:
@@ -140,12 +166,47 @@ class V2Jobs:
         job = await self._start(record, _api_graph(record.request["workflow"]), None)
         self._spawn(self._complete(job))
 
-    async def _start(self, record: JobRecord, graph: dict[str, Any], extra: dict[str, Any] | None) -> Job:
+    async def run_queued(self, record: JobRecord, secrets: dict[str, Any]) -> None:
+        """Run a job a fleet worker took from the queue, to its end: its record ended, its outputs assets of the
+        fleet. A job refused before it ran ends failed, its record saying why; an error that ends the attempt
+        without an outcome (ComfyUI failed under it, this worker stopping) is raised: the job goes back to the
+        queue."""
+        assert record.request is not None
+        try:
+            job = await self._start(record, _api_graph(record.request["workflow"]), secrets.get("extra_data"), True)
+        except V2Error as exc:
+            # The runner ended its record with the refusal; the job's error names it as a submission here would.
+            record.error = {**(record.error or {}), "code": exc.code}
+            self._records.changed(record)
+            return
+        await self._complete(job)
+
+    async def _check_assets(self, graph: dict[str, Any]) -> None:
+        """422 `missing_asset` for a `core/ASSET` input no asset answers, at submission as when it runs here: a
+        queued job would only fail on its worker."""
+        for node_id, node in graph.items():
+            for name, value in node["inputs"].items():
+                if not is_asset_reference(value):
+                    continue
+                info = value.get("info")
+                asset_id = info.get("id") if isinstance(info, dict) else None
+                location = f"prompt.{node_id}.inputs.{name}"
+                if not isinstance(asset_id, str) or not asset_id or await self._assets.get(asset_id) is None:
+                    raise V2Error(
+                        "missing_asset",
+                        f"No asset {asset_id!r} (unknown, deleted or expired)",
+                        status_code=422,
+                        details={"location": location},
+                    )
+
+    async def _start(
+        self, record: JobRecord, graph: dict[str, Any], extra: dict[str, Any] | None, from_queue: bool = False
+    ) -> Job:
         request = PromptRequest.model_validate(
             {"id": record.id, "prompt": graph, "timeout_s": (record.request or {}).get("timeout_s")}
         )
         try:
-            return await self._runner.start(request, record, extra_data=extra)
+            return await self._runner.start(request, record, extra_data=extra, from_queue=from_queue)
         except MissingAsset as exc:
             raise V2Error("missing_asset", exc.message, status_code=422, details={"location": exc.location}) from None
         except PromptRejected as exc:
@@ -172,11 +233,9 @@ class V2Jobs:
                 job.record.outputs = [*job.record.outputs, await self._as_asset(job, output, expires_at)]
                 job.record_changed(job.record)  # an `output` event the moment each is committed
             job.mark_succeeded(outputs=job.record.outputs)
-        except asyncio.CancelledError:
-            if not self._resumable:
-                job.mark_ended(ApiError(_STOPPED, status_code=503))
-            raise
         except ApiError as exc:
+            if job.from_queue and ends_attempt(exc):
+                raise
             logger.info("v2 job failed", extra={"request_id": job.id, "status": exc.status_code, "error": exc.message})
         except Exception as exc:
             logger.exception("v2 job failed", extra={"request_id": job.id})
@@ -208,7 +267,8 @@ class V2Jobs:
         task.add_done_callback(self._background.discard)
 
     async def aclose(self) -> None:
-        """Stop the jobs under way: each stays queued in the store, for the next start to run again."""
+        """Stop the jobs under way here: each stays queued in the store, for the next start to run again (in fleet
+        mode the worker hands its jobs back to the broker)."""
         for task in self._background:
             task.cancel()
         if self._background:
@@ -247,6 +307,25 @@ def _refuse_reserved(submission: JobSubmission) -> None:
                 status_code=422,
                 details={"location": reserved},
             )
+
+
+def _priority(metadata: dict[str, str] | None) -> int:
+    """The job's priority: its integer `metadata.priority` label (0 without one)."""
+    text = (metadata or {}).get(PRIORITY_LABEL)
+    if text is None:
+        return 0
+    try:
+        priority = int(text)
+    except ValueError:
+        priority = -1
+    if priority < 0:
+        raise V2Error(
+            "invalid_request",
+            f"metadata.priority: {text!r} is not a priority, a whole number from 0 (the default) up",
+            status_code=422,
+            details={"location": "metadata.priority"},
+        )
+    return priority
 
 
 def _api_graph(workflow: dict[str, Any]) -> dict[str, Any]:
