@@ -1019,9 +1019,15 @@ def test_fleet_triggers_name_the_job_queues() -> None:
     prefix = fleet_setting(worker_env, "FLEET_QUEUE_PREFIX")
     levels = int(fleet_setting(worker_env, "FLEET_PRIORITY_LEVELS"))
     triggers = scaled["triggers"]
-    assert [trigger["metadata"]["queueName"] for trigger in triggers] == [
+    *priority, models = triggers
+    assert [trigger["metadata"]["queueName"] for trigger in priority] == [
         f"{prefix}.jobs.p{level}" for level in range(levels)
     ]
+    # Every model queue (fleet/broker.py), summed; a priority queue's name does not match.
+    pattern = re.compile(models["metadata"]["queueName"])
+    assert (models["metadata"]["useRegex"], models["metadata"]["operation"]) == ("true", "sum")
+    assert pattern.fullmatch(f"{prefix}.jobs.model.0123456789abcdef")
+    assert not any(pattern.fullmatch(f"{prefix}.jobs.p{level}") for level in range(levels))
     authentication = fleet_object("TriggerAuthentication")["metadata"]["name"]
     for trigger in triggers:
         metadata = trigger["metadata"]
