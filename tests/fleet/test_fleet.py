@@ -417,6 +417,31 @@ def test_jobs_go_first_to_the_worker_warm_for_their_models_and_to_any_once_their
         wait_until(lambda: warm.http.get("/ready").status_code == 200, 120, "the replica to be ready again")
 
 
+def test_a_job_that_kills_comfyui_from_a_model_queue_is_dead_lettered_too(
+    fleet: list[ApiServer], receiver: WebhookReceiver, broker_url: str
+) -> None:
+    warming = {"prompt": txt2img(seed=11), "id": "poison-warms", "timeout_s": 600}
+    assert httpx.post(f"{fleet[0].url}/prompt", json=warming, timeout=JOB_DEADLINE_S).status_code == 200
+    dead_before = asyncio.run(queue_depth(broker_url, f"{PREFIX}.jobs.dead"))
+    # The checkpoint loader (not run: nothing uses it) gives the job the models a worker is warm for: it is
+    # published to their model queue, whose own dead-letter exchange leads back to the priority queues.
+    graph = {**kills_comfyui(), "90": txt2img()["1"]}
+    body = {"prompt": graph, "id": "poison-model", "webhook_v2": receiver.url_for("/poison-model")}
+    assert fleet[1].http.post("/prompt", json=body).status_code == 202
+
+    ended = wait_status(fleet[0], "poison-model")
+
+    assert ended["status"] == "failed", ended
+    assert ended["attempts"] == 3 and len(ended["attempt_errors"]) == 3, ended
+    assert wait_until(
+        lambda: asyncio.run(queue_depth(broker_url, f"{PREFIX}.jobs.dead")) == dead_before + 1,
+        60,
+        "the dead-lettered job",
+    )
+    for server in fleet:
+        wait_until(lambda server=server: server.http.get("/ready").status_code == 200, 180, "the replica to be ready")
+
+
 def test_a_sync_request_whose_client_leaves_is_canceled_on_the_worker(fleet: list[ApiServer]) -> None:
     # Seconds of work: the client gives up long before its end.
     body = {"prompt": slow(size=1600, blurs=5), "id": "fleet-left"}
