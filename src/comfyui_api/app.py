@@ -71,6 +71,7 @@ def create_app(
         retention_s=settings.asset_retention_s,
         max_upload_bytes=settings.asset_max_upload_mb * 1024 * 1024,
         disk_limit_bytes=round(settings.asset_disk_limit_gb * 1024**3),
+        shared_url=settings.job_store_url.get_secret_value() if settings.job_store_url is not None else None,
     )
     store: JobStore = (
         PostgresJobStore(settings.job_store_url.get_secret_value())

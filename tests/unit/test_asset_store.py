@@ -122,9 +122,9 @@ async def test_an_upload_is_stored_under_its_blake3_hash(store: AssetStore, cloc
         ["input"],
     )
     assert (record.created_at, record.expires_at, record.job_id) == (clock.now, clock.now + HOUR_MS, None)
-    assert store.content_path(record) == store.blobs / hex_digest[:2] / hex_digest
-    assert store.content_path(record).read_bytes() == DATA
-    assert blob_files(store) == [store.content_path(record)]
+    assert await store.local_content(record) == store.blobs / hex_digest[:2] / hex_digest
+    assert (await store.local_content(record)).read_bytes() == DATA
+    assert blob_files(store) == [await store.local_content(record)]
     assert temporary_files(store) == []
     assert await store.get(record.id) == record
     assert await store.has_blob(record.hash)
@@ -137,7 +137,7 @@ async def test_the_same_bytes_uploaded_twice_are_stored_once(store: AssetStore) 
     assert (first_new, second_new) == (True, False)
     assert first.id != second.id
     assert first.hash == second.hash
-    assert blob_files(store) == [store.content_path(first)]
+    assert blob_files(store) == [await store.local_content(first)]
     assert temporary_files(store) == []
     assert (await store.get(second.id)) == second
 
@@ -207,7 +207,7 @@ async def test_new_bytes_past_the_disk_limit_are_refused_but_known_bytes_and_out
     record = await store.add_output(
         output, job_id="job", file_path="out.png", content_type="image/png", expires_at=None
     )
-    assert store.content_path(record).read_bytes() == OTHER
+    assert (await store.local_content(record)).read_bytes() == OTHER
 
 
 async def test_mint_from_hash_makes_a_new_record_over_stored_bytes(store: AssetStore, clock: Clock) -> None:
@@ -278,7 +278,7 @@ async def test_a_reference_differing_in_path_tags_or_origin_is_not_identical(sto
 async def test_deleting_a_record_keeps_a_shared_blob_and_removes_the_last_one(store: AssetStore) -> None:
     first, _ = await upload(store, file_path="a.png")
     second, _ = await upload(store, file_path="b.png")
-    blob = store.content_path(first)
+    blob = await store.local_content(first)
 
     assert await store.delete(first.id)
     assert await store.get(first.id) is None
@@ -299,7 +299,7 @@ async def test_a_deleted_blob_can_be_uploaded_again(store: AssetStore) -> None:
     again, created_new = await upload(store)
 
     assert created_new
-    assert store.content_path(again).read_bytes() == DATA
+    assert (await store.local_content(again)).read_bytes() == DATA
 
 
 async def test_a_job_output_cannot_be_deleted(store: AssetStore, tmp_path: Path) -> None:
@@ -314,7 +314,7 @@ async def test_a_job_output_cannot_be_deleted(store: AssetStore, tmp_path: Path)
 
     assert (raised.value.code, raised.value.status_code) == ("asset_in_use", 409)
     assert await store.get(record.id) == record
-    assert store.content_path(record).exists()
+    assert (await store.local_content(record)).exists()
 
 
 async def test_expired_records_are_invisible_and_the_sweep_deletes_them_with_their_blobs(
@@ -325,14 +325,14 @@ async def test_expired_records_are_invisible_and_the_sweep_deletes_them_with_the
     clock.now += 61_000
 
     assert await store.get(short.id) is None
-    assert store.content_path(short).exists()  # until the sweep
+    assert (await store.local_content(short)).exists()  # until the sweep
 
     assert await store.sweep() == 1
 
-    assert not store.content_path(short).exists()
+    assert not (await store.local_content(short)).exists()
     assert not await store.has_blob(short.hash)
     assert await store.get(long.id) == long
-    assert store.content_path(long).read_bytes() == OTHER
+    assert (await store.local_content(long)).read_bytes() == OTHER
     assert await store.sweep() == 0
 
 
@@ -346,7 +346,7 @@ async def test_referencing_bytes_again_extends_their_life_and_never_shortens_it(
     await store.sweep()
 
     assert await store.get(short.id) is None
-    assert store.content_path(long).read_bytes() == DATA
+    assert (await store.local_content(long)).read_bytes() == DATA
 
     clock.now += 86_400_000
     await store.sweep()
@@ -421,7 +421,7 @@ async def test_a_job_output_is_hard_linked_in_and_deduplicated(store: AssetStore
         "job-1",
         12345,
     )
-    blob = store.content_path(record)
+    blob = await store.local_content(record)
     assert blob.stat().st_ino == output.stat().st_ino
     assert output.read_bytes() == DATA  # left where it was
 
@@ -431,7 +431,7 @@ async def test_a_job_output_is_hard_linked_in_and_deduplicated(store: AssetStore
         again, job_id="job-2", file_path="ComfyUI_00002_.png", content_type="image/png", expires_at=None
     )
     assert second.id != record.id
-    assert store.content_path(second) == blob
+    assert await store.local_content(second) == blob
     assert blob.stat().st_ino == output.stat().st_ino
     assert blob_files(store) == [blob]
     assert temporary_files(store) == []
@@ -446,7 +446,7 @@ async def test_an_output_outlives_the_file_it_came_from(store: AssetStore, tmp_p
 
     output.unlink()
 
-    assert store.content_path(record).read_bytes() == DATA
+    assert (await store.local_content(record)).read_bytes() == DATA
 
 
 async def test_staging_places_a_regular_file_with_the_same_bytes(store: AssetStore, tmp_path: Path) -> None:
@@ -460,7 +460,7 @@ async def test_staging_places_a_regular_file_with_the_same_bytes(store: AssetSto
     assert staged.is_file()
     assert staged.read_bytes() == DATA
     staged.unlink()
-    assert store.content_path(record).read_bytes() == DATA
+    assert (await store.local_content(record)).read_bytes() == DATA
 
 
 async def test_a_reopened_store_keeps_its_records(make_store: MakeStore) -> None:
@@ -569,5 +569,5 @@ async def test_a_sweep_never_removes_the_blob_of_an_output_being_placed(
     assert await sweeping == 1
 
     assert await store.get(expiring.id) is None
-    assert store.content_path(record).read_bytes() == large
+    assert (await store.local_content(record)).read_bytes() == large
     assert record.id in stored_ids(store)

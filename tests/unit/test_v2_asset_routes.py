@@ -445,7 +445,7 @@ async def test_the_sdk_uploads_then_dedups_then_reads_and_deletes(store: AssetSt
 
         await first.delete()
         assert await store.get(first_id) is None
-        assert store.content_path((await store.get(second_id)) or pytest.fail("gone")).read_bytes() == DATA
+        assert (await store.local_content((await store.get(second_id)) or pytest.fail("gone"))).read_bytes() == DATA
 
 
 async def test_the_body_size_limit_leaves_uploads_to_their_own_limit(store: AssetStore) -> None:

@@ -278,7 +278,7 @@ async def asset_content(id: str, request: Request, store: AssetsDep) -> Response
     range (206); any other `Range` is ignored and the whole content served."""
     record = await _found(store, id)
     name = PurePosixPath(record.file_path).name if record.file_path else record.id
-    path = store.content_path(record)
+    path = await store.local_content(record)
     response = _ContentResponse(
         path,
         media_type=record.content_type,
