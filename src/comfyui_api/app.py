@@ -132,6 +132,7 @@ def create_app(
     )
     fleet = Fleet(settings, state, records, hub, delivery, runner) if settings.fleet else None
     if fleet is not None:
+        listeners[1] = fleet.after_written(hub.on_record)
         listeners.append(fleet.on_record)
         hub.remote = fleet.followers
     v2_jobs = V2Jobs(

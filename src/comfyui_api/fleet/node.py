@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..config import Settings
@@ -78,6 +79,8 @@ class Fleet:
         self.cancels = Cancels(self.broker, runner.interrupt)
         self._dead = DeadLetters(self.broker, records)
         self._answers = Answers(self.broker)
+        # Job ends waiting for their record to be stored before this replica's streams hear of them.
+        self._delivering: set[asyncio.Task[None]] = set()
         # What a worker runs each kind of job with; v2 jobs once `serve_v2` is called.
         self._runners: dict[JobKind, RunJob] = {JobKind.PROMPT: self._run_prompt}
         self.door = FleetDoor(
@@ -114,6 +117,27 @@ class Fleet:
             await jobs.run_queued(record, message.secrets)
 
         self._runners[JobKind.V2] = run
+
+    def after_written(self, deliver: Callable[[JobRecord], None]) -> Callable[[JobRecord], None]:
+        """`deliver` (this replica's event streams) with each job's end held until its record is in the store, as
+        the other replicas hear it (EventsOut): a client told of the end here reads the same end from any replica."""
+
+        async def written(record: JobRecord) -> None:
+            try:
+                await self._records.saved(record)
+            except JobStoreError as exc:
+                logger.warning("a job's end is streamed before its record is stored", extra={"why": str(exc)})
+            deliver(record)
+
+        def on_record(record: JobRecord) -> None:
+            if not record.terminal:
+                deliver(record)
+                return
+            task = asyncio.ensure_future(written(record))
+            self._delivering.add(task)
+            task.add_done_callback(self._delivering.discard)
+
+        return on_record
 
     def on_record(self, record: JobRecord) -> None:
         """A record changed here: its followers on other replicas hear of it."""
