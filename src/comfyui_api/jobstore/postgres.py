@@ -48,6 +48,8 @@ def asyncpg_url(url: str) -> str:
 
 
 class PostgresJobStore(SqlJobStore):
+    single_statement_autocommit = True
+
     def __init__(self, url: str, *, clock: Callable[[], int] = now_ms) -> None:
         self._url = asyncpg_url(url)
         self.where = redact_url(url)

@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     and_,
+    bindparam,
     delete,
     or_,
     select,
@@ -32,6 +33,8 @@ from .base import JobQuery
 from .records import TERMINAL, JobRecord, JobStatus, now_ms, record_row, row_record
 
 T = TypeVar("T")
+# The bound parameter of `create`'s statement that holds the time it runs at.
+_NOW = "now_ms"
 
 
 class Insert(Protocol):
@@ -76,6 +79,9 @@ keys_table = Table(
 class SqlJobStore:
     """JobStore's queries. A subclass opens `_engine`; `converted()` turns the driver's errors into JobStoreError."""
 
+    # A lone statement runs outside a transaction (a server database: BEGIN and COMMIT are round trips).
+    single_statement_autocommit = False
+
     def __init__(
         self,
         insert: Insert,
@@ -87,30 +93,30 @@ class SqlJobStore:
         self._converted = converted
         self._clock = clock
         self._engine: AsyncEngine | None = None
+        # `_engine` without transactions, for `single_statement_autocommit`.
+        self._autocommit: AsyncEngine | None = None
+        # Statements built once: one built per call costs its cache key each time (bench/fleet.py).
         upsert = insert(jobs_table)
-        self._upsert = upsert.on_conflict_do_update(
-            index_elements=[jobs_table.c.id],
-            set_={column.name: upsert.excluded[column.name] for column in jobs_table.c if column.name != "id"},
+        replaced = {column.name: upsert.excluded[column.name] for column in jobs_table.c if column.name != "id"}
+        self._upsert = upsert.on_conflict_do_update(index_elements=[jobs_table.c.id], set_=replaced)
+        table = jobs_table.c
+        finished = or_(
+            table.status.in_([status.value for status in TERMINAL]),
+            table.expires_at <= bindparam(_NOW, type_=BigInteger),
         )
+        self._create = upsert.on_conflict_do_update(index_elements=[table.id], set_=replaced, where=finished)
 
     async def save(self, records: Sequence[JobRecord]) -> None:
         if not records:
             return
         rows = [_row(record) for record in records]
-        await self._run(lambda connection: connection.execute(self._upsert, rows))
+        await self._run(lambda connection: connection.execute(self._upsert, rows), single=True)
 
     async def create(self, record: JobRecord) -> bool:
         """Write a new job's record unless a job with its id is unfinished (and unexpired): whether it was written.
         One statement, so that two replicas taking the same id at once cannot both succeed."""
-        table = jobs_table.c
-        insert = self._insert(jobs_table).values(_row(record))
-        finished = or_(table.status.in_([status.value for status in TERMINAL]), table.expires_at <= self._clock())
-        statement = insert.on_conflict_do_update(
-            index_elements=[table.id],
-            set_={column.name: insert.excluded[column.name] for column in jobs_table.c if column.name != "id"},
-            where=finished,
-        )
-        result = await self._run(lambda connection: connection.execute(statement))
+        values = {**_row(record), _NOW: self._clock()}
+        result = await self._run(lambda connection: connection.execute(self._create, values), single=True)
         return bool(result.rowcount == 1)
 
     async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
@@ -123,12 +129,12 @@ class SqlJobStore:
             .where(jobs_table.c.id == record.id, jobs_table.c.status.in_([status.value for status in statuses]))
             .values(row)
         )
-        result = await self._run(lambda connection: connection.execute(statement))
+        result = await self._run(lambda connection: connection.execute(statement), single=True)
         return bool(result.rowcount == 1)
 
     async def get(self, job_id: str) -> JobRecord | None:
         statement = select(jobs_table).where(jobs_table.c.id == job_id, jobs_table.c.expires_at > self._clock())
-        row = (await self._run(lambda connection: connection.execute(statement))).first()
+        row = (await self._run(lambda connection: connection.execute(statement), single=True)).first()
         return _record(row) if row is not None else None
 
     async def list_jobs(self, query: JobQuery) -> list[JobRecord]:
@@ -176,22 +182,30 @@ class SqlJobStore:
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
-            self._engine = None
+            self._engine = self._autocommit = None
 
-    async def _run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def _run(self, work: Callable[[AsyncConnection], Awaitable[T]], *, single: bool = False) -> T:
         """`work` in one transaction; once more when the connection the pool gave turned out dead (the database
         restarted since it was opened): SQLAlchemy then drops every pooled connection, so the retry gets a new one.
-        A connection is not pinged before each use: that is a round trip per transaction (bench/fleet.py)."""
+        A connection is not pinged before each use: that is a round trip per transaction (bench/fleet.py).
+        `single`: `work` is one statement, atomic by itself: where `single_statement_autocommit` is set, it runs
+        without BEGIN and COMMIT, two round trips fewer."""
         try:
-            return await self._once(work)
+            return await self._once(work, single)
         except JobStoreError as exc:
             if not (isinstance(exc.__cause__, DBAPIError) and exc.__cause__.connection_invalidated):
                 raise
-        return await self._once(work)
+        return await self._once(work, single)
 
-    async def _once(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def _once(self, work: Callable[[AsyncConnection], Awaitable[T]], single: bool) -> T:
+        engine = self._connected()
         with self._converted():
-            async with self._connected().begin() as connection:
+            if single and self.single_statement_autocommit:
+                if self._autocommit is None:
+                    self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+                async with self._autocommit.connect() as connection:
+                    return await work(connection)
+            async with engine.begin() as connection:
                 return await work(connection)
 
     def _connected(self) -> AsyncEngine:
