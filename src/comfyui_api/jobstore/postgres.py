@@ -18,7 +18,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ..errors import ConfigError, JobStoreError
 from ..urls import redact_url
@@ -56,27 +56,16 @@ class PostgresJobStore(SqlJobStore):
         super().__init__(postgresql_insert, self._convert, clock=clock)
 
     async def open(self) -> None:
-        engine = create_async_engine(self._url, connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": 30})
-        try:
-            async with engine.begin() as connection:
-                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-                await connection.run_sync(_version_metadata.create_all)
-                found = (await connection.execute(select(_version_table.c.version))).scalar()
-                if found is not None and found > SCHEMA_VERSION:
-                    raise ConfigError(
-                        f"JOB_STORE_URL: {self.where} holds job records of schema version {found}, which this version "
-                        f"of the server (schema {SCHEMA_VERSION}) cannot read"
-                    )
-                await connection.run_sync(metadata.create_all)
-                if found is None:
-                    await connection.execute(_version_table.insert().values(version=SCHEMA_VERSION))
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            await engine.dispose()
-            raise ConfigError(f"JOB_STORE_URL: cannot open the job store {self.where}: {_cause(exc)}") from None
-        except BaseException:
-            await engine.dispose()
-            raise
-        self._engine = engine
+        self._engine = await open_postgres(
+            self._url,
+            metadata,
+            _version_table,
+            SCHEMA_VERSION,
+            lock=_SCHEMA_LOCK,
+            where=self.where,
+            store="job store",
+            what="job records",
+        )
 
     async def ping(self) -> None:
         """Raises JobStoreError unless the database answers now."""
@@ -89,6 +78,46 @@ class PostgresJobStore(SqlJobStore):
             yield
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             raise JobStoreError(f"job store {self.where}: {_cause(exc)}") from exc
+
+
+async def open_postgres(
+    url: str,
+    metadata: MetaData,
+    version_table: Table,
+    version: int,
+    *,
+    lock: int,
+    where: str,
+    store: str,
+    what: str,
+    command_timeout_s: float = 30,
+) -> AsyncEngine:
+    """An engine on PostgreSQL at `url` (asyncpg's) with `metadata`'s tables, at schema `version`, kept in the one
+    row of `version_table`. Replicas that start together create them once: the transaction holds the advisory lock
+    `lock` (a constant of the store) while it checks the version and creates what is missing. ConfigError names
+    JOB_STORE_URL, `where` (redacted), the `store` and `what` it holds when it cannot be used."""
+    engine = create_async_engine(url, connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": command_timeout_s})
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock})
+            await connection.run_sync(version_table.create, checkfirst=True)
+            found = (await connection.execute(select(version_table.c.version))).scalar()
+            if found is not None and found > version:
+                # Raised inside the transaction: nothing it made is kept.
+                raise ConfigError(
+                    f"JOB_STORE_URL: {where} holds {what} of schema version {found}, which this version of the "
+                    f"server (schema {version}) cannot read"
+                )
+            await connection.run_sync(metadata.create_all)
+            if found is None:
+                await connection.execute(version_table.insert().values(version=version))
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        await engine.dispose()
+        raise ConfigError(f"JOB_STORE_URL: cannot open the {store} {where}: {_cause(exc)}") from None
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine
 
 
 def _cause(exc: BaseException) -> Any:

@@ -13,12 +13,12 @@ import contextlib
 import dataclasses
 from collections.abc import Iterator
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table, select, text
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, MetaData, String, Table, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ..errors import ConfigError, JobStoreError
-from ..jobstore.postgres import CONNECT_TIMEOUT_S
+from ..errors import JobStoreError
+from ..jobstore.postgres import open_postgres
 
 # The SQLite file's version (its user_version).
 SCHEMA_VERSION = 1
@@ -93,29 +93,17 @@ _version_table = Table("asset_schema", _shared_metadata, Column("version", Integ
 async def open_shared(url: str, where: str) -> AsyncEngine:
     """An engine on PostgreSQL at `url` (asyncpg's), with the shared tables; `where` names it in errors (redacted).
     ConfigError when it cannot be used."""
-    engine = create_async_engine(
-        url, connect_args={"timeout": CONNECT_TIMEOUT_S, "command_timeout": _COMMAND_TIMEOUT_S}
+    return await open_postgres(
+        url,
+        _shared_metadata,
+        _version_table,
+        SHARED_SCHEMA_VERSION,
+        lock=_SCHEMA_LOCK,
+        where=where,
+        store="asset store",
+        what="assets",
+        command_timeout_s=_COMMAND_TIMEOUT_S,
     )
-    try:
-        async with engine.begin() as connection:
-            await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
-            await connection.run_sync(_shared_metadata.create_all)
-            found = (await connection.execute(select(_version_table.c.version))).scalar()
-            if found is not None and found > SHARED_SCHEMA_VERSION:
-                # Raised inside the transaction: what create_all made is rolled back.
-                raise ConfigError(
-                    f"JOB_STORE_URL: {where} holds assets of schema version {found}, which this version of the server "
-                    f"(schema {SHARED_SCHEMA_VERSION}) cannot read"
-                )
-            if found is None:
-                await connection.execute(_version_table.insert().values(version=SHARED_SCHEMA_VERSION))
-    except (SQLAlchemyError, OSError, TimeoutError) as exc:
-        await engine.dispose()
-        raise ConfigError(f"JOB_STORE_URL: cannot open the asset store {where}: {_cause(exc)}") from None
-    except BaseException:
-        await engine.dispose()
-        raise
-    return engine
 
 
 @contextlib.contextmanager
