@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     direct_address: str = "127.0.0.1"
     comfyui_port_host: int = Field(8188, gt=0, lt=65536)
     always_restart_comfyui: bool = False
+    # Attach mode: ComfyUI runs elsewhere (a sidecar container, another process) at DIRECT_ADDRESS:COMFYUI_PORT_HOST;
+    # this server connects to it, waits for it whenever it is gone, and never launches, restarts or signals it.
+    comfyui_attach: bool = False
     startup_check_interval_s: float = Field(1.0, gt=0)
     startup_check_max_tries: int = Field(20, gt=0)
     model_dir: Path | None = None
@@ -110,6 +113,9 @@ class Settings(BaseSettings):
     # validation `api_keys` holds the keys from either; empty = auth off.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     api_keys_file: Path | None = None
+    # GET /metrics (metrics.py): Prometheus metrics, open without a key unless METRICS_REQUIRE_AUTH.
+    metrics_enabled: bool = True
+    metrics_require_auth: bool = False
 
     # Warmup and startup installs
     warmup_prompt_file: Path | None = None
@@ -234,6 +240,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "always_restart_comfyui",
+        "comfyui_attach",
         "prepend_filenames",
         "cancel_on_disconnect",
         "markdown_schema_descriptions",
@@ -351,8 +358,13 @@ class Settings(BaseSettings):
 
     @property
     def runs_comfy(self) -> bool:
-        """Whether this server launches and uses a ComfyUI: all but an API-only fleet replica."""
+        """Whether this server uses a ComfyUI: all but an API-only fleet replica."""
         return self.fleet_role != "api"
+
+    @property
+    def launches_comfy(self) -> bool:
+        """Whether this server launches ComfyUI as its child: it uses one and does not attach to one."""
+        return self.runs_comfy and not self.comfyui_attach
 
     @model_validator(mode="after")
     def _derive_dirs(self) -> Settings:
