@@ -114,13 +114,15 @@ async def _send_unauthorized(send: Send, path: str, problem: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def install_bearer_auth(app: FastAPI, keys: tuple[SecretStr, ...]) -> None:
-    """Require one of `keys` on every route but OPEN_PATHS, and say so in the OpenAPI document."""
-    app.add_middleware(BearerAuth, keys=keys)
-    app.openapi = _documenting_bearer_auth(app.openapi)
+def install_bearer_auth(app: FastAPI, keys: tuple[SecretStr, ...], open_paths: frozenset[str] = OPEN_PATHS) -> None:
+    """Require one of `keys` on every route but `open_paths`, and say so in the OpenAPI document."""
+    app.add_middleware(BearerAuth, keys=keys, open_paths=open_paths)
+    app.openapi = _documenting_bearer_auth(app.openapi, open_paths)
 
 
-def _documenting_bearer_auth(generate: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+def _documenting_bearer_auth(
+    generate: Callable[[], dict[str, Any]], open_paths: frozenset[str]
+) -> Callable[[], dict[str, Any]]:
     """`generate` (FastAPI's document builder, which caches its document until routes change), with the bearer
     scheme declared, required by default, lifted from the open operations, and a 401 on every other operation."""
 
@@ -138,7 +140,7 @@ def _documenting_bearer_auth(generate: Callable[[], dict[str, Any]]) -> Callable
             for method, operation in operations.items():
                 if method not in _METHODS:  # a path item's shared `parameters`, `summary`, …
                     continue
-                if path in OPEN_PATHS:
+                if path in open_paths:
                     operation["security"] = []
                     continue
                 # The family's error schema, where the document has it (ErrorEnvelope comes with the v2 routes).

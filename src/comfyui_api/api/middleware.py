@@ -14,6 +14,7 @@ from collections.abc import Collection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logs import request_id_var
+from ..metrics import Metrics
 from ..workflows.catalog import Catalog, using_catalog
 from .auth import in_v2
 
@@ -21,10 +22,12 @@ logger = logging.getLogger("comfyui_api.access")
 
 
 class RequestContext:
-    """Sets the request id (X-Request-Id or a fresh one) for the request's logs and logs its outcome."""
+    """Sets the request id (X-Request-Id or a fresh one) for the request's logs, logs its outcome and counts it in
+    `metrics` (by its route's template: the routes are few, paths are not)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -44,6 +47,7 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            seconds = time.perf_counter() - started
             level = logging.DEBUG if scope["path"] in ("/health", "/ready") else logging.INFO
             logger.log(
                 level,
@@ -52,9 +56,12 @@ class RequestContext:
                     "method": scope["method"],
                     "path": scope["path"],
                     "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "duration_ms": round(seconds * 1000, 2),
                 },
             )
+            if self._metrics is not None:
+                route = getattr(scope.get("route"), "path", None) or "unmatched"
+                self._metrics.request(route, scope["method"], status, seconds)
 
 
 class CatalogContext:

@@ -110,6 +110,7 @@ class Delivery:
         `from_queue`, see PromptRunner.start)."""
         extra = extra or {}
         job = await self._runner.start(request, record, from_queue=from_queue)
+        job.from_workflow = "input" in extra
         if request.is_async:
             if request.webhook:
                 logger.warning("the `webhook` field is deprecated; use `webhook_v2`", extra={"request_id": job.id})

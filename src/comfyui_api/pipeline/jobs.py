@@ -28,7 +28,7 @@ from ..errors import (
     InvalidUrl,
     PromptInterrupted,
 )
-from ..jobstore.records import JobRecord, JobStatus, now_ms
+from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
 from ..storage.manager import Download
 from .outputs import OutputFile
 
@@ -92,6 +92,8 @@ class Job:
     # ComfyUI's per-prompt extra_data (a partner-node API key): sent with each attempt, held in memory only.
     extra_data: dict[str, Any] | None = field(default=None, repr=False)
     graph: dict[str, Any] = field(default_factory=dict)
+    # Taken by a workflow endpoint (its `input` validated into a graph), not /prompt.
+    from_workflow: bool = False
     preprocessed_at: int = 0
     outputs: list[OutputFile] = field(default_factory=list)
     # Output files on disk, originals and converted copies, deleted when the job closes.
@@ -203,6 +205,37 @@ class Job:
         if self.record.status in (JobStatus.QUEUED, JobStatus.RUNNING):
             self.record.status = JobStatus.CANCELING
             self.record_changed(self.record)
+
+    @property
+    def entry(self) -> str:
+        """The front door that took the job, as metrics name it: prompt, workflow or v2."""
+        if self.record.kind is JobKind.V2:
+            return "v2"
+        return "workflow" if self.from_workflow else "prompt"
+
+    def phases(self, now: int) -> dict[str, float]:
+        """Seconds the job spent in each phase it went through (metrics.py's PHASES)."""
+        phases = {"total": (now - self.received_at) / 1000}
+        if self.preprocessed_at:
+            phases["preprocess"] = (self.preprocessed_at - self.received_at) / 1000
+            if self.exec_start is not None:
+                phases["queue_wait"] = max(self.exec_start - self.preprocessed_at, 0) / 1000
+        if self.exec_start is not None and self.exec_end is not None:
+            phases["execution"] = (self.exec_end - self.exec_start) / 1000
+        if "upload_time" in self.stats:
+            phases["upload"] = self.stats["upload_time"] / 1000
+        return phases
+
+    def node_times(self) -> list[tuple[str, float]]:
+        """(class, seconds) of each node ComfyUI executed: ComfyUI runs one node at a time, so a node ran from its
+        start to the next one's (the last one to the run's end)."""
+        starts = sorted(self.node_starts.items(), key=lambda item: item[1])
+        ends = [at for _, at in starts[1:]] + [self.exec_end]
+        return [
+            (str(self.graph.get(node, {}).get("class_type", "unknown")), (end - start) / 1000)
+            for (node, start), end in zip(starts, ends, strict=True)
+            if end is not None
+        ]
 
     def mark_succeeded(self, urls: Sequence[str] = (), *, outputs: list[dict[str, Any]] | None = None) -> None:
         """The outputs are collected (and uploaded, to `urls` in output order): their names and sizes are recorded,

@@ -17,6 +17,7 @@ from ..comfy.events import EventStream
 from ..config import Settings
 from ..errors import ApiError, ComfyUnavailable, PromptInterrupted, PromptRejected, PromptTimeout, ShuttingDown
 from ..jobstore.records import JobRecord
+from ..metrics import Metrics
 from ..state import ServerState
 from ..storage.manager import StorageManager
 from .convert import ConvertOutput, convert_file, converted_name
@@ -62,7 +63,9 @@ class PromptRunner:
         janitor: Janitor,
         *,
         assets: AssetSource | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._client = client
         self._events = events
@@ -243,6 +246,9 @@ class PromptRunner:
             return
         job.closed = True
         self._abandon(job)  # a job that ends without a verdict (its caller was cancelled)
+        if self._metrics is not None:
+            outcome = job.record.status.value if job.record.terminal else "requeued"
+            self._metrics.job_ended(job.entry, outcome, job.phases(now_ms()), job.node_times())
         self._jobs.remove(job)
         for download in job.downloads:
             self._storage.release(download)

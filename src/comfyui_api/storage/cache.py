@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AccessDenied, DownloadError
+from ..metrics import Metrics
 from ..urls import redact_url
 from .auth import DownloadAuth
 from .base import Provider, url_extension
@@ -53,7 +54,10 @@ class CacheEntry:
 
 
 class DownloadCache:
-    def __init__(self, root: Path, *, limit_bytes: int = 0, on_event: EventHook | None = None) -> None:
+    def __init__(
+        self, root: Path, *, limit_bytes: int = 0, on_event: EventHook | None = None, metrics: Metrics | None = None
+    ) -> None:
+        self._metrics = metrics
         self.root = root
         self._limit = limit_bytes
         self._on_event = on_event
@@ -97,6 +101,8 @@ class DownloadCache:
             downloaded = True
             self.pin(path)
         entry = CacheEntry(path, path.stat().st_size, downloaded, time.monotonic() - started)
+        if self._metrics is not None:
+            self._metrics.cache_looked_up(hit=not downloaded)
         if downloaded:
             self._schedule_eviction()
         return entry
@@ -192,6 +198,8 @@ class DownloadCache:
             with contextlib.suppress(FileNotFoundError):
                 _meta_path(path).unlink()
             total -= size
+            if self._metrics is not None:
+                self._metrics.cache_evicted(size)
             logger.info("evicted from the download cache", extra={"path": str(path), "size": size})
         if total > self._limit:
             logger.warning(

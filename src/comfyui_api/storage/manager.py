@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import DownloadError, InvalidUrl, UnsafeUrl
+from ..metrics import Metrics
 from ..urls import redact_url, split_url
 from .auth import DownloadAuth
 from .azure import AzureProvider, azure_service_client
@@ -32,12 +33,22 @@ class Download:
 
 
 class StorageManager:
-    def __init__(self, settings: Settings, guard: UrlGuard, on_event: EventHook | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        guard: UrlGuard,
+        on_event: EventHook | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         # Storage events (file_downloaded here, file_deleted from the cache) for the system webhook.
         self._on_event = on_event
+        self._metrics = metrics
         self._guard = guard
         self.cache = DownloadCache(
-            settings.cache_dir, limit_bytes=int(settings.lru_cache_size_gb * 1024**3), on_event=on_event
+            settings.cache_dir,
+            limit_bytes=int(settings.lru_cache_size_gb * 1024**3),
+            on_event=on_event,
+            metrics=metrics,
         )
         self._http = HttpProvider(guard, settings.http_auth_header)
         # Operator-configured URLs (manifest models) skip the address check; redirects keep their rules.
@@ -98,7 +109,10 @@ class StorageManager:
         """
         if not trusted:
             await self.check_url(url, auth)
-        entry = await self.cache.fetch(url, self.provider_for(url, trusted=trusted), auth)
+        provider = self.provider_for(url, trusted=trusted)
+        entry = await self.cache.fetch(url, provider, auth)
+        if entry.downloaded and self._metrics is not None:
+            self._metrics.transferred("download", provider.name, entry.size, entry.duration_s)
         try:
             if filename and not name_extension(filename):
                 filename += entry.path.suffix

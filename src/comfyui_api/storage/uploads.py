@@ -15,6 +15,7 @@ from urllib.parse import quote
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UploadError
+from ..metrics import Metrics
 from ..urls import redact_url
 from .base import content_type_for
 from .manager import StorageManager
@@ -105,7 +106,13 @@ def upload_url(block: UploadBlock, filename: str, *, hf_endpoint: str, azure_bas
 
 
 class Uploader:
-    def __init__(self, storage: StorageManager, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        storage: StorageManager,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._metrics = metrics
         self._storage = storage
         self._on_event = on_event
         self._in_flight: dict[str, asyncio.Task[None]] = {}
@@ -139,6 +146,8 @@ class Uploader:
                 del self._in_flight[url]
         size = os.stat(path).st_size
         logger.info("uploaded", extra={"url": redact_url(url), "size": size})
+        if self._metrics is not None:
+            self._metrics.transferred("upload", provider.name, size, time.monotonic() - started)
         if self._on_event is not None:
             self._on_event(
                 "file_uploaded",

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from ..errors import UnsafeUrl
+from ..metrics import Metrics
 from ..storage.net import Body, Redirects, UrlGuard, describe_http_error, send_async
 from ..urls import redact_url
 from .body import JsonBody
@@ -66,7 +67,9 @@ class WebhookSender:
         backoff_base_s: float = 0.5,
         backoff_max_s: float = 30.0,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._signer = Signer(secret)
         self._retries = retries
         self._timeout_s = timeout_s
@@ -122,8 +125,10 @@ class WebhookSender:
                     last_error = "timeout" if isinstance(exc, TimeoutError) else describe_http_error(exc)
                 else:
                     if response.is_success:
+                        self._count("delivered", delivered=True)
                         return True
                     last_status, last_error = response.status_code, None
+                self._count("refused" if last_status is not None else "error")
                 logger.debug(
                     "webhook attempt failed",
                     extra={"url": target, "attempt": attempt, "status": last_status, "error": last_error},
@@ -147,7 +152,15 @@ class WebhookSender:
         if self._stopping.is_set() and not refused:
             failure["stopped_by_shutdown"] = True
         logger.error("webhook delivery failed", extra=failure)
+        if self._metrics is not None:
+            self._metrics.webhook_ended(delivered=False)
         return False
+
+    def _count(self, attempt: str, *, delivered: bool = False) -> None:
+        if self._metrics is not None:
+            self._metrics.webhook_attempted(attempt)
+            if delivered:
+                self._metrics.webhook_ended(delivered=True)
 
     def stop_retrying(self) -> None:
         """Shutdown has begun: from now on a failed attempt is a delivery's last (a pending backoff ends at once, with

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..metrics import Metrics
 from .sender import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -53,9 +54,11 @@ class SystemWebhooks:
         *,
         queue_size: int = 1000,
         drop_log_interval_s: float = 10.0,
+        metrics: Metrics | None = None,
     ) -> None:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        self.metrics = metrics
         self._url = url
         self._events = frozenset(events)
         self._metadata = dict(metadata)
@@ -176,6 +179,8 @@ class SystemWebhooks:
 
     def _count_drop(self, name: str) -> None:
         self.dropped[name] = self.dropped.get(name, 0) + 1
+        if self.metrics is not None:
+            self.metrics.system_event_dropped(name)
         self._unreported[name] = self._unreported.get(name, 0) + 1
         self._report_drops()
 
