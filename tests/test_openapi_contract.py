@@ -60,6 +60,7 @@ OPERATIONS: dict[str, dict[GenerationMode, int]] = {
     "POST /prompt": {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100},
     "GET /prompt/{id}": {GenerationMode.POSITIVE: 20},
     "GET /prompt/{id}/events": {GenerationMode.POSITIVE: 10},
+    "GET /ui/jobs": {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 10},
     "POST /interrupt": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 30},
     "POST /download": {GenerationMode.POSITIVE: 60, GenerationMode.NEGATIVE: 60},
     "POST /workflow/contract/solid": {GenerationMode.POSITIVE: 30, GenerationMode.NEGATIVE: 60},

@@ -6,17 +6,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from typing import Any
 
-import yaml
 from fastapi import APIRouter, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from . import __version__
-from .api import control, download, job_status, models, probes, prompt, v2_assets
+from .api import control, dashboard, docs, download, job_status, models, probes, prompt, v2_assets
 from .api import v2_jobs as v2_jobs_routes
-from .api.auth import install_bearer_auth
+from .api.auth import OPEN_PATHS, install_bearer_auth
 from .api.handlers import install_error_handlers
 from .api.middleware import BodySizeLimit, CatalogContext, RequestContext
 from .comfy.client import ComfyClient
@@ -172,6 +168,7 @@ def create_app(
         version=__version__,
         description="A stateless HTTP API in front of ComfyUI.",
         docs_url=None,
+        redoc_url=None,
         openapi_url="/docs/json",
     )
     catalog = Catalog()
@@ -195,7 +192,7 @@ def create_app(
     app.include_router(probes.router)
     for router in _routers(settings):
         app.include_router(router)
-    _add_doc_routes(app)
+    docs.add_doc_routes(app, "/docs/json")
     # Each middleware added wraps those added before it: RequestContext, added last, is the outermost, so the request
     # id is set before anything logs, and a request that auth refuses is logged too, before its body is read.
     app.add_middleware(CatalogContext, catalog=catalog)
@@ -207,7 +204,7 @@ def create_app(
         unlimited={v2_assets.UPLOAD_ROUTE},
     )
     if settings.api_keys:
-        install_bearer_auth(app, settings.api_keys)
+        install_bearer_auth(app, settings.api_keys, OPEN_PATHS | docs.OPEN_PATHS | dashboard.PAGE_PATHS)
     app.add_middleware(RequestContext)
     return app
 
@@ -218,7 +215,15 @@ def _routers(settings: Settings) -> list[APIRouter]:
     if settings.fleet_role == "worker":
         return []
     local = [download.router, models.router] if settings.runs_comfy else []
-    return [prompt.router, job_status.router, control.router, *local, v2_jobs_routes.router, v2_assets.router]
+    return [
+        prompt.router,
+        job_status.router,
+        control.router,
+        *local,
+        v2_jobs_routes.router,
+        v2_assets.router,
+        dashboard.router,
+    ]
 
 
 async def mount_workflows(app: FastAPI) -> None:
@@ -277,20 +282,3 @@ def _system_webhooks(settings: Settings, sender: WebhookSender, jobs: JobRegistr
         sender,
         request_id_for,
     )
-
-
-def _add_doc_routes(app: FastAPI) -> None:
-    @app.get("/docs", include_in_schema=False)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/docs/json", title="ComfyUI API", swagger_ui_parameters={"deepLinking": True}
-        )
-
-    @app.get("/docs/yaml", include_in_schema=False)
-    async def openapi_yaml() -> Response:
-        return Response(yaml.safe_dump(app.openapi(), sort_keys=False), media_type="application/yaml")
-
-    @app.get("/openapi.json", include_in_schema=False)
-    async def openapi_json() -> JSONResponse:
-        document: dict[str, Any] = app.openapi()
-        return JSONResponse(document)
