@@ -422,7 +422,10 @@ function apply(id, event) {
   }
   const card = state.cards.get(id);
   if (card) updateCard(card, job);
-  if (ended) refreshJobs(); // the list has what the stream does not carry: the error, the final outputs
+  if (ended) {
+    refreshJobs(); // the list has what the stream does not carry: the error, the final outputs
+    refreshProbes(); // and ComfyUI's queue has moved
+  }
   return ended;
 }
 
