@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command: every benchmark, one table of its bars, one JSON file of its figures.
 
-    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard,v2,fleet]
+    .venv/bin/python -m bench [--only startup,requests,outputs,download,guard,v2,fleet,metrics]
                               [--json bench/results/latest.json] [--baseline earlier.json]
 
 Run from the repository root after scripts/setup.sh. Each benchmark runs in a process of its own, one after the other
@@ -17,6 +17,8 @@ servers in front of their own CPU ComfyUI, SeaweedFS, file servers); its progres
 * fleet:    fleet mode (RabbitMQ and PostgreSQL: a private vhost and database): the latency a fleet-mode server
             adds to a prompt over a standalone one in front of the same ComfyUI, and jobs/s with two workers against
             one (bench/fleet.py)
+* metrics:  what the Prometheus metrics add to a request (on against off, one ComfyUI), and what a scrape costs
+            with 1,000 jobs finished (bench/metrics.py)
 
 Then one table of every figure with a bar (and the figures they are measured against), and the JSON: `meta`, each
 benchmark's own report under `benchmarks`, and every figure flattened under `figures` as "benchmark.figure", which
@@ -38,7 +40,7 @@ from typing import Any
 
 from .common import REPO, check_cases_and_baseline, compare, log, print_checks, sigterm_exits, write_report
 
-BENCHMARKS = ("startup", "requests", "outputs", "download", "guard", "v2", "fleet")
+BENCHMARKS = ("startup", "requests", "outputs", "download", "guard", "v2", "fleet", "metrics")
 DEFAULT_REPORT = REPO / "bench" / "results" / "latest.json"
 
 

@@ -56,6 +56,7 @@ def generate_workflow(input: RequestSchema) -> dict:
 OPERATIONS: dict[str, dict[GenerationMode, int]] = {
     "GET /health": {GenerationMode.POSITIVE: 1},
     "GET /ready": {GenerationMode.POSITIVE: 1},
+    "GET /metrics": {GenerationMode.POSITIVE: 1},
     "GET /models": {GenerationMode.POSITIVE: 1},
     "POST /prompt": {GenerationMode.POSITIVE: 100, GenerationMode.NEGATIVE: 100},
     "GET /prompt/{id}": {GenerationMode.POSITIVE: 20},

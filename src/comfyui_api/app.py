@@ -11,6 +11,7 @@ from fastapi import APIRouter, FastAPI
 
 from . import __version__
 from .api import control, dashboard, docs, download, job_status, models, probes, prompt, v2_assets
+from .api import metrics as metrics_route
 from .api import v2_jobs as v2_jobs_routes
 from .api.auth import OPEN_PATHS, install_bearer_auth
 from .api.handlers import install_error_handlers
@@ -27,6 +28,7 @@ from .jobstore.records import JobRecord
 from .jobstore.sqlite import SQLiteJobStore
 from .jobstore.writer import RecordWriter
 from .lifecycle import Lifecycle, V2Parts, create_folder
+from .metrics import Metrics, Reading
 from .pipeline.delivery import Delivery
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
@@ -60,6 +62,7 @@ def create_app(
     """`process` is ComfyUI's (launched already or not); `request_exit(code)` asks the hosting server to stop with
     that exit code (ComfyUI died for good)."""
     state = ServerState()
+    metrics = Metrics() if settings.metrics_enabled else None
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
     assets = AssetStore(
@@ -103,23 +106,26 @@ def create_app(
             retry_window_s=settings.webhook_retry_window_s,
             backoff_base_s=settings.webhook_retry_base_s,
             backoff_max_s=settings.webhook_retry_max_delay_s,
+            metrics=metrics,
         )
     except InvalidWebhookSecret as exc:
         raise ConfigError(str(exc)) from None
-    system = _system_webhooks(settings, webhooks, jobs)
+    system = _system_webhooks(settings, webhooks, jobs, metrics)
     storage_events = system.on_storage_event if system is not None else None
     if system is not None:
         events.subscribe(system.on_comfy_event)
-    storage = StorageManager(settings, guard, on_event=storage_events)
+    storage = StorageManager(settings, guard, on_event=storage_events, metrics=metrics)
     janitor = Janitor(client, settings.outputs_path, interrupt_grace_s=settings.interrupt_grace_s)
     events.subscribe(janitor.on_event)
     deletion_cost = DeletionCost(settings.salad_metadata_url) if on_saladcloud(dict(os.environ)) else None
     if deletion_cost is not None:
         events.subscribe(deletion_cost.on_event)
-    runner = PromptRunner(settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets))
+    runner = PromptRunner(
+        settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets), metrics=metrics
+    )
     delivery = Delivery(
         runner,
-        Uploader(storage, on_event=storage_events),
+        Uploader(storage, on_event=storage_events, metrics=metrics),
         webhooks,
         output_dir=settings.outputs_path,
         hf_endpoint=settings.hf_endpoint,
@@ -188,6 +194,10 @@ def create_app(
     app.state.assets = assets
     app.state.v2_jobs = v2_jobs
     app.state.job_events = hub
+    app.state.metrics = metrics
+    if metrics is not None:
+        metrics.watch(_readings(state, events, jobs, hub, fleet))
+        app.include_router(metrics_route.router)
     install_error_handlers(app)
     app.include_router(probes.router)
     for router in _routers(settings):
@@ -204,9 +214,49 @@ def create_app(
         unlimited={v2_assets.UPLOAD_ROUTE},
     )
     if settings.api_keys:
-        install_bearer_auth(app, settings.api_keys, OPEN_PATHS | docs.OPEN_PATHS | dashboard.PAGE_PATHS)
-    app.add_middleware(RequestContext)
+        open_paths = OPEN_PATHS if settings.metrics_require_auth else OPEN_PATHS | {metrics_route.METRICS_PATH}
+        open_paths |= docs.OPEN_PATHS | dashboard.PAGE_PATHS
+        install_bearer_auth(app, settings.api_keys, open_paths)
+    app.add_middleware(RequestContext, metrics=metrics)
     return app
+
+
+def _readings(
+    state: ServerState, events: EventStream, jobs: JobRegistry, hub: JobEvents, fleet: Fleet | None
+) -> list[Reading]:
+    """The state metrics, read at each scrape."""
+    readings = [
+        Reading(
+            "jobs_in_flight", "Jobs this server holds: preprocessing, queued or running.", "gauge", lambda: len(jobs)
+        ),
+        Reading(
+            "comfyui_queue_depth",
+            "Prompts in ComfyUI's queue, running one included, as its websocket last said.",
+            "gauge",
+            lambda: events.queue_remaining,
+        ),
+        Reading("comfyui_up", "1 while ComfyUI answers.", "gauge", lambda: float(state.comfy_up.is_set())),
+        Reading("event_streams_open", "Server-Sent Events streams open.", "gauge", lambda: hub.streams),
+        Reading(
+            "websocket_reconnects",
+            "Times the websocket to ComfyUI was connected again after its first connection.",
+            "counter",
+            lambda: max(events.connections - 1, 0),
+        ),
+    ]
+    if fleet is not None:
+        readings += [
+            Reading(
+                "fleet_broker_connected", "1 while RabbitMQ is connected.", "gauge", lambda: fleet.broker.connected
+            ),
+            Reading(
+                "fleet_ready",
+                "1 while the broker is connected and the job store answers (what /ready requires).",
+                "gauge",
+                lambda: float(state.fleet_ok),
+            ),
+        ]
+    return readings
 
 
 def _routers(settings: Settings) -> list[APIRouter]:
@@ -267,7 +317,9 @@ def url_guard(settings: Settings, azure_endpoint: str | None) -> UrlGuard:
     )
 
 
-def _system_webhooks(settings: Settings, sender: WebhookSender, jobs: JobRegistry) -> SystemWebhooks | None:
+def _system_webhooks(
+    settings: Settings, sender: WebhookSender, jobs: JobRegistry, metrics: Metrics | None
+) -> SystemWebhooks | None:
     if settings.system_webhook_url is None or not settings.system_webhook_events:
         return None
 
@@ -281,4 +333,5 @@ def _system_webhooks(settings: Settings, sender: WebhookSender, jobs: JobRegistr
         system_metadata(dict(os.environ)),
         sender,
         request_id_for,
+        metrics=metrics,
     )
