@@ -36,7 +36,7 @@ async def _run(settings: Settings) -> int:
         settings.comfy_command,
         child_environment(dict(os.environ), address=settings.direct_address, port=settings.comfyui_port_host),
     )
-    if settings.runs_comfy and settings.manifest is None and settings.manifest_json is None:
+    if settings.launches_comfy and settings.manifest is None and settings.manifest_json is None:
         # ComfyUI takes seconds to boot: launched first, it boots while this server imports and builds itself
         # (a manifest's installs must come before it, so with one the lifecycle launches it).
         try:

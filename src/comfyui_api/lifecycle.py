@@ -1,5 +1,9 @@
 """The server's life: launch ComfyUI, warm up, supervise, heal and restart it, drain and stop.
 
+In attach mode (COMFYUI_ATTACH) ComfyUI runs elsewhere and is not this server's to launch, restart or signal: the
+server waits for it to answer, warms up, and when it is lost (or wedged) becomes unready, fails what it held and
+waits for it to answer again, then warms up again. It never exits for ComfyUI's sake; /health stays as it was.
+
 Policy lives here; the mechanics are in comfy/process.py (the child), comfy/events.py (the websocket),
 pipeline/watchdog.py (noticing a wedged ComfyUI) and pipeline/ (running prompts).
 
@@ -11,8 +15,10 @@ serve on with a part missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,15 +26,17 @@ from typing import Any
 from . import __version__
 from .comfy.client import ComfyClient
 from .comfy.events import EventStream
+from .comfy.http import LocalHttp
 from .comfy.process import ComfyProcess
 from .config import Settings, dump_for_log
-from .errors import ApiError, ComfyUnavailable, ConfigError, ManifestError, StartupError
+from .errors import ApiError, ComfyUnavailable, ConfigError, ManifestError, StartupError, TransportError
 from .fleet.node import Fleet
 from .jobstore.records import JobKind
 from .jobstore.sweeper import sweep_expired, sweep_interval
 from .jobstore.writer import RecordWriter
 from .manifest import install_after_start, install_before_start, load_manifest
 from .pipeline.delivery import Delivery
+from .pipeline.history import execution_error
 from .pipeline.janitor import Janitor
 from .pipeline.jobs import JobRegistry
 from .pipeline.recovery import Resume, resume_unfinished
@@ -58,6 +66,44 @@ class V2Parts:
 
 # Launches tried in a row after ComfyUI exited or was killed, before the server gives up and exits.
 _RESTART_ATTEMPTS = 3
+# Attach mode: how often a ComfyUI that is not there is asked again (doubling from the first to the last), and how
+# often one is checked while the websocket is down (the websocket's loss is the first sign of ComfyUI's).
+_ATTACH_POLL_FIRST_S = 0.05
+_ATTACH_POLL_MAX_S = 5.0
+_ATTACH_CHECK_S = 0.5
+# The longest wait between two tries of a warmup that failed while attached (the ComfyUI may still be loading models).
+_WARMUP_RETRY_MAX_S = 60.0
+# ComfyUI's /system_stats is read at each (re)start and then at most this often, in the background: /health?verbose=1
+# answers from the last reading, never calling ComfyUI.
+SYSTEM_STATS_INTERVAL_S = 60.0
+
+SystemStats = Callable[[], Awaitable[dict[str, Any]]]
+
+
+class SystemStatsReader:
+    """ComfyUI's `GET /system_stats`: its version, Python, PyTorch, devices and their VRAM."""
+
+    def __init__(self, base_url: str) -> None:
+        # One connection: a reading a minute; direct, as every call to the local ComfyUI.
+        self._http = LocalHttp(base_url, timeout_s=10.0, connect_timeout_s=5.0, max_connections=1)
+
+    async def __call__(self) -> dict[str, Any]:
+        try:
+            reply = await self._http.request("GET", "/system_stats")
+        except TransportError as exc:
+            raise ComfyUnavailable(f"ComfyUI is not reachable: {exc}") from exc
+        if reply.status != 200:
+            raise ComfyUnavailable(f"ComfyUI answered GET /system_stats with {reply.status}")
+        try:
+            stats = reply.json()
+        except ValueError:
+            raise ComfyUnavailable("ComfyUI answered GET /system_stats with invalid JSON") from None
+        if not isinstance(stats, dict):
+            raise ComfyUnavailable("ComfyUI answered GET /system_stats with something other than an object")
+        return stats
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
 
 class Lifecycle:
@@ -81,10 +127,12 @@ class Lifecycle:
         records: RecordWriter | None = None,
         v2: V2Parts | None = None,
         fleet: Fleet | None = None,
+        system_stats: SystemStats | None = None,
     ) -> None:
         """`records` writes the job records (and its store is swept here); without it, none are kept, and no job
         the server stopped under is run again. `v2`: Comfy API v2's parts, opened, swept and stopped here. `fleet`:
-        fleet mode's parts; the broker, not this server, then holds the jobs a stop cut short."""
+        fleet mode's parts; the broker, not this server, then holds the jobs a stop cut short. `system_stats` reads
+        ComfyUI's /system_stats (default: over HTTP from `settings.comfy_url`)."""
         self._v2 = v2
         self._fleet = fleet
         self._settings = settings
@@ -115,6 +163,18 @@ class Lifecycle:
         self._warmup_prompt: dict[str, Any] | None = None
         self._tasks = TaskOwner(self._critical_death)
         self._stopping = False
+        # Closed at stop when made here.
+        self._stats_reader: SystemStatsReader | None = None
+        if system_stats is None:
+            self._stats_reader = system_stats = SystemStatsReader(settings.comfy_url)
+        self._system_stats = system_stats
+        # Set when /system_stats should be read again before the interval is over: ComfyUI came up, or warmed up.
+        self._stats_due = asyncio.Event()
+        # Attach mode: set when the watchdog found the ComfyUI wedged (it cannot be killed: it is not ours).
+        self._gone = asyncio.Event()
+        # Counts ComfyUI's comings up: a warmup that failed retries only while the ComfyUI it was for is still up.
+        self._generation = 0
+        events.subscribe(self._on_comfy_event)
 
     @property
     def warmup_prompt(self) -> dict[str, Any] | None:
@@ -181,18 +241,29 @@ class Lifecycle:
 
     async def _start_comfy(self) -> None:
         self._warmup_prompt = await load_warmup(self._settings)
+        attach = self._settings.comfyui_attach
         manifest = load_manifest(self._settings)
+        if manifest is not None and attach:
+            raise ConfigError(
+                "MANIFEST, MANIFEST_JSON: not with COMFYUI_ATTACH=true: the ComfyUI attached to is not this server's "
+                "to install into; install into it where it is launched"
+            )
         if manifest is not None:
             try:
                 await install_before_start(manifest, self._settings, self._storage)
             except ManifestError as exc:
                 raise StartupError(str(exc)) from None
-        await self._launch(first=True)
+        if attach:
+            # No deadline: the ComfyUI may be a sidecar still starting, and its start is not ours to judge.
+            await self._await_comfy()
+        else:
+            await self._launch(first=True)
         self._tasks.spawn(self._events.run(), "comfy-events", critical=True)
         self._tasks.spawn(self._watchdog.run(self._state.comfy_up), "watchdog", critical=True)
         self._tasks.spawn(self._janitor.run(), "janitor", critical=True)
-        self._tasks.spawn(self._supervise(), "supervisor", critical=True)
+        self._tasks.spawn(self._follow() if attach else self._supervise(), "supervisor", critical=True)
         self._tasks.spawn(self._warm_up(), "warmup")
+        self._tasks.spawn(self._keep_system_stats(), "system-stats")
         if self._deletion_cost is not None:
             # Not critical: the scale-in order is advice to SaladCloud; the server serves on without it (its death is
             # logged).
@@ -238,6 +309,8 @@ class Lifecycle:
             await self._deletion_cost.aclose()
         await self._process.stop()
         await self._client.aclose()
+        if self._stats_reader is not None:
+            await self._stats_reader.aclose()
         await self._storage.aclose()
         logger.info("stopped")
 
@@ -251,6 +324,7 @@ class Lifecycle:
     def _critical_death(self, reason: str) -> None:
         # Unready and unhealthy at once, then exit: the orchestrator replaces this instance.
         self._state.failed = reason
+        self._state.note_error(reason)
         self._request_exit(1)
 
     async def _launch(self, *, first: bool = False) -> None:
@@ -263,29 +337,81 @@ class Lifecycle:
             max_tries=self._settings.startup_check_max_tries,
         )
         logger.info("ComfyUI is up", extra={"pid": self._process.pid})
+        self._came_up()
+
+    def _came_up(self) -> None:
         self._wedged = None
+        self._gone.clear()
+        self._generation += 1
+        self._state.comfy_up_since = time.monotonic()
         self._state.comfy_up.set()
+        self._stats_due.set()
         self._events.reconnect_now()
 
     async def _warm_up(self) -> None:
-        if self._warmup_prompt is not None:
+        generation = self._generation
+        delay = _ATTACH_POLL_MAX_S
+        while self._warmup_prompt is not None:
             logger.info("running the warmup prompt")
             try:
                 await self._runner.close(await self._runner.run(PromptRequest(prompt=self._warmup_prompt)))
             except ApiError as exc:
-                logger.error("the warmup prompt failed; exiting", extra={"error": exc.message, **exc.extra})
-                self._request_exit(1)
-                return
+                self._state.note_error(f"the warmup prompt failed: {exc.message}")
+                if not self._settings.comfyui_attach:
+                    logger.error("the warmup prompt failed; exiting", extra={"error": exc.message, **exc.extra})
+                    self._request_exit(1)
+                    return
+                # Attached, the ComfyUI may still be loading, or gone (then it is warmed up when it is back).
+                logger.error(
+                    "the warmup prompt failed; trying it again",
+                    extra={"error": exc.message, "retry_in_s": delay, **exc.extra},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _WARMUP_RETRY_MAX_S)
+                if generation != self._generation or not self._state.comfy_up.is_set():
+                    return
+                continue
             logger.info("warmup complete")
+            break
         self._state.warm = True
         self._state.healthy = True
+        self._stats_due.set()
+
+    async def _keep_system_stats(self) -> None:
+        """Read ComfyUI's /system_stats at each (re)start and warmup, and at most every SYSTEM_STATS_INTERVAL_S."""
+        while True:
+            await self._state.comfy_up.wait()
+            self._stats_due.clear()
+            try:
+                self._state.note_system_stats(await self._system_stats())
+            except ApiError as exc:
+                logger.debug("ComfyUI's /system_stats could not be read", extra={"reason": exc.message})
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that comes as the event is set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SYSTEM_STATS_INTERVAL_S):
+                    await self._stats_due.wait()
+
+    def _on_comfy_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "execution_error":
+            failure = execution_error(event["data"])
+            self._state.note_error(failure.message, prompt_id=event["data"].get("prompt_id"))
 
     async def _heal(self, cause: str) -> None:
-        """The watchdog found ComfyUI wedged: fail what it holds, kill it; the supervisor starts it again."""
-        logger.error("ComfyUI is wedged; restarting it", extra={"cause": cause})
+        """The watchdog found ComfyUI wedged: fail what it holds, kill it; the supervisor starts it again. Attached,
+        it is not ours to kill: the supervisor waits for it to answer again."""
         self._wedged = cause
         self._state.comfy_up.clear()
         self._state.warm = False
+        self._state.note_error(f"ComfyUI is wedged: {cause}")
+        if self._settings.comfyui_attach:
+            logger.error(
+                "ComfyUI is wedged; it is not this server's to restart: unready until it answers",
+                extra={"cause": cause},
+            )
+            self._jobs.fail_in_comfy(ComfyUnavailable(f"ComfyUI stopped working ({cause}); send the request again"))
+            self._gone.set()
+            return
+        logger.error("ComfyUI is wedged; restarting it", extra={"cause": cause})
         self._jobs.fail_in_comfy(
             ComfyUnavailable(f"ComfyUI stopped working ({cause}) and is being restarted; send the request again")
         )
@@ -302,6 +428,8 @@ class Lifecycle:
             self._jobs.fail_in_comfy(
                 ComfyUnavailable(f"ComfyUI exited with code {code} while the prompt was queued or running")
             )
+            if self._wedged is None:
+                self._state.note_error(f"ComfyUI exited with code {code}")
             if self._wedged is None and not self._settings.always_restart_comfyui:
                 logger.error("ComfyUI exited; ALWAYS_RESTART_COMFYUI is off, so the server exits", extra={"code": code})
                 self._request_exit(1)
@@ -310,7 +438,49 @@ class Lifecycle:
                 logger.warning("ComfyUI exited; restarting it", extra={"code": code})
             if not await self._relaunch():
                 return
+            self._state.comfy_restarts += 1
             self._tasks.spawn(self._warm_up(), "warmup")
+
+    async def _await_comfy(self) -> None:
+        """Attach mode: ask ComfyUI until it answers, backing off from _ATTACH_POLL_FIRST_S to _ATTACH_POLL_MAX_S."""
+        delay = _ATTACH_POLL_FIRST_S
+        if not await self._client.probe():
+            logger.info("waiting for ComfyUI to answer", extra={"url": self._settings.comfy_url})
+            while not await self._client.probe():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _ATTACH_POLL_MAX_S)
+        logger.info("attached to ComfyUI", extra={"url": self._settings.comfy_url})
+        self._came_up()
+
+    async def _follow(self) -> None:
+        """Attach mode's supervisor: notice ComfyUI's loss, wait for it to answer again, warm it up again."""
+        while True:
+            cause = await self._until_lost()
+            self._state.comfy_up.clear()
+            self._state.warm = False
+            self._janitor.reset()
+            if self._wedged is None:
+                logger.error("ComfyUI is gone; unready until it answers again", extra={"cause": cause})
+                self._state.note_error(f"ComfyUI is gone: {cause}")
+                self._jobs.fail_in_comfy(
+                    ComfyUnavailable(f"ComfyUI went away ({cause}) while the prompt was queued or running")
+                )
+            await self._await_comfy()
+            self._state.comfy_restarts += 1
+            self._tasks.spawn(self._warm_up(), "warmup")
+
+    async def _until_lost(self) -> str:
+        """Wait until ComfyUI is found wedged or gone: its websocket is down and it does not answer; the cause."""
+        while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that comes as the event is set.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_ATTACH_CHECK_S):
+                    await self._gone.wait()
+            if self._wedged is not None:
+                return self._wedged
+            # While the websocket is up, ComfyUI is there: it is asked only once the websocket is down.
+            if not self._events.connected and not await self._client.probe():
+                return "it does not answer"
 
     async def _relaunch(self) -> bool:
         """Start ComfyUI again, a few times if need be; False (and exit requested) when it will not start."""

@@ -97,12 +97,15 @@ class Process:
 
 
 class Events:
-    """Stands in for EventStream: connected, and its reader task runs until the test makes it die."""
+    """Stands in for EventStream: connected, and its reader task runs until the test makes it die. Its listeners hear
+    FakeComfy's events."""
 
     def __init__(self) -> None:
         self.client_id = "test-client"
         self.connected = True
         self.received = 0
+        self.queue_remaining = 0
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.connection_changed = asyncio.Event()
         self._death = asyncio.Event()
         self._cause = RuntimeError("not dead")
@@ -112,6 +115,9 @@ class Events:
 
     def reconnect_now(self) -> None:
         """The lifecycle cuts a reconnect backoff short; this stand-in has none."""
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self.listeners.append(listener)
 
     async def run(self) -> None:
         await self._death.wait()
@@ -137,6 +143,22 @@ class Exits:
         self.changed.set()
 
 
+class Stats:
+    """Stands in for ComfyUI's /system_stats: counts its readings."""
+
+    def __init__(self) -> None:
+        self.readings = 0
+        self.changed = asyncio.Event()
+
+    async def __call__(self) -> dict[str, Any]:
+        self.readings += 1
+        self.changed.set()
+        return {
+            "system": {"comfyui_version": "0.3.75", "pytorch_version": "2.13.0+cpu", "argv": ["main.py", "--secret"]},
+            "devices": [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 1024, "vram_free": 512}],
+        }
+
+
 @dataclass
 class Server:
     lifecycle: Lifecycle
@@ -145,6 +167,7 @@ class Server:
     process: Process
     events: Events
     exits: Exits
+    stats: Stats
 
     async def warmed_up(self, launch: int) -> None:
         """Play ComfyUI for the warmup of launch number `launch`: end its prompt with an output."""
@@ -166,6 +189,7 @@ async def server(tmp_path: Path, *, warmup: bool = False, **settings: Any) -> As
     async with pipeline(tmp_path, state=state, events=cast(EventStream, events), run_janitor=False, **settings) as p:
         process = Process(p.comfy)
         exits = Exits(state)
+        stats = Stats()
         guard = UrlGuard()
         webhooks = WebhookSender(None, 3, guard=guard)
         delivery = Delivery(
@@ -191,10 +215,13 @@ async def server(tmp_path: Path, *, warmup: bool = False, **settings: Any) -> As
             webhooks,
             None,
             exits,
+            system_stats=stats,
         )
+        for listener in events.listeners:
+            p.comfy.subscribe(listener)
         await lifecycle.start()
         try:
-            yield Server(lifecycle, p, state, process, events, exits)
+            yield Server(lifecycle, p, state, process, events, exits, stats)
         finally:
             await lifecycle.stop()
 
@@ -273,3 +300,49 @@ async def test_a_critical_task_dying_fails_the_server_and_exits(tmp_path: Path) 
         # Unhealthy (and unready) before the exit is asked for.
         assert (s.exits.requested, s.exits.healthy_then) == ([1], [False])
         assert s.state.failed == "comfy-events died: RuntimeError: reader crashed"
+
+
+async def test_an_attached_comfyui_is_waited_for_and_its_loss_makes_the_server_unready_never_exit(
+    tmp_path: Path,
+) -> None:
+    # One attempt: the request ComfyUI goes away under fails at once.
+    async with server(tmp_path, warmup=True, comfyui_attach=True, job_max_attempts=1) as s:
+        await s.warmed_up(1)
+        assert s.state.healthy
+        job = await s.p.runner.start(request())
+        finishing = asyncio.create_task(s.p.runner.finish(job))
+
+        # The sidecar dies: its websocket drops and it stops answering.
+        s.events.connected = False
+        s.p.comfy.answering = False
+        s.p.comfy.exited()
+
+        with pytest.raises(ComfyUnavailable, match="ComfyUI went away"):
+            await finishing
+        await until(s.state.changed, lambda: not s.state.comfy_up.is_set() and not s.state.warm)
+        assert s.state.healthy  # liveness is the server's own: the sidecar's restart must not restart this one
+        assert s.state.last_error is not None and s.state.last_error["message"] == "ComfyUI is gone: it does not answer"
+
+        # It comes back: found by polling, warmed up again, counted as a restart; never launched, killed or exited for.
+        s.p.comfy.answering = True
+        s.events.connected = True
+        await s.p.comfy.until(lambda: len(s.p.queued()) == 3)  # the warmup, the request, the warmup again
+        s.p.comfy.end(s.p.queued()[-1], saved(s.p.output_dir, "warmup_2.png"))
+        await until(s.state.changed, lambda: s.state.warm)
+        assert s.state.comfy_up.is_set() and s.state.comfy_restarts == 1
+        assert (s.process.launches, s.process.kills, s.exits.requested) == (0, 0, [])
+
+
+async def test_an_attached_comfyui_found_wedged_is_not_killed_but_waited_for(tmp_path: Path) -> None:
+    async with server(tmp_path, comfyui_attach=True, comfy_stall_timeout_s=0.2, job_max_attempts=1) as s:
+        await until(s.state.changed, lambda: s.state.healthy)
+        job = await s.p.runner.start(request())
+
+        with pytest.raises(ComfyUnavailable, match="stopped working") as failure:
+            await s.p.runner.finish(job)
+
+        assert "restarted" not in failure.value.message
+        s.p.comfy.pending.clear()  # whoever runs it restarted it
+        await until(s.state.changed, lambda: s.state.comfy_restarts == 1 and s.state.warm)
+        assert s.state.last_error is not None and s.state.last_error["message"].startswith("ComfyUI is wedged")
+        assert (s.process.launches, s.process.kills, s.exits.requested) == (0, 0, [])
