@@ -299,3 +299,13 @@ def test_fleet_mode_needs_a_shared_store_and_a_key() -> None:
     assert not load_settings(**fleet_env, fleet_role="api").runs_comfy
     with pytest.raises(ConfigError, match="FLEET_SYNC_LOCAL=true needs a ComfyUI"):
         load_settings(**fleet_env, fleet_role="api", fleet_sync_local="true")
+
+
+def test_comfyui_attach_turns_the_launch_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().launches_comfy
+    monkeypatch.setenv("COMFYUI_ATTACH", "true")
+    settings = load_settings()
+    assert settings.comfyui_attach and settings.runs_comfy and not settings.launches_comfy
+    monkeypatch.setenv("COMFYUI_ATTACH", "sometimes")
+    with pytest.raises(ConfigError, match="COMFYUI_ATTACH: Value error, expected true or false"):
+        load_settings()
