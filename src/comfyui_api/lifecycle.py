@@ -491,6 +491,7 @@ class Lifecycle:
             except StartupError as exc:
                 # Liveness fails while ComfyUI will not come back: the orchestrator may replace this instance.
                 self._state.healthy = False
+                self._state.note_error(f"ComfyUI failed to restart: {exc}")
                 logger.error(
                     "ComfyUI failed to restart",
                     extra={"error": str(exc), "attempt": attempt, "attempts": _RESTART_ATTEMPTS},
