@@ -78,6 +78,7 @@ def test_a_jobs_phases_and_node_times_come_from_its_timestamps() -> None:
     }
     assert job.node_times() == [("KSampler", 0.6), ("SaveImage", 0.4)]
     assert job.entry == "prompt"
+    assert Job(id="never-ran").node_times() == []
     job.from_workflow = True
     assert job.entry == "workflow"
 

@@ -230,7 +230,7 @@ class Job:
         """(class, seconds) of each node ComfyUI executed: ComfyUI runs one node at a time, so a node ran from its
         start to the next one's (the last one to the run's end)."""
         starts = sorted(self.node_starts.items(), key=lambda item: item[1])
-        ends = [at for _, at in starts[1:]] + [self.exec_end]
+        ends = [at for _, at in starts[1:]] + [self.exec_end] if starts else []
         return [
             (str(self.graph.get(node, {}).get("class_type", "unknown")), (end - start) / 1000)
             for (node, start), end in zip(starts, ends, strict=True)
