@@ -13,7 +13,7 @@ from .. import __version__
 from ..pipeline.jobs import JobState
 from ..state import ServerState
 from .deps import EventsDep, JobsDep, ServerStateDep, SettingsDep
-from .schemas import ProbeResponse
+from .schemas import ErrorResponse, ProbeResponse
 
 router = APIRouter(tags=["probes"])
 
@@ -26,7 +26,16 @@ def _probe(ok: bool, good: str, bad: str, bad_status: int) -> JSONResponse:
     return JSONResponse({"version": __version__, "status": good if ok else bad}, status_code=200 if ok else bad_status)
 
 
-@router.get("/health", response_model=ProbeResponse, responses={500: {"model": ProbeResponse}})
+@router.get(
+    "/health",
+    response_model=ProbeResponse,
+    responses={
+        500: {"model": ProbeResponse},
+        # A `verbose` that is not a boolean is a 400; declaring the range also keeps FastAPI from documenting its
+        # own 422, which this route never sends.
+        "4XX": {"model": ErrorResponse, "description": "A client error"},
+    },
+)
 async def health(
     state: ServerStateDep,
     settings: SettingsDep,
