@@ -1,6 +1,6 @@
 """GET /metrics against a real server and CPU ComfyUI, after a scripted set of jobs: a success, a node failure, an
-input downloaded once and then found in the cache, an upload, an async job whose webhook is delivered, and one whose receiver
-is down. Each metric is read back with prometheus-client's own parser."""
+input downloaded once and then found in the cache, an upload, an async job whose webhook is delivered, and one whose
+receiver is down; then ComfyUI killed and restarted. Each metric is read back with prometheus-client's own parser."""
 
 from __future__ import annotations
 
@@ -42,7 +42,14 @@ def down_url() -> str:
 @pytest.fixture(scope="module")
 def metered(make_server: ServerFactory, files: FileServer, receiver: WebhookReceiver, down_url: str) -> ApiServer:
     env = trusting(files.url, receiver.url, down_url)
-    return make_server("metrics", API_KEYS=KEY, PROMPT_WEBHOOK_RETRIES="2", WEBHOOK_RETRY_WINDOW_S="0", **env).start()
+    return make_server(
+        "metrics",
+        API_KEYS=KEY,
+        PROMPT_WEBHOOK_RETRIES="2",
+        WEBHOOK_RETRY_WINDOW_S="0",
+        ALWAYS_RESTART_COMFYUI="true",
+        **env,
+    ).start()
 
 
 def scrape(
@@ -135,3 +142,22 @@ def test_metrics_require_the_key_when_told_to(make_server: ServerFactory) -> Non
     server = make_server("metrics-auth", API_KEYS=KEY, METRICS_REQUIRE_AUTH="true").start()
     assert httpx.get(f"{server.url}/metrics", timeout=30).status_code == 401
     assert scrape(server, {"Authorization": f"Bearer {KEY}"})
+
+
+def test_a_comfyui_restart_is_counted_by_its_cause(metered: ApiServer) -> None:
+    before = value(scrape(metered), "comfyui_api_comfyui_restarts_total", cause="exited")
+    metered.comfy_process().kill()
+
+    after = wait_until(
+        lambda: (
+            (samples := scrape(metered))
+            and value(samples, "comfyui_api_comfyui_restarts_total", cause="exited") > before
+            and value(samples, "comfyui_api_comfyui_up") == 1
+            and samples
+        ),
+        180,
+        "ComfyUI to be restarted",
+    )
+
+    assert value(after, "comfyui_api_comfyui_restarts_total", cause="exited") == before + 1
+    assert post(metered, {"prompt": solid(13, 13)}).status_code == 200

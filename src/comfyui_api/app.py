@@ -167,6 +167,7 @@ def create_app(
         records=records,
         v2=V2Parts(v2_jobs, assets),
         fleet=fleet,
+        metrics=metrics,
     )
 
     app = FastAPI(

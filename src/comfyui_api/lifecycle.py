@@ -35,6 +35,7 @@ from .jobstore.records import JobKind
 from .jobstore.sweeper import sweep_expired, sweep_interval
 from .jobstore.writer import RecordWriter
 from .manifest import install_after_start, install_before_start, load_manifest
+from .metrics import Metrics
 from .pipeline.delivery import Delivery
 from .pipeline.history import execution_error
 from .pipeline.janitor import Janitor
@@ -128,6 +129,7 @@ class Lifecycle:
         v2: V2Parts | None = None,
         fleet: Fleet | None = None,
         system_stats: SystemStats | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`records` writes the job records (and its store is swept here); without it, none are kept, and no job
         the server stopped under is run again. `v2`: Comfy API v2's parts, opened, swept and stopped here. `fleet`:
@@ -136,6 +138,7 @@ class Lifecycle:
         self._v2 = v2
         self._fleet = fleet
         self._settings = settings
+        self._metrics = metrics
         self._state = state
         self._process = process
         self._client = client
@@ -436,10 +439,17 @@ class Lifecycle:
                 return
             if self._wedged is None:
                 logger.warning("ComfyUI exited; restarting it", extra={"code": code})
+            cause = "exited" if self._wedged is None else "wedged"
             if not await self._relaunch():
                 return
-            self._state.comfy_restarts += 1
+            self._restarted(cause)
             self._tasks.spawn(self._warm_up(), "warmup")
+
+    def _restarted(self, cause: str) -> None:
+        """ComfyUI is back after it `cause`: exited, wedged (and was killed, unless attached) or, attached, was lost."""
+        self._state.comfy_restarts += 1
+        if self._metrics is not None:
+            self._metrics.comfy_restarted(cause)
 
     async def _await_comfy(self) -> None:
         """Attach mode: ask ComfyUI until it answers, backing off from _ATTACH_POLL_FIRST_S to _ATTACH_POLL_MAX_S."""
@@ -456,6 +466,7 @@ class Lifecycle:
         """Attach mode's supervisor: notice ComfyUI's loss, wait for it to answer again, warm it up again."""
         while True:
             cause = await self._until_lost()
+            kind = "lost" if self._wedged is None else "wedged"
             self._state.comfy_up.clear()
             self._state.warm = False
             self._janitor.reset()
@@ -466,7 +477,7 @@ class Lifecycle:
                     ComfyUnavailable(f"ComfyUI went away ({cause}) while the prompt was queued or running")
                 )
             await self._await_comfy()
-            self._state.comfy_restarts += 1
+            self._restarted(kind)
             self._tasks.spawn(self._warm_up(), "warmup")
 
     async def _until_lost(self) -> str:

@@ -2,8 +2,8 @@
 recent jobs of both front doors (/prompt and workflow requests, and Comfy API v2 jobs) as the page lists them.
 
 The page and its files hold no data and are open without a key (create_app opens PAGE_PATHS to the bearer auth), so
-that a browser can load the page and ask for the key; the page sends it as a bearer token on each of its fetches, /ui/jobs and every other data
-route it reads being behind API_KEYS as the rest of the API is."""
+that a browser can load the page and ask for the key; the page sends it as a bearer token on each of its fetches:
+/ui/jobs and every other data route it reads are behind API_KEYS as the rest of the API is."""
 
 from __future__ import annotations
 
