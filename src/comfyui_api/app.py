@@ -39,6 +39,7 @@ from .storage.azure import azure_service_client
 from .storage.manager import StorageManager
 from .storage.net import Proxies, UrlGuard
 from .storage.uploads import Uploader
+from .tracing import tracing_from_environment
 from .urls import url_origin
 from .v2.assets import AssetStore
 from .v2.events import JobEvents, PreviewRouter
@@ -63,6 +64,7 @@ def create_app(
     that exit code (ComfyUI died for good)."""
     state = ServerState()
     metrics = Metrics() if settings.metrics_enabled else None
+    tracing = tracing_from_environment(os.environ)
     client = ComfyClient(settings.comfy_url)
     events = EventStream(settings.comfy_ws_url)
     assets = AssetStore(
@@ -121,7 +123,16 @@ def create_app(
     if deletion_cost is not None:
         events.subscribe(deletion_cost.on_event)
     runner = PromptRunner(
-        settings, client, events, jobs, state, storage, janitor, assets=StagedAssets(assets), metrics=metrics
+        settings,
+        client,
+        events,
+        jobs,
+        state,
+        storage,
+        janitor,
+        assets=StagedAssets(assets),
+        metrics=metrics,
+        tracing=tracing,
     )
     delivery = Delivery(
         runner,
@@ -131,6 +142,7 @@ def create_app(
         hf_endpoint=settings.hf_endpoint,
         azure_base=azure.primary_endpoint if azure is not None else None,
         guard=guard,
+        tracing=tracing,
     )
     fleet = Fleet(settings, state, records, hub, delivery, runner) if settings.fleet else None
     if fleet is not None:
@@ -168,6 +180,7 @@ def create_app(
         v2=V2Parts(v2_jobs, assets),
         fleet=fleet,
         metrics=metrics,
+        tracing=tracing,
     )
 
     app = FastAPI(

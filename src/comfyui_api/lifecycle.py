@@ -48,6 +48,7 @@ from .salad import DeletionCost
 from .state import ServerState
 from .storage.manager import StorageManager
 from .tasks import TaskOwner
+from .tracing import Tracing
 from .v2.assets import AssetStore
 from .v2.jobs import V2Jobs
 from .warmup import load_warmup
@@ -130,6 +131,7 @@ class Lifecycle:
         fleet: Fleet | None = None,
         system_stats: SystemStats | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`records` writes the job records (and its store is swept here); without it, none are kept, and no job
         the server stopped under is run again. `v2`: Comfy API v2's parts, opened, swept and stopped here. `fleet`:
@@ -139,6 +141,7 @@ class Lifecycle:
         self._fleet = fleet
         self._settings = settings
         self._metrics = metrics
+        self._tracing = tracing
         self._state = state
         self._process = process
         self._client = client
@@ -308,6 +311,9 @@ class Lifecycle:
         if self._system is not None:
             await self._system.stop()
         await self._webhooks.aclose()
+        if self._tracing is not None:
+            # After the webhooks, whose spans end the jobs' traces: what is batched is exported now.
+            await asyncio.to_thread(self._tracing.shutdown)
         if self._deletion_cost is not None:
             await self._deletion_cost.aclose()
         await self._process.stop()

@@ -16,6 +16,7 @@ outputs or of the prompt's strings; a small body is written at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -28,6 +29,7 @@ from ..jobstore.records import JobRecord
 from ..storage.auth import S3Auth
 from ..storage.net import UrlGuard
 from ..storage.uploads import AzureBlobUpload, Uploader, upload_url
+from ..tracing import Tracing
 from ..webhooks import payloads
 from ..webhooks.body import Base64File, JsonBody
 from ..webhooks.sender import WebhookSender
@@ -78,7 +80,9 @@ class Delivery:
         hf_endpoint: str,
         azure_base: str | None,
         guard: UrlGuard,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._guard = guard
         self._output_dir = output_dir
         self._runner = runner
@@ -188,6 +192,7 @@ class Delivery:
         except (UploadError, DownloadError) as exc:
             raise UploadFailed(f"Upload failed: {exc}") from None
         job.stats["upload_time"] = now_ms() - started
+        job.windows["upload"] = (started, started + job.stats["upload_time"])
         return urls
 
     def _body(self, job: Job, request: PromptRequest, images: Sequence[str | Base64File]) -> dict[str, Any]:
@@ -232,10 +237,12 @@ class Delivery:
             kept, job.files_to_delete = job.files_to_delete, []
             await self._runner.close(job)
             if request.webhook:
-                await self._send_legacy_outputs(job, request)
+                with self._traced(job, "output.complete"):
+                    await self._send_legacy_outputs(job, request)
             if request.webhook_v2:
                 body = payloads.prompt_complete(self._body(job, request, images))
-                await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
+                with self._traced(job, "prompt.complete"):
+                    await self._webhooks.send(request.webhook_v2, body, message_id=job.id)
         except ApiError as exc:
             if job.from_queue and ends_attempt(exc):
                 raise
@@ -263,7 +270,12 @@ class Delivery:
         # The job ends first: the failure webhooks carry no files, and their retries must not hold it open.
         job.mark_ended(error)
         await self._runner.close(job)
-        await self._notify_failure(job.id, job.graph, request, error)
+        with self._traced(job, "prompt.failed"):
+            await self._notify_failure(job.id, job.graph, request, error)
+
+    def _traced(self, job: Job, kind: str) -> contextlib.AbstractContextManager[None]:
+        """A `webhook` span of the job's trace (tracing.py), when tracing is on."""
+        return self._tracing.webhook(job, kind) if self._tracing is not None else contextlib.nullcontext()
 
     async def _notify_failure(
         self, job_id: str, graph: dict[str, Any], request: PromptRequest, error: ApiError

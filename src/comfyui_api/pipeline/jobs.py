@@ -94,6 +94,10 @@ class Job:
     graph: dict[str, Any] = field(default_factory=dict)
     # Taken by a workflow endpoint (its `input` validated into a graph), not /prompt.
     from_workflow: bool = False
+    # Phases timed as (start, end) in ms since the epoch beside the ones above: `conversion`, `upload` (tracing.py).
+    windows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # Its trace's root span, once tracing wrote it (tracing.py): the parent of its webhooks' spans.
+    trace: Any = None
     preprocessed_at: int = 0
     outputs: list[OutputFile] = field(default_factory=list)
     # Output files on disk, originals and converted copies, deleted when the job closes.

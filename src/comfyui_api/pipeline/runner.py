@@ -20,6 +20,7 @@ from ..jobstore.records import JobRecord
 from ..metrics import Metrics
 from ..state import ServerState
 from ..storage.manager import StorageManager
+from ..tracing import Tracing
 from .convert import ConvertOutput, convert_file, converted_name
 from .history import message_time, raise_if_failed
 from .janitor import Janitor
@@ -64,8 +65,10 @@ class PromptRunner:
         *,
         assets: AssetSource | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing
         self._settings = settings
         self._client = client
         self._events = events
@@ -217,6 +220,7 @@ class PromptRunner:
             collected_at = now_ms()
             if convert is not None:
                 job.outputs = await asyncio.to_thread(self._convert, job, convert)
+                job.windows["conversion"] = (collected_at, now_ms())
             job.stats = {
                 "comfy_execution": self._execution_stats(job, entry, job.preprocessed_at),
                 "preprocess_time": job.preprocessed_at - job.received_at,
@@ -246,9 +250,11 @@ class PromptRunner:
             return
         job.closed = True
         self._abandon(job)  # a job that ends without a verdict (its caller was cancelled)
+        outcome = job.record.status.value if job.record.terminal else "requeued"
         if self._metrics is not None:
-            outcome = job.record.status.value if job.record.terminal else "requeued"
             self._metrics.job_ended(job.entry, outcome, job.phases(now_ms()), job.node_times())
+        if self._tracing is not None:
+            self._tracing.job_ended(job, outcome, now_ms())
         self._jobs.remove(job)
         for download in job.downloads:
             self._storage.release(download)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import Settings
 from ..errors import DownloadError, InvalidUrl, UnsafeUrl
+from ..jobstore.records import now_ms
 from ..metrics import Metrics
 from ..urls import redact_url, split_url
 from .auth import DownloadAuth
@@ -30,6 +31,8 @@ class Download:
     duration_s: float
     downloaded: bool
     staged: bool = False  # a hard link or copy of the request's own, to delete when the request ends
+    # When it was in place (ms since the epoch): with `duration_s`, its span in a job's trace (tracing.py).
+    finished_at: int = field(default_factory=now_ms)
 
 
 class StorageManager:
