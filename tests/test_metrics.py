@@ -116,6 +116,7 @@ def test_metrics_count_what_the_server_did(
     assert grew("comfyui_api_node_execution_seconds_count", class_type="LoadImage") >= 1
     assert grew("comfyui_api_cache_requests_total", result="miss") == 1
     assert grew("comfyui_api_cache_requests_total", result="hit") == 1
+    assert grew("comfyui_api_cache_bytes_total", result="hit") == len(png_bytes(16, 16))
     assert grew("comfyui_api_transfer_bytes_total", direction="download", provider="http") == len(png_bytes(16, 16))
     assert grew("comfyui_api_transfer_duration_seconds_count", direction="download", provider="http") == 1
     assert grew("comfyui_api_transfer_duration_seconds_count", direction="upload", provider="http") == 1

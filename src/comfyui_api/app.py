@@ -263,6 +263,7 @@ def _readings(
             Reading(
                 "fleet_broker_connected", "1 while RabbitMQ is connected.", "gauge", lambda: fleet.broker.connected
             ),
+            Reading("fleet_store_ok", "1 while PostgreSQL answers.", "gauge", lambda: float(fleet.store_ok)),
             Reading(
                 "fleet_ready",
                 "1 while the broker is connected and the job store answers (what /ready requires).",

@@ -102,6 +102,12 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self._cache_bytes = Counter(
+            f"{PREFIX}_cache_bytes",
+            "Bytes of the files looked up in the download cache, by result (hit: served from it; miss: downloaded).",
+            ["result"],
+            registry=registry,
+        )
         self._evictions = Counter(
             f"{PREFIX}_cache_evictions", "Files evicted from the download cache.", registry=registry
         )
@@ -165,8 +171,10 @@ class Metrics:
     def comfy_restarted(self, cause: str) -> None:
         self._restarts.labels(cause).inc()
 
-    def cache_looked_up(self, *, hit: bool) -> None:
-        self._cache.labels("hit" if hit else "miss").inc()
+    def cache_looked_up(self, size: int, *, hit: bool) -> None:
+        result = "hit" if hit else "miss"
+        self._cache.labels(result).inc()
+        self._cache_bytes.labels(result).inc(size)
 
     def cache_evicted(self, size: int) -> None:
         self._evictions.inc()

@@ -305,6 +305,9 @@ def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
     assert [data["status"] for _, name, data in events if name == "status"][-1] == "succeeded"
     assert hook_types(receiver, "/gateway") == ["prompt.complete"]
     assert any(ran(server, "gateway-async") for server in fleet)
+    metrics = gateway.http.get("/metrics").text
+    for connected in ("fleet_broker_connected", "fleet_store_ok", "fleet_ready"):
+        assert f"comfyui_api_{connected} 1.0" in metrics, connected
 
 
 def loads_asset(asset_id: str, prefix: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ def _fed() -> Metrics:
     metrics.job_ended("prompt", "succeeded", {"total": 1.5, "execution": 1.0}, [("KSampler", 0.9)])
     metrics.job_ended("v2", "failed", {"total": 0.1}, [])
     metrics.transferred("download", "s3", 1234, 0.5)
-    metrics.cache_looked_up(hit=True)
+    metrics.cache_looked_up(512, hit=True)
     metrics.cache_evicted(99)
     metrics.webhook_attempted("error")
     metrics.webhook_ended(delivered=False)
@@ -85,7 +85,7 @@ def test_a_jobs_phases_and_node_times_come_from_its_timestamps() -> None:
 
 def _exposed() -> set[str]:
     """Every metric a server exposes, fleet mode's included, by its family name as Prometheus sees it."""
-    fleet = SimpleNamespace(broker=SimpleNamespace(connected=True))
+    fleet = SimpleNamespace(broker=SimpleNamespace(connected=True), store_ok=True)
     events = SimpleNamespace(queue_remaining=0, connections=1)
     metrics = Metrics()
     metrics.watch(_readings(ServerState(), events, [], SimpleNamespace(streams=0), fleet))  # type: ignore[arg-type]

@@ -79,6 +79,8 @@ class Fleet:
         self.cancels = Cancels(self.broker, runner.interrupt)
         self._dead = DeadLetters(self.broker, records)
         self._answers = Answers(self.broker)
+        # The job store answered the monitor's last check (MONITOR_INTERVAL_S).
+        self.store_ok = False
         # Job ends waiting for their record to be stored before this replica's streams hear of them.
         self._delivering: set[asyncio.Task[None]] = set()
         # What a worker runs each kind of job with; v2 jobs once `serve_v2` is called.
@@ -183,6 +185,7 @@ class Fleet:
             if self.worker is not None and self._state.comfy_up.is_set():
                 # The broker's own outage needs nothing here: its consumers come back with the connection.
                 await (self.worker.resume() if store_ok else self.worker.pause())
+            self.store_ok = store_ok
             ok = store_ok and self.broker.connected
             if ok != self._state.fleet_ok:
                 logger.info("fleet connectivity changed", extra={"ok": ok, "broker_connected": self.broker.connected})

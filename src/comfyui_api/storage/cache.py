@@ -102,7 +102,7 @@ class DownloadCache:
             self.pin(path)
         entry = CacheEntry(path, path.stat().st_size, downloaded, time.monotonic() - started)
         if self._metrics is not None:
-            self._metrics.cache_looked_up(hit=not downloaded)
+            self._metrics.cache_looked_up(entry.size, hit=not downloaded)
         if downloaded:
             self._schedule_eviction()
         return entry
