@@ -38,7 +38,6 @@ from typing import Any
 from .common import (
     BenchError,
     check_cases_and_baseline,
-    checkpoint,
     compare,
     log,
     prepare,
@@ -48,7 +47,7 @@ from .common import (
     write_report,
 )
 from .direct import Outcome
-from .requests import WARM_UP_REQUESTS, alternate, percentile
+from .requests import WARM_UP_REQUESTS, on_against_off, percentile, servers_on_one_comfyui
 
 ADDED_P50_BAR_MS = 1.0
 URL = "http://93.184.216.34/bench/input.png"
@@ -86,24 +85,17 @@ class Bench:
         from PIL import Image
 
         from comfyui_api.storage.cache import cache_key
-        from tests.support.server import ApiServer
 
         dead_proxy = f"http://127.0.0.1:{closed_port()}"
-        common = {"LOG_LEVEL": "info", "HTTP_PROXY": dead_proxy, "HTTPS_PROXY": dead_proxy}
-        on = ApiServer(self.work / "on", checkpoint(), HTTP_BLOCK_PRIVATE_ADDRESSES="true", **common)
-        # The same ComfyUI serves both (the second server brings none of its own: its CMD only idles), so that
-        # the two sides differ by the guard alone, not by two ComfyUI processes' luck on two cores.
-        off = ApiServer(
-            self.work / "off",
-            checkpoint(),
-            comfy_port=on.comfy_port,
-            CMD="sleep infinity",
-            INPUT_DIR=str(on.base / "input"),
-            OUTPUT_DIR=str(on.base / "output"),
-            HTTP_BLOCK_PRIVATE_ADDRESSES="false",
-            **common,
+        self.servers = servers_on_one_comfyui(
+            self.work,
+            {"HTTP_BLOCK_PRIVATE_ADDRESSES": "true"},
+            {"HTTP_BLOCK_PRIVATE_ADDRESSES": "false"},
+            LOG_LEVEL="info",
+            HTTP_PROXY=dead_proxy,
+            HTTPS_PROXY=dead_proxy,
         )
-        self.servers = {"on": on, "off": off}
+        on, off = self.servers["on"], self.servers["off"]
         for server in self.servers.values():
             Image.new("RGB", (64, 64), (30, 60, 90)).save(server.base / "cache" / f"{cache_key(URL)}.png")
         # Two files, used in turn: ComfyUI would answer a repeated prompt from its cache without running it.
@@ -155,18 +147,8 @@ class Bench:
             "direct": lambda: direct.comfy.run(graph(f"d{self._turn()}.png")),
         }
         log(f"cached_url: {WARM_UP_REQUESTS} warm-up requests each, then {self.args.requests} rounds")
-        orders = (["on", "off", "direct"], ["off", "on", "direct"])
-        times, executions = await alternate(sides, self.args.requests, orders)
-        net = {name: [t - e for t, e in zip(times[name], executions[name], strict=True)] for name in times}
-        paired = [on - off for on, off in zip(net["on"], net["off"], strict=True)]
-        self.runs["cached_url"] = {**times, "executions": executions}
+        self.runs["cached_url"] = await on_against_off(sides, self.args.requests, "cached_url", self.figures)
         f = self.figures
-        for pct in (50, 95):
-            for name in times:
-                f[f"cached_url.{name}_p{pct}_ms"] = percentile(times[name], pct)
-                f[f"cached_url.{name}_net_p{pct}_ms"] = percentile(net[name], pct)
-            f[f"cached_url.added_p{pct}_ms"] = f[f"cached_url.on_net_p{pct}_ms"] - f[f"cached_url.off_net_p{pct}_ms"]
-            f[f"cached_url.paired_p{pct}_ms"] = percentile(paired, pct)
         log(
             f"  p50 on {f['cached_url.on_p50_ms']:.2f} ms, off {f['cached_url.off_p50_ms']:.2f} ms, direct "
             f"{f['cached_url.direct_p50_ms']:.2f} ms; added by the guard (net of ComfyUI's execution) p50 "

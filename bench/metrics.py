@@ -33,7 +33,6 @@ from typing import Any
 from .common import (
     BenchError,
     check_cases_and_baseline,
-    checkpoint,
     compare,
     log,
     prepare,
@@ -43,7 +42,7 @@ from .common import (
     write_report,
 )
 from .direct import Outcome
-from .requests import WARM_UP_REQUESTS, alternate, empty_graph, percentile
+from .requests import WARM_UP_REQUESTS, empty_graph, on_against_off, percentile, servers_on_one_comfyui
 
 ADDED_P50_BAR_MS = 0.2
 SCRAPE_BAR_MS = 1.0
@@ -62,22 +61,10 @@ class Bench:
         self._colors = itertools.count(1)
 
     def start(self) -> None:
-        from tests.support.server import ApiServer
-
-        on = ApiServer(self.work / "on", checkpoint(), LOG_LEVEL="info", METRICS_ENABLED="true")
-        # The same ComfyUI serves both: the two sides differ by the metrics alone, not by two ComfyUI processes'
-        # luck on two cores.
-        off = ApiServer(
-            self.work / "off",
-            checkpoint(),
-            comfy_port=on.comfy_port,
-            CMD="sleep infinity",
-            INPUT_DIR=str(on.base / "input"),
-            OUTPUT_DIR=str(on.base / "output"),
-            LOG_LEVEL="info",
-            METRICS_ENABLED="false",
+        self.servers = servers_on_one_comfyui(
+            self.work, {"METRICS_ENABLED": "true"}, {"METRICS_ENABLED": "false"}, LOG_LEVEL="info"
         )
-        self.servers = {"on": on, "off": off}
+        on, off = self.servers["on"], self.servers["off"]
         log("starting two comfyui-api servers (metrics on, metrics off) in front of one ComfyUI")
         started = time.monotonic()
         on.start()
@@ -126,19 +113,8 @@ class Bench:
             "direct": lambda: direct.comfy.run(empty_graph(8, next(self._colors))),
         }
         log(f"sequential: {WARM_UP_REQUESTS} warm-up requests each, then {self.args.requests} rounds")
-        times, executions = await alternate(
-            sides, self.args.requests, (["on", "off", "direct"], ["off", "on", "direct"])
-        )
-        net = {name: [t - e for t, e in zip(times[name], executions[name], strict=True)] for name in times}
-        paired = [on - off for on, off in zip(net["on"], net["off"], strict=True)]
-        self.runs["sequential"] = {**times, "executions": executions}
+        self.runs["sequential"] = await on_against_off(sides, self.args.requests, "sequential", self.figures)
         f = self.figures
-        for pct in (50, 95):
-            for name in times:
-                f[f"sequential.{name}_p{pct}_ms"] = percentile(times[name], pct)
-                f[f"sequential.{name}_net_p{pct}_ms"] = percentile(net[name], pct)
-            f[f"sequential.added_p{pct}_ms"] = f[f"sequential.on_net_p{pct}_ms"] - f[f"sequential.off_net_p{pct}_ms"]
-            f[f"sequential.paired_p{pct}_ms"] = percentile(paired, pct)
         log(
             f"  p50 on {f['sequential.on_p50_ms']:.2f} ms, off {f['sequential.off_p50_ms']:.2f} ms, direct "
             f"{f['sequential.direct_p50_ms']:.2f} ms; added by the metrics (net of ComfyUI's execution) p50 "

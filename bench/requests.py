@@ -132,6 +132,44 @@ async def alternate(
     return times, executions
 
 
+async def on_against_off(
+    sides: dict[str, Callable[[], Awaitable[Outcome]]], rounds: int, case: str, figures: dict[str, float]
+) -> dict[str, list[float]]:
+    """`alternate` over the sides `on`, `off` and `direct` (on and off swapping places each round), into `figures`
+    as "<case>.<side>_pX_ms", "<case>.<side>_net_pX_ms" (ComfyUI's execution taken out), "<case>.added_pX_ms" (on's
+    net pX minus off's) and "<case>.paired_pX_ms" (pX of the request-by-request differences); the runs."""
+    times, executions = await alternate(sides, rounds, (["on", "off", "direct"], ["off", "on", "direct"]))
+    net = {name: [t - e for t, e in zip(times[name], executions[name], strict=True)] for name in times}
+    paired = [on - off for on, off in zip(net["on"], net["off"], strict=True)]
+    for pct in (50, 95):
+        for name in times:
+            figures[f"{case}.{name}_p{pct}_ms"] = percentile(times[name], pct)
+            figures[f"{case}.{name}_net_p{pct}_ms"] = percentile(net[name], pct)
+        figures[f"{case}.added_p{pct}_ms"] = figures[f"{case}.on_net_p{pct}_ms"] - figures[f"{case}.off_net_p{pct}_ms"]
+        figures[f"{case}.paired_p{pct}_ms"] = percentile(paired, pct)
+    return {**times, "executions": executions}  # type: ignore[dict-item]
+
+
+def servers_on_one_comfyui(work: Path, on: dict[str, str], off: dict[str, str], **common: str) -> dict[str, Any]:
+    """Two servers, `on` and `off` (their own settings, plus `common`), in front of one CPU ComfyUI: `on` launches it,
+    `off` brings none of its own (its CMD only idles) and shares its folders, so that the two differ by their settings
+    alone, not by two ComfyUI processes' luck on two cores."""
+    from tests.support.server import ApiServer
+
+    first = ApiServer(work / "on", checkpoint(), **common, **on)
+    second = ApiServer(
+        work / "off",
+        checkpoint(),
+        comfy_port=first.comfy_port,
+        CMD="sleep infinity",
+        INPUT_DIR=str(first.base / "input"),
+        OUTPUT_DIR=str(first.base / "output"),
+        **common,
+        **off,
+    )
+    return {"on": first, "off": second}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The /health prober: a process of its own, so that this process's event loop (busy with a thousand answers) does not
 # delay the probes it times.
