@@ -47,7 +47,14 @@ from .common import (
     write_report,
 )
 from .direct import Outcome
-from .requests import WARM_UP_REQUESTS, on_against_off, percentile, servers_on_one_comfyui
+from .requests import (
+    WARM_UP_REQUESTS,
+    clients_of,
+    on_against_off,
+    percentile,
+    servers_on_one_comfyui,
+    start_servers,
+)
 
 ADDED_P50_BAR_MS = 1.0
 URL = "http://93.184.216.34/bench/input.png"
@@ -95,30 +102,22 @@ class Bench:
             HTTP_PROXY=dead_proxy,
             HTTPS_PROXY=dead_proxy,
         )
-        on, off = self.servers["on"], self.servers["off"]
+        on = self.servers["on"]
         for server in self.servers.values():
             Image.new("RGB", (64, 64), (30, 60, 90)).save(server.base / "cache" / f"{cache_key(URL)}.png")
         # Two files, used in turn: ComfyUI would answer a repeated prompt from its cache without running it.
         for index in range(2):
             Image.new("RGB", (64, 64), (30, 60, 90 + index)).save(on.base / "input" / f"d{index}.png")
-        log("starting two comfyui-api servers (guard on, guard off) in front of one ComfyUI")
-        started = time.monotonic()
-        on.start()
-        off.start()
-        log(f"  healthy in {time.monotonic() - started:.1f} s")
+        start_servers(self.servers, "two comfyui-api servers (guard on, guard off) in front of one ComfyUI")
 
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
 
     async def run(self) -> None:
-        from comfyui_api.comfy.http import LocalHttp
-
         from .requests import DirectSide
 
-        clients = {
-            name: LocalHttp(server.url, timeout_s=300, connect_timeout_s=60) for name, server in self.servers.items()
-        }
+        clients = clients_of(self.servers)
         try:
             async with DirectSide(self.servers["on"].comfy_url) as direct:
                 await self.sequential(clients, direct)

@@ -42,7 +42,15 @@ from .common import (
     write_report,
 )
 from .direct import Outcome
-from .requests import WARM_UP_REQUESTS, empty_graph, on_against_off, percentile, servers_on_one_comfyui
+from .requests import (
+    WARM_UP_REQUESTS,
+    clients_of,
+    empty_graph,
+    on_against_off,
+    percentile,
+    servers_on_one_comfyui,
+    start_servers,
+)
 
 ADDED_P50_BAR_MS = 0.2
 SCRAPE_BAR_MS = 1.0
@@ -64,25 +72,16 @@ class Bench:
         self.servers = servers_on_one_comfyui(
             self.work, {"METRICS_ENABLED": "true"}, {"METRICS_ENABLED": "false"}, LOG_LEVEL="info"
         )
-        on, off = self.servers["on"], self.servers["off"]
-        log("starting two comfyui-api servers (metrics on, metrics off) in front of one ComfyUI")
-        started = time.monotonic()
-        on.start()
-        off.start()
-        log(f"  healthy in {time.monotonic() - started:.1f} s")
+        start_servers(self.servers, "two comfyui-api servers (metrics on, metrics off) in front of one ComfyUI")
 
     def stop(self) -> None:
         for server in self.servers.values():
             server.stop()
 
     async def run(self) -> None:
-        from comfyui_api.comfy.http import LocalHttp
-
         from .requests import DirectSide
 
-        clients = {
-            name: LocalHttp(server.url, timeout_s=300, connect_timeout_s=60) for name, server in self.servers.items()
-        }
+        clients = clients_of(self.servers)
         try:
             for case, measure in (("sequential", self.sequential), ("scrape", self.scrape)):
                 if case not in self.args.cases:

@@ -170,6 +170,22 @@ def servers_on_one_comfyui(work: Path, on: dict[str, str], off: dict[str, str], 
     return {"on": first, "off": second}
 
 
+def start_servers(servers: dict[str, Any], what: str) -> None:
+    """Start the servers (`what` names them in the log) and wait until each is healthy."""
+    log(f"starting {what}")
+    started = time.monotonic()
+    for server in servers.values():
+        server.start()
+    log(f"  healthy in {time.monotonic() - started:.1f} s")
+
+
+def clients_of(servers: dict[str, Any]) -> dict[str, Any]:
+    """A LocalHttp client per server, by the same names (close each with aclose())."""
+    from comfyui_api.comfy.http import LocalHttp
+
+    return {name: LocalHttp(server.url, timeout_s=300, connect_timeout_s=60) for name, server in servers.items()}
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The /health prober: a process of its own, so that this process's event loop (busy with a thousand answers) does not
 # delay the probes it times.
