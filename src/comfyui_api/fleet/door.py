@@ -121,15 +121,16 @@ class FleetDoor:
         if not created:
             raise Conflict(f"A request with id {record.id!r} is already in progress", location="id")
         message.record, message.published_at = record_row(record), now_ms()
-        graph = (record.request or {}).get("prompt") or (record.request or {}).get("workflow") or {}
-        message.model_key = model_key(graph)
+        if self._model_routing:
+            request = record.request or {}
+            message.model_key = model_key(request.get("prompt") or request.get("workflow") or {})
         try:
             await self._broker.publish_job(
                 message.encode(self._sealer),
                 message.priority,
                 job_id=record.id,
                 reply_to=reply_to,
-                model_key=message.model_key if self._model_routing else None,
+                model_key=message.model_key,
             )
         except BrokerError as exc:
             # Not queued: its record must not say it waits.
