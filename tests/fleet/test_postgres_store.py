@@ -1,12 +1,14 @@
 """The PostgreSQL job store (fleet mode) on a real server: every behaviour the SQLite store's tests check
 (tests/unit/test_job_store.py, collected again here against a private database per test), and what is PostgreSQL's
 own: replicas opening one new database at once create its schema once, a database of a newer schema is refused, a
-server that does not answer is a ConfigError at startup and a JobStoreError after, and no error shows the password."""
+server that does not answer is a ConfigError at startup and a JobStoreError after, connections a restart closed are
+replaced without an error, and no error shows the password."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 
 import pytest
@@ -128,6 +130,49 @@ async def test_a_database_gone_after_startup_is_a_job_store_error_then_works_aga
     finally:
         await store.close()
         await query(database_server, f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+async def test_connections_a_database_restart_closed_are_replaced_without_an_error(
+    store: PostgresJobStore, database: str, clock: Clock
+) -> None:
+    # Both pools (the one of create and save, and SQLAlchemy's) hold a connection that works.
+    assert await store.create(record("before", clock.now))
+    assert await store.get("before") is not None
+
+    # As a restart of the database ends them, every connection of the store is ended by the server, with this
+    # event loop blocked meanwhile (psql run synchronously): the store learns of it only when its next statement
+    # fails on a closed connection, the case a retry on a new connection is for.
+    subprocess.run(  # noqa: ASYNC221 (blocking on purpose)
+        ["psql", "-q", "-v", "ON_ERROR_STOP=1", database, "-c", _END_OTHER_CONNECTIONS], check=True
+    )
+
+    assert await store.create(record("created", clock.now))
+    await store.save([record("saved", clock.now, JobStatus.RUNNING)])
+    await store.save([record("created", clock.now, JobStatus.SUCCEEDED)])
+    found = await store.get("created")
+    assert found is not None and found.status is JobStatus.SUCCEEDED
+    assert {row["id"]: row["status"] for row in await query(database, "SELECT id, status FROM jobs")} == {
+        "before": "queued",
+        "created": "succeeded",
+        "saved": "running",
+    }
+
+
+# Ends every other connection to the database, and returns once they are gone.
+_END_OTHER_CONNECTIONS = """
+DO $$
+BEGIN
+    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+        WHERE datname = current_database() AND pid <> pg_backend_pid();
+    LOOP
+        PERFORM pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (
+            SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()
+        );
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+END $$;
+"""
 
 
 def test_only_postgresql_urls_are_taken() -> None:

@@ -34,7 +34,7 @@ from .records import TERMINAL, JobRecord, JobStatus, now_ms, record_row, row_rec
 
 T = TypeVar("T")
 # The bound parameter of `create`'s statement that holds the time it runs at.
-_NOW = "now_ms"
+NOW = "now_ms"
 
 
 class Insert(Protocol):
@@ -100,9 +100,11 @@ class SqlJobStore:
         replaced = {column.name: upsert.excluded[column.name] for column in jobs_table.c if column.name != "id"}
         self._upsert = upsert.on_conflict_do_update(index_elements=[jobs_table.c.id], set_=replaced)
         table = jobs_table.c
+        # Equalities, not IN: an IN list is rendered only at execution, and postgres.py runs this statement compiled
+        # once to plain SQL.
         finished = or_(
-            table.status.in_([status.value for status in TERMINAL]),
-            table.expires_at <= bindparam(_NOW, type_=BigInteger),
+            *(table.status == status.value for status in TERMINAL),
+            table.expires_at <= bindparam(NOW, type_=BigInteger),
         )
         self._create = upsert.on_conflict_do_update(index_elements=[table.id], set_=replaced, where=finished)
 
@@ -115,7 +117,7 @@ class SqlJobStore:
     async def create(self, record: JobRecord) -> bool:
         """Write a new job's record unless a job with its id is unfinished (and unexpired): whether it was written.
         One statement, so that two replicas taking the same id at once cannot both succeed."""
-        values = {**_row(record), _NOW: self._clock()}
+        values = {**_row(record), NOW: self._clock()}
         result = await self._run(lambda connection: connection.execute(self._create, values), single=True)
         return bool(result.rowcount == 1)
 
