@@ -26,7 +26,8 @@ import pytest
 from cryptography.fernet import Fernet
 from PIL import Image
 
-from tests.support.graphs import png_bytes, slow, solid, txt2img
+from comfyui_api.fleet.relay import CHUNK_BYTES
+from tests.support.graphs import node, png_bytes, slow, solid, txt2img
 from tests.support.rabbitmq import queue_depth
 from tests.support.receiver import WebhookReceiver
 from tests.support.server import STARTUP_DEADLINE_S, ApiServer, trusting, wait_until
@@ -308,6 +309,30 @@ def test_an_api_only_replica_queues_jobs_for_the_workers_and_answers_for_them(
     metrics = gateway.http.get("/metrics").text
     for connected in ("fleet_broker_connected", "fleet_store_ok", "fleet_ready"):
         assert f"comfyui_api_{connected} 1.0" in metrics, connected
+
+
+@pytest.mark.parametrize("through", ["gateway", "replica"])
+def test_a_large_sync_answer_arrives_whole_from_the_worker_that_ran_it(
+    through: str, fleet: list[ApiServer], gateway: ApiServer
+) -> None:
+    # Noise compresses badly: a PNG of about 3 MB, so the answer (4 MB of JSON) is streamed, and through the broker
+    # in many chunks from a worker of another replica: always so through the API-only replica; through a replica that
+    # is a worker too, it may be its own worker's, which hands it over in process.
+    server = gateway if through == "gateway" else fleet[0]
+    graph = {
+        "1": node("EmptyImage", width=1024, height=1024, batch_size=1, color=0x808080),
+        "2": node("ImageAddNoise", image=["1", 0], seed=7, strength=0.5),
+        "3": node("SaveImage", images=["2", 0], filename_prefix=f"large-{through}"),
+    }
+    job_id = f"large-{through}"
+
+    response = server.http.post("/prompt", json={"prompt": graph, "id": job_id}, timeout=JOB_DEADLINE_S)
+
+    assert response.status_code == 200, response.text
+    assert int(response.headers["content-length"]) == len(response.content) > 8 * CHUNK_BYTES
+    [image] = response.json()["images"]
+    assert image_size(image) == (1024, 1024)
+    assert record(server, job_id)["status"] == "succeeded"
 
 
 def loads_asset(asset_id: str, prefix: str) -> dict[str, Any]:

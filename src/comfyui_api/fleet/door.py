@@ -2,13 +2,15 @@
 checks it, recorded in the shared store, and queued in the broker; any worker runs it.
 
 An async request is answered 202 once its record is written and the broker confirmed its message. A synchronous one
-waits for its answer, which the worker streams to this replica (relay.py); or, with FLEET_SYNC_LOCAL=true, runs
-here. When the store or the broker does not answer, the request fails fast with 503 and nothing is left half-queued.
+waits for its answer, which the worker streams to this replica (relay.py), or hands over in process when it is this
+replica's own; or, with FLEET_SYNC_LOCAL=true, runs here. When the store or the broker does not answer, the request
+fails fast with 503 and nothing is left half-queued.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -79,14 +81,21 @@ class FleetDoor:
             await self._queue(record, message)
             accepted = {**request.echo(), "status": "ok", "id": request.id, "prompt": graph, **(extra or {})}
             return Answer(202, JsonBody(accepted))
-        async with self._answers.expecting(request.id) as chunks:
+        # Waited for from before it is queued (its answer may come at once), until its body is sent (`sent`).
+        chunks = self._answers.expect(request.id)
+        if chunks is None:
+            raise _in_progress(request.id)
+        try:
             await self._queue(record, message, reply_to=self._answers.queue_name)
-            try:
-                return await self._answer(request.id, chunks)
-            except asyncio.CancelledError:
-                # Its client left (CANCEL_ON_DISCONNECT): the job is canceled wherever it runs, as here it would be.
-                await asyncio.shield(self._cancel_quietly(request.id))
-                raise
+            return await self._answer(request.id, chunks)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._answers.done(request.id))
+            # Its client left (CANCEL_ON_DISCONNECT): the job is canceled wherever it runs, as here it would be.
+            await asyncio.shield(self._cancel_quietly(request.id))
+            raise
+        except BaseException:
+            await self._answers.done(request.id)
+            raise
 
     async def queue_v2(self, record: JobRecord, *, priority: int, secrets: dict[str, Any]) -> None:
         """Record a v2 job (checked already, v2/jobs.py) and queue it; `secrets` (its extra_data) travel sealed."""
@@ -119,7 +128,7 @@ class FleetDoor:
         except JobStoreError as exc:
             raise FleetUnavailable(f"The job store does not answer: {exc}") from None
         if not created:
-            raise Conflict(f"A request with id {record.id!r} is already in progress", location="id")
+            raise _in_progress(record.id)
         message.record, message.published_at = record_row(record), now_ms()
         if self._model_routing:
             request = record.request or {}
@@ -139,9 +148,10 @@ class FleetDoor:
             self._records.changed(record)
             raise FleetUnavailable(f"The broker does not answer: {exc}") from None
 
-    async def _answer(self, job_id: str, chunks: asyncio.Queue[AbstractIncomingMessage]) -> Answer:
-        """Wait for the first chunk of the job's answer, or for the job to end without one (its record says how,
-        re-read every RECHECK_INTERVAL_S)."""
+    async def _answer(self, job_id: str, chunks: asyncio.Queue[AbstractIncomingMessage | Answer]) -> Answer:
+        """Wait for the job's answer, handed over by this replica's worker or the first chunk of one another streams,
+        or for the job to end without one (its record says how, re-read every RECHECK_INTERVAL_S). The answer's
+        `sent` ends the wait (Answers.done)."""
         while True:
             try:
                 first = await asyncio.wait_for(chunks.get(), timeout=RECHECK_INTERVAL_S)
@@ -153,12 +163,24 @@ class FleetDoor:
                     logger.warning("a waiting job's record could not be read", extra={"reason": str(exc)})
                     continue
                 if record is not None and record.terminal and chunks.empty():
+                    await self._answers.done(job_id)
                     return _from_record(record)
+        if isinstance(first, Answer):
+            return Answer(first.status_code, first.body, sent=functools.partial(self._sent, job_id, first))
         headers = first.headers or {}
         rest = None if headers.get("last") else self._rest(first, chunks)
         body = RelayedBody(int(headers.get("length") or len(first.body)), first.body, rest)
         await first.ack()
-        return Answer(int(headers.get("status") or 200), body)
+        if rest is None:
+            await self._answers.done(job_id)
+            return Answer(int(headers.get("status") or 200), body)
+        return Answer(int(headers.get("status") or 200), body, sent=functools.partial(self._answers.done, job_id))
+
+    async def _sent(self, job_id: str, handed: Answer) -> None:
+        """An answer handed over by this replica's worker is sent: the wait ends, and so does the job."""
+        await self._answers.done(job_id)
+        if handed.sent is not None:
+            await handed.sent()
 
     async def _rest(
         self, first: AbstractIncomingMessage, chunks: asyncio.Queue[AbstractIncomingMessage]
@@ -174,6 +196,10 @@ class FleetDoor:
             yield chunk.body
             if headers.get("last"):
                 return
+
+
+def _in_progress(job_id: str) -> Conflict:
+    return Conflict(f"A request with id {job_id!r} is already in progress", location="id")
 
 
 def _from_record(record: JobRecord) -> Answer:

@@ -19,7 +19,7 @@ from ..errors import BrokerError, FleetUnavailable, JobStoreError
 from ..jobstore.postgres import PostgresJobStore
 from ..jobstore.records import JobKind, JobRecord, JobStatus, now_ms
 from ..jobstore.writer import RecordWriter
-from ..pipeline.delivery import Delivery
+from ..pipeline.delivery import Answer, Delivery
 from ..pipeline.request import PromptRequest
 from ..pipeline.runner import PromptRunner, ends_attempt
 from ..state import ServerState
@@ -205,9 +205,9 @@ class Fleet:
                 raise
             # Answered as the request would be here: the job's record holds that answer (its error and status code).
             error = dict(record.error or {"error": f"Internal error: {type(exc).__name__}", "status_code": 500})
-            status = int(error.pop("status_code", 500))
-            await send_answer(self.broker, reply_to, message.id, record.attempts, status, JsonBody(error))
-            return
+            answer = Answer(int(error.pop("status_code", 500)), JsonBody(error))
+        if reply_to is not None and self._answers.hand(message.id, reply_to, answer):
+            return  # the request waiting on this replica sends it, then ends the job (`answer.sent`)
         try:
             if reply_to is not None:
                 assert isinstance(answer.body, JsonBody)  # this server's pipeline answered it

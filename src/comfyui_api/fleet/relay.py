@@ -10,7 +10,8 @@ delays it by that much at most and never hangs it.
 Answers: a worker running a synchronous /prompt streams its body to the replica holding the connection, in chunks
 of CHUNK_BYTES, on that replica's own queue (`reply_to`); the first says the status code and the body's length. The
 replica acknowledges a chunk once it is handed to the HTTP response, so at most REPLY_PREFETCH chunks are in its
-memory, however large the body.
+memory, however large the body. A job run by the worker of the replica that holds the connection skips the broker:
+its answer is handed over in process (`Answers.hand`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from ..errors import BrokerError, FleetUnavailable, JobStoreError
 from ..jobstore.records import JobRecord, JobStatus, now_ms, record_row, row_record
 from ..jobstore.writer import RecordWriter
+from ..pipeline.delivery import Answer
 from ..webhooks.body import JsonBody
-from .broker import Broker
+from .broker import Broker, converted
 
 logger = logging.getLogger(__name__)
 
@@ -258,11 +260,12 @@ class RelayedBody:
 
 
 class Answers:
-    """The synchronous answers workers stream to this replica, by job id."""
+    """The synchronous answers this replica's requests wait for, by job id: streamed by the worker that ran the job,
+    or, when that worker is this replica's own, handed over in process (`hand`)."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._waiting: dict[str, asyncio.Queue[AbstractIncomingMessage]] = {}
+        self._waiting: dict[str, asyncio.Queue[AbstractIncomingMessage | Answer]] = {}
         self.queue_name = ""
 
     async def start(self) -> None:
@@ -275,17 +278,41 @@ class Answers:
             return
         waiting.put_nowait(message)
 
-    @contextlib.asynccontextmanager
-    async def expecting(self, job_id: str) -> AsyncIterator[asyncio.Queue[AbstractIncomingMessage]]:
-        chunks: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    def expect(self, job_id: str) -> asyncio.Queue[AbstractIncomingMessage | Answer] | None:
+        """Wait for the answer of `job_id` (until `done`): what comes for it, in order. None while a request of this
+        replica waits for that job already."""
+        if job_id in self._waiting:
+            return None
+        chunks: asyncio.Queue[AbstractIncomingMessage | Answer] = asyncio.Queue()
         self._waiting[job_id] = chunks
-        try:
-            yield chunks
-        finally:
-            del self._waiting[job_id]
-            while not chunks.empty():
-                with contextlib.suppress(Exception):
-                    await chunks.get_nowait().ack()
+        return chunks
+
+    async def done(self, job_id: str) -> None:
+        """Stop waiting for the answer of `job_id`: what came and was not read is acknowledged, or, handed over, ended
+        (its job closed). Done twice is done once."""
+        chunks = self._waiting.pop(job_id, None)
+        while chunks is not None and not chunks.empty():
+            left = chunks.get_nowait()
+            if isinstance(left, Answer):
+                if left.sent is not None:
+                    await left.sent()
+                continue
+            try:
+                with converted("cannot acknowledge an unread answer"):
+                    await left.ack()
+            except BrokerError as exc:
+                # Its channel is gone, and with it the message (its queue is this replica's, not durable).
+                logger.debug("an unread answer was not acknowledged", extra={"request_id": job_id, "why": str(exc)})
+
+    def hand(self, job_id: str, reply_to: str, answer: Answer) -> bool:
+        """Give `answer` to the request of this replica that waits for it, when `reply_to` is this replica's: whether
+        one took it. It then owns the answer: it sends the body and awaits its `sent`, as a standalone server does,
+        with no trip through the broker."""
+        waiting = self._waiting.get(job_id) if reply_to == self.queue_name else None
+        if waiting is None:
+            return False
+        waiting.put_nowait(answer)
+        return True
 
 
 async def send_answer(
