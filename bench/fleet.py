@@ -87,6 +87,7 @@ CASES = ("dispatch", "async", "throughput")
 SIDES = ("standalone", "fleet", "direct")
 SERVER_SIDES = ("standalone", "fleet")
 ORDERS = (["standalone", "fleet", "direct"], ["fleet", "direct", "standalone"], ["direct", "standalone", "fleet"])
+RELAYED_ORDERS = (["standalone", "relayed"], ["relayed", "standalone"])
 DISPATCH_SIZE = 8
 REQUEST_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 120.0
@@ -173,6 +174,7 @@ class Bench:
         self.receiver: Any = None
         self.standalone: Any = None
         self.fleet: Any = None
+        self.gateway: Any = None  # the API-only replica of the dispatch case's relayed rounds
         self.second: Any = None  # the second worker, started by the throughput case
         self.fleet_env: dict[str, str] = {}
         self.token = secrets.token_hex(4)
@@ -207,16 +209,21 @@ class Bench:
             OUTPUT_DIR=str(self.standalone.base / "output"),
             **self.fleet_env,
         )
-        log("starting a standalone comfyui-api with its ComfyUI, and a fleet-mode one in front of the same ComfyUI")
+        self.gateway = ApiServer(self.work / "gateway", checkpoint(), FLEET_ROLE="api", **self.fleet_env)
+        log(
+            "starting a standalone comfyui-api with its ComfyUI, a fleet-mode one in front of the same ComfyUI, and an "
+            "API-only fleet replica"
+        )
         started = time.monotonic()
-        self.standalone.start(wait="none")
-        self.fleet.start(wait="none")
-        for server in (self.standalone, self.fleet):
+        servers = (self.standalone, self.fleet, self.gateway)
+        for server in servers:
+            server.start(wait="none")
+        for server in servers:
             _wait_ready(server)
-        log(f"  both ready in {time.monotonic() - started:.1f} s")
+        log(f"  all ready in {time.monotonic() - started:.1f} s")
 
     def stop(self) -> None:
-        for server in (self.second, self.fleet, self.standalone):
+        for server in (self.second, self.gateway, self.fleet, self.standalone):
             if server is not None:
                 server.stop()
         if self.receiver is not None:
@@ -237,7 +244,11 @@ class Bench:
         def client(url: str) -> LocalHttp:
             return LocalHttp(url, timeout_s=REQUEST_TIMEOUT_S, connect_timeout_s=60.0, max_connections=256)
 
-        clients = {"standalone": client(self.standalone.url), "fleet": client(self.fleet.url)}
+        clients = {
+            "standalone": client(self.standalone.url),
+            "fleet": client(self.fleet.url),
+            "relayed": client(self.gateway.url),
+        }
         try:
             async with DirectSide(self.standalone.comfy_url) as direct:
                 for case in self.args.cases:
@@ -278,23 +289,15 @@ class Bench:
         sides: dict[str, Callable[[], Awaitable[Outcome]]] = {
             "standalone": lambda: self.prompt(clients["standalone"], {"prompt": graph()}),
             "fleet": lambda: self.prompt(clients["fleet"], {"prompt": graph()}),
+            "relayed": lambda: self.prompt(clients["relayed"], {"prompt": graph()}),
             "direct": lambda: direct.comfy.run(graph()),
         }
         log(f"dispatch: {WARM_UP_REQUESTS} warm-up requests each, then {self.args.requests} rounds")
         for _ in range(WARM_UP_REQUESTS):
             for call in sides.values():
                 await call()
-        times: dict[str, list[float]] = {name: [] for name in SIDES}
-        executions: dict[str, list[float]] = {name: [] for name in SIDES}
         with self.machine() as machine:
-            for index in range(self.args.requests):
-                for name in ORDERS[index % len(ORDERS)]:
-                    started = time.perf_counter()
-                    outcome = await sides[name]()
-                    times[name].append((time.perf_counter() - started) * 1000)
-                    executions[name].append(outcome.execution_ms)
-                if (index + 1) % 50 == 0:
-                    log(f"  {index + 1} rounds")
+            times, executions = await self._rounds(sides, ORDERS)
         # ComfyUI's execution varies from prompt to prompt and is ComfyUI's time: taken out, as bench/requests.py does.
         net = {name: [t - e for t, e in zip(times[name], executions[name], strict=True)] for name in SIDES}
         paired = [f - s for f, s in zip(times["fleet"], times["standalone"], strict=True)]
@@ -335,6 +338,49 @@ class Bench:
             + f"; fleet added over standalone (net of ComfyUI's execution) p50 {f['dispatch.fleet_added_p50_ms']:.2f}, "
             f"p95 {f['dispatch.fleet_added_p95_ms']:.2f} ms"
         )
+        await self.relayed(sides)
+
+    async def relayed(self, sides: dict[str, Callable[[], Awaitable[Outcome]]]) -> None:
+        """Rounds of standalone and relayed requests: through the API-only replica, whose jobs the fleet server's
+        worker runs and answers through RabbitMQ, as for a request taken by any replica but the worker's own."""
+        log(f"  relayed: {self.args.requests} rounds of a standalone request and one through an API-only replica")
+        with self.machine(gateway=True) as machine:
+            times, executions = await self._rounds(sides, RELAYED_ORDERS)
+        net = {name: [t - e for t, e in zip(times[name], executions[name], strict=True)] for name in times}
+        self.runs["dispatch_relayed"] = {"times": times, "executions": executions}
+        f = self.figures
+        for pct in (50, 95, 99):
+            f[f"dispatch.relayed_p{pct}_ms"] = percentile(times["relayed"], pct)
+            f[f"dispatch.relayed_standalone_p{pct}_ms"] = percentile(times["standalone"], pct)
+            f[f"dispatch.relayed_added_p{pct}_ms"] = percentile(net["relayed"], pct) - percentile(
+                net["standalone"], pct
+            )
+        # A relayed job's front door is the API-only replica, its worker the fleet server.
+        used = machine.ours["gateway_server"] + machine.ours["fleet_server"]
+        f["dispatch.relayed_server_cpu_per_request_ms"] = used / self.args.requests * 1000
+        log(
+            f"  latency p50 / p95 ms: standalone {f['dispatch.relayed_standalone_p50_ms']:.2f} / "
+            f"{f['dispatch.relayed_standalone_p95_ms']:.2f}, relayed {f['dispatch.relayed_p50_ms']:.2f} / "
+            f"{f['dispatch.relayed_p95_ms']:.2f}; relayed added over standalone (net) p50 "
+            f"{f['dispatch.relayed_added_p50_ms']:.2f}, p95 {f['dispatch.relayed_added_p95_ms']:.2f} ms"
+        )
+
+    async def _rounds(
+        self, sides: dict[str, Callable[[], Awaitable[Outcome]]], orders: tuple[list[str], ...]
+    ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """--requests rounds of one request per side of `orders`, the order rotating: each side's latencies and
+        ComfyUI execution times, in ms."""
+        times: dict[str, list[float]] = {name: [] for name in orders[0]}
+        executions: dict[str, list[float]] = {name: [] for name in orders[0]}
+        for index in range(self.args.requests):
+            for name in orders[index % len(orders)]:
+                started = time.perf_counter()
+                outcome = await sides[name]()
+                times[name].append((time.perf_counter() - started) * 1000)
+                executions[name].append(outcome.execution_ms)
+            if (index + 1) % 50 == 0:
+                log(f"  {index + 1} rounds")
+        return times, executions
 
     # async -----------------------------------------------------------------------------------------------------------
     async def asynchronous(self, clients: dict[str, Any]) -> None:
@@ -458,9 +504,9 @@ class Bench:
             "other_cpu_s": machine.other_s,
         }
 
-    def machine(self, *, second: bool = False) -> MachineCpu:
-        """CPU accounting of this run's processes (with the second worker's server and ComfyUI, when `second`) and of
-        the whole machine."""
+    def machine(self, *, second: bool = False, gateway: bool = False) -> MachineCpu:
+        """CPU accounting of this run's processes (with the second worker's server and ComfyUI, when `second`; with
+        the API-only replica, when `gateway`) and of the whole machine."""
         pids = {
             "standalone_server": self.standalone.process.pid,
             "fleet_server": self.fleet.process.pid,
@@ -468,6 +514,8 @@ class Bench:
         }
         if second:
             pids |= {"fleet_server_2": self.second.process.pid, "comfyui_2": self.second.comfy_process().pid}
+        if gateway:
+            pids["gateway_server"] = self.gateway.process.pid
         return MachineCpu(**pids, bench=os.getpid())
 
 
@@ -563,6 +611,16 @@ def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str])
                     f"<= {ADDED_P50_BAR_MS:g} ms" if pct == 50 else "-",
                     verdict(value <= ADDED_P50_BAR_MS) if pct == 50 else "-",
                 )
+            for pct in (50, 95):
+                row(
+                    f"fleet-dispatch relayed added p{pct} ms over standalone (net; an API-only replica's request, the "
+                    "answer through RabbitMQ)",
+                    f"{f[f'relayed_added_p{pct}_ms']:.2f}",
+                    f"latency {f[f'relayed_p{pct}_ms']:.2f} / standalone {f[f'relayed_standalone_p{pct}_ms']:.2f}",
+                    "-",
+                    "-",
+                    "-",
+                )
             row(
                 "fleet-dispatch paired difference fleet - standalone p50 / p95 ms (net)",
                 f"{f['paired_net_p50_ms']:.2f} / {f['paired_net_p95_ms']:.2f}",
@@ -576,6 +634,14 @@ def _checks(figures: dict[str, float], errors: dict[str, str], cases: list[str])
                 f"{f['fleet_server_cpu_per_request_ms']:.2f}",
                 f"{f['standalone_server_cpu_per_request_ms']:.2f}",
                 f"{f['fleet_server_cpu_per_request_ms'] / f['standalone_server_cpu_per_request_ms']:.2f}x",
+                "-",
+                "-",
+            )
+            row(
+                "fleet-dispatch server CPU per relayed request ms (API-only replica and worker)",
+                f"{f['relayed_server_cpu_per_request_ms']:.2f}",
+                "-",
+                "-",
                 "-",
                 "-",
             )

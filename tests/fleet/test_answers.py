@@ -1,7 +1,7 @@
 """Synchronous answers on the replica that waits for them (fleet/relay.py's Answers), on the session's real broker: a
 job run by this replica's own worker has its answer handed over in process, and only to the request that waits for
 that job here; one run by another replica's worker comes through the broker in chunks, in order, until the wait
-ends; what was not read when it ends is acknowledged, or, handed over, ended, once."""
+ends; what came when it ends is acknowledged, or, handed over, ended, once."""
 
 from __future__ import annotations
 
@@ -55,8 +55,11 @@ async def test_an_answer_of_this_replicas_worker_is_handed_to_the_request_waitin
     assert answers.hand("job-1", answers.queue_name, answer)
 
     assert await asyncio.wait_for(chunks.get(), DEADLINE_S) is answer
-    await answers.done("job-1")
-    assert ended.times == 0, "the request that took it ends the job once the body is sent"
+    assert ended.times == 0
+    # Its body sent, the request ends the wait with what it took: the job ends, once however often it is said.
+    await answers.done("job-1", answer)
+    await answers.done("job-1", answer)
+    assert ended.times == 1
 
 
 async def test_an_answer_is_handed_over_only_to_a_request_of_this_replica_that_waits_for_its_job(
@@ -101,7 +104,19 @@ async def test_an_answer_of_another_replicas_worker_comes_through_the_broker_in_
         if not received:
             assert headers["status"] == 200 and headers["length"] == len(expected)
         received += chunk.body
-        await chunk.ack()
+        if received == chunk.body:
+            first = chunk  # acknowledged when the wait ends, as the front door does once the body is sent
+        else:
+            await chunk.ack()
         assert bool(headers.get("last")) == (len(received) == len(expected))
     assert received == expected
-    await answers.done("job-5")
+    await answers.done("job-5", first)
+    await answers.done("job-5", first)
+
+    # Acknowledged once (a second acknowledgement of a message closes its channel): answers still come.
+    later = answers.expect("job-6")
+    assert later is not None
+    await send_answer(broker, answers.queue_name, "job-6", 1, 200, JsonBody({"ok": True}))
+    arrived = await asyncio.wait_for(later.get(), DEADLINE_S)
+    assert not isinstance(arrived, Answer) and arrived.body == b'{"ok":true}'
+    await answers.done("job-6", arrived)

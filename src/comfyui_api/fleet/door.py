@@ -165,36 +165,29 @@ class FleetDoor:
                 if record is not None and record.terminal and chunks.empty():
                     await self._answers.done(job_id)
                     return _from_record(record)
+        # The wait ends once the body is sent (or its client left): the first message is acknowledged then, off the
+        # answer's way, or the job of an answer handed over ended, as a standalone server ends it.
+        sent = functools.partial(self._answers.done, job_id, first)
         if isinstance(first, Answer):
-            return Answer(first.status_code, first.body, sent=functools.partial(self._sent, job_id, first))
+            return Answer(first.status_code, first.body, sent=sent)
         headers = first.headers or {}
-        rest = None if headers.get("last") else self._rest(first, chunks)
+        rest = None if headers.get("last") else self._rest(job_id, first, chunks)
         body = RelayedBody(int(headers.get("length") or len(first.body)), first.body, rest)
-        await first.ack()
-        if rest is None:
-            await self._answers.done(job_id)
-            return Answer(int(headers.get("status") or 200), body)
-        return Answer(int(headers.get("status") or 200), body, sent=functools.partial(self._answers.done, job_id))
-
-    async def _sent(self, job_id: str, handed: Answer) -> None:
-        """An answer handed over by this replica's worker is sent: the wait ends, and so does the job."""
-        await self._answers.done(job_id)
-        if handed.sent is not None:
-            await handed.sent()
+        return Answer(int(headers.get("status") or 200), body, sent=sent)
 
     async def _rest(
-        self, first: AbstractIncomingMessage, chunks: asyncio.Queue[AbstractIncomingMessage]
+        self, job_id: str, first: AbstractIncomingMessage, chunks: asyncio.Queue[AbstractIncomingMessage | Answer]
     ) -> AsyncIterator[bytes]:
         attempt = (first.headers or {}).get("attempt")
         while True:
             chunk = await chunks.get()
-            headers = chunk.headers or {}
-            await chunk.ack()
-            if headers.get("attempt") != attempt:
+            if isinstance(chunk, Answer) or (chunk.headers or {}).get("attempt") != attempt:
                 # Another attempt's answer: the worker that streamed this one died mid-way. What was sent stands.
+                await self._answers.done(job_id, chunk)
                 raise ApiError("The worker answering the request stopped mid-way", status_code=502)
+            await chunk.ack()
             yield chunk.body
-            if headers.get("last"):
+            if (chunk.headers or {}).get("last"):
                 return
 
 

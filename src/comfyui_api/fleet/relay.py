@@ -287,22 +287,26 @@ class Answers:
         self._waiting[job_id] = chunks
         return chunks
 
-    async def done(self, job_id: str) -> None:
-        """Stop waiting for the answer of `job_id`: what came and was not read is acknowledged, or, handed over, ended
-        (its job closed). Done twice is done once."""
+    async def done(self, job_id: str, *taken: AbstractIncomingMessage | Answer) -> None:
+        """Stop waiting for the answer of `job_id`, and end what came for it, `taken` from its queue or still in it: a
+        message is acknowledged, an answer handed over ended (its job closed). Done again, it does nothing."""
         chunks = self._waiting.pop(job_id, None)
-        while chunks is not None and not chunks.empty():
-            left = chunks.get_nowait()
-            if isinstance(left, Answer):
-                if left.sent is not None:
-                    await left.sent()
+        if chunks is None:
+            return
+        left = list(taken)
+        while not chunks.empty():
+            left.append(chunks.get_nowait())
+        for item in left:
+            if isinstance(item, Answer):
+                if item.sent is not None:
+                    await item.sent()
                 continue
             try:
-                with converted("cannot acknowledge an unread answer"):
-                    await left.ack()
+                with converted("cannot acknowledge an answer"):
+                    await item.ack()
             except BrokerError as exc:
                 # Its channel is gone, and with it the message (its queue is this replica's, not durable).
-                logger.debug("an unread answer was not acknowledged", extra={"request_id": job_id, "why": str(exc)})
+                logger.debug("an answer was not acknowledged", extra={"request_id": job_id, "why": str(exc)})
 
     def hand(self, job_id: str, reply_to: str, answer: Answer) -> bool:
         """Give `answer` to the request of this replica that waits for it, when `reply_to` is this replica's: whether
