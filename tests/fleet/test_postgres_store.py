@@ -26,6 +26,7 @@ from tests.unit.test_job_store import (  # noqa: F401
     record,
     test_a_conditional_save_replaces_a_record_only_in_the_given_statuses,
     test_a_new_job_is_created_unless_an_unfinished_one_has_its_id,
+    test_a_new_record_of_an_id_the_server_made_up_never_replaces_the_one_its_worker_wrote,
     test_a_record_is_read_back_as_it_was_saved,
     test_an_idempotency_key_is_claimed_once_until_released_or_expired,
     test_listing_is_newest_first_filtered_by_status_and_time_and_paged,
@@ -147,6 +148,7 @@ async def test_connections_a_database_restart_closed_are_replaced_without_an_err
     )
 
     assert await store.create(record("created", clock.now))
+    await store.insert_new(record("inserted", clock.now))
     await store.save([record("saved", clock.now, JobStatus.RUNNING)])
     await store.save([record("created", clock.now, JobStatus.SUCCEEDED)])
     found = await store.get("created")
@@ -154,6 +156,7 @@ async def test_connections_a_database_restart_closed_are_replaced_without_an_err
     assert {row["id"]: row["status"] for row in await query(database, "SELECT id, status FROM jobs")} == {
         "before": "queued",
         "created": "succeeded",
+        "inserted": "queued",
         "saved": "running",
     }
 

@@ -250,3 +250,19 @@ async def test_a_new_job_is_created_unless_an_unfinished_one_has_its_id(store: S
     assert await store.create(record("a", clock.now + 1))  # an id is free again once its job has ended
     found = await store.get("a")
     assert found is not None and found.status is JobStatus.QUEUED and found.created_at == clock.now + 1
+
+
+async def test_a_new_record_of_an_id_the_server_made_up_never_replaces_the_one_its_worker_wrote(
+    store: SQLiteJobStore, clock: Clock
+) -> None:
+    await store.insert_new(record("fresh", clock.now, delivery={"first": True}))
+    found = await store.get("fresh")
+    assert found is not None and found.status is JobStatus.QUEUED and found.delivery == {"first": True}
+
+    # Its worker, faster than its front door, wrote the job's end first: the front door's record leaves it be.
+    await store.save(
+        [record("ran", clock.now, JobStatus.SUCCEEDED, completed_at=clock.now, outputs=[{"filename": "out.png"}])]
+    )
+    await store.insert_new(record("ran", clock.now))
+    found = await store.get("ran")
+    assert found is not None and found.status is JobStatus.SUCCEEDED and found.outputs == [{"filename": "out.png"}]

@@ -46,8 +46,10 @@ class FleetDoor:
         sync_local: bool,
         model_routing: bool,
         cancel: Callable[[str], Awaitable[bool]],
+        withdraw: Callable[[str], Awaitable[None]],
     ) -> None:
-        """`model_routing`: jobs go first to the workers warm for their models (FLEET_MODEL_WAIT_S > 0)."""
+        """`model_routing`: jobs go first to the workers warm for their models (FLEET_MODEL_WAIT_S > 0). `cancel`
+        cancels a job wherever it is; `withdraw` tells every worker to drop a job (relay.py's Cancels.request)."""
         self._model_routing = model_routing
         self._broker = broker
         self._sealer = sealer
@@ -57,6 +59,7 @@ class FleetDoor:
         self._levels = levels
         self._sync_local = sync_local
         self._cancel = cancel
+        self._withdraw_request = withdraw
 
     async def handle(self, request: PromptRequest, *, extra: dict[str, Any] | None = None) -> Answer:
         if not request.is_async and self._sync_local:
@@ -77,25 +80,35 @@ class FleetDoor:
             extra=extra or {},
             secrets=revealed(request, "credentials"),
         )
+        # No request named the id: this server made it up, and no other job can hold it.
+        fresh = "id" not in request.model_fields_set
         if request.is_async:
-            await self._queue(record, message)
+            await self._queue(record, message, fresh=fresh)
             accepted = {**request.echo(), "status": "ok", "id": request.id, "prompt": graph, **(extra or {})}
             return Answer(202, JsonBody(accepted))
         # Waited for from before it is queued (its answer may come at once), until its body is sent (`sent`).
         chunks = self._answers.expect(request.id)
         if chunks is None:
             raise _in_progress(request.id)
+        # Carried to its end even if the client leaves meanwhile: the job is then queued with its record, or not.
+        queueing = asyncio.ensure_future(self._queue(record, message, reply_to=self._answers.queue_name, fresh=fresh))
         try:
-            await self._queue(record, message, reply_to=self._answers.queue_name)
+            await asyncio.shield(queueing)
             return await self._answer(request.id, chunks)
         except asyncio.CancelledError:
-            await asyncio.shield(self._answers.done(request.id))
-            # Its client left (CANCEL_ON_DISCONNECT): the job is canceled wherever it runs, as here it would be.
-            await asyncio.shield(self._cancel_quietly(request.id))
+            await asyncio.shield(self._abandoned(request.id, queueing))
             raise
         except BaseException:
             await self._answers.done(request.id)
             raise
+
+    async def _abandoned(self, job_id: str, queueing: asyncio.Future[None]) -> None:
+        """Its client left (CANCEL_ON_DISCONNECT): the job, once queued, is canceled wherever it runs, as here it would
+        be."""
+        await self._answers.done(job_id)
+        await asyncio.wait({queueing})
+        if not queueing.cancelled() and queueing.exception() is None:
+            await self._cancel_quietly(job_id)
 
     async def queue_v2(self, record: JobRecord, *, priority: int, secrets: dict[str, Any]) -> None:
         """Record a v2 job (checked already, v2/jobs.py) and queue it; `secrets` (its extra_data) travel sealed."""
@@ -106,7 +119,7 @@ class FleetDoor:
             priority=self._level(priority, "metadata.priority"),
             secrets=secrets,
         )
-        await self._queue(record, message)
+        await self._queue(record, message, fresh=True)  # its id is this server's (v2/jobs.py)
 
     def _level(self, priority: int, location: str) -> int:
         if priority >= self._levels:
@@ -122,17 +135,42 @@ class FleetDoor:
         except ApiError as exc:
             logger.warning("an abandoned job could not be canceled", extra={"request_id": job_id, "why": exc.message})
 
-    async def _queue(self, record: JobRecord, message: JobMessage, *, reply_to: str | None = None) -> None:
+    async def _queue(
+        self, record: JobRecord, message: JobMessage, *, reply_to: str | None = None, fresh: bool = False
+    ) -> None:
+        """Record the job in the store and queue it in the broker. An id a request named may be an unfinished job's,
+        which only the store can tell: the record is written first. One this server made up (`fresh`) is no other
+        job's: the record is written while the job is queued, a round trip less (bench/fleet.py). Should the store
+        fail then, the job, queued already, is withdrawn."""
+        self._records.set_expiry(record)
+        message.record, message.published_at = record_row(record), now_ms()
+        if self._model_routing:
+            request = record.request or {}
+            message.model_key = model_key(request.get("prompt") or request.get("workflow") or {})
+        if not fresh:
+            await self._create(record)
+            await self._publish(record, message, reply_to)
+            return
+        recorded, queued = await asyncio.gather(
+            self._records.insert_new(record), self._publish(record, message, reply_to), return_exceptions=True
+        )
+        if isinstance(queued, BaseException):
+            raise queued
+        if isinstance(recorded, JobStoreError):
+            await self._withdraw(record.id)
+            raise FleetUnavailable(f"The job store does not answer: {recorded}")
+        if isinstance(recorded, BaseException):
+            raise recorded
+
+    async def _create(self, record: JobRecord) -> None:
         try:
             created = await self._records.create(record)
         except JobStoreError as exc:
             raise FleetUnavailable(f"The job store does not answer: {exc}") from None
         if not created:
             raise _in_progress(record.id)
-        message.record, message.published_at = record_row(record), now_ms()
-        if self._model_routing:
-            request = record.request or {}
-            message.model_key = model_key(request.get("prompt") or request.get("workflow") or {})
+
+    async def _publish(self, record: JobRecord, message: JobMessage, reply_to: str | None) -> None:
         try:
             await self._broker.publish_job(
                 message.encode(self._sealer),
@@ -147,6 +185,18 @@ class FleetDoor:
             record.error = {"error": f"The job could not be queued: {exc}", "status_code": 503}
             self._records.changed(record)
             raise FleetUnavailable(f"The broker does not answer: {exc}") from None
+
+    async def _withdraw(self, job_id: str) -> None:
+        """Every worker is told to drop a job queued without its record; the one that takes it records it canceled."""
+        try:
+            await self._withdraw_request(job_id)
+        except FleetUnavailable as exc:
+            logger.error(
+                "a job queued without its record could not be withdrawn: it may run",
+                extra={"request_id": job_id, "why": exc.message},
+            )
+            return
+        logger.warning("a job queued without its record was withdrawn", extra={"request_id": job_id})
 
     async def _answer(self, job_id: str, chunks: asyncio.Queue[AbstractIncomingMessage | Answer]) -> Answer:
         """Wait for the job's answer, handed over by this replica's worker or the first chunk of one another streams,

@@ -95,6 +95,7 @@ class Fleet:
             sync_local=settings.fleet_sync_local,
             model_routing=settings.fleet_model_wait_s > 0,
             cancel=self.interrupt,
+            withdraw=self.cancels.request,
         )
         self.worker = (
             FleetWorker(

@@ -51,6 +51,10 @@ class JobStore(Protocol):
     async def create(self, record: JobRecord) -> bool:
         """Write a new job's record unless an unfinished, unexpired job has its id: whether it was written."""
 
+    async def insert_new(self, record: JobRecord) -> None:
+        """Write the record of a job whose id this server made up, unless a record of that id is there already: no
+        other job can hold the id, so one there is the job's own, written by its worker first."""
+
     async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
         """Replace the stored record only while its status is one of `statuses`: whether it was."""
 

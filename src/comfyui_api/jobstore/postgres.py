@@ -7,10 +7,10 @@ checks the schema version and creates what is missing. A connection broken by a 
 statement, which is tried again on a new connection (sql.py's `_run`), so the store works again as soon as the
 database does.
 
-The two statements every job runs, `create` at its submission and `save` as it changes, skip SQLAlchemy's execution:
-sql.py's statements, compiled once by SQLAlchemy's PostgreSQL compiler, run on a pool of asyncpg's own. That is
-0.42 ms a statement instead of 1.22 (SQLAlchemy's pool checkout alone is 0.45), on the fleet's critical path twice
-(bench/fleet.py: fleet added over standalone).
+The statements every job runs, `create` (or `insert_new`) at its submission and `save` as it changes, skip
+SQLAlchemy's execution: sql.py's statements, compiled once by SQLAlchemy's PostgreSQL compiler, run on a pool of
+asyncpg's own. That is 0.42 ms a statement instead of 1.22 (SQLAlchemy's pool checkout alone is 0.45), on the fleet's
+critical path twice (bench/fleet.py: fleet added over standalone).
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ class PostgresJobStore(SqlJobStore):
         dialect = self._engine.dialect
         self._fast_create = _Compiled(self._create, dialect)
         self._fast_save = _Compiled(self._upsert, dialect)
+        self._fast_insert_new = _Compiled(self._insert_new, dialect)
         # Connected as the engine connects.
         _, arguments = dialect.create_connect_args(self._engine.url)
         for name in _DIALECT_ONLY:
@@ -147,6 +148,10 @@ class PostgresJobStore(SqlJobStore):
             lambda connection: connection.execute(self._fast_create.sql, *self._fast_create.args(values))
         )
         return bool(status == "INSERT 0 1")
+
+    async def insert_new(self, record: JobRecord) -> None:
+        args = self._fast_insert_new.args(record_row(record))
+        await self._fast(lambda connection: connection.execute(self._fast_insert_new.sql, *args))
 
     async def _fast(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """`work` on a connection of the asyncpg pool; once more on a new one when the connection turned out closed

@@ -107,6 +107,7 @@ class SqlJobStore:
             table.expires_at <= bindparam(NOW, type_=BigInteger),
         )
         self._create = upsert.on_conflict_do_update(index_elements=[table.id], set_=replaced, where=finished)
+        self._insert_new = upsert.on_conflict_do_nothing(index_elements=[table.id])
 
     async def save(self, records: Sequence[JobRecord]) -> None:
         if not records:
@@ -120,6 +121,9 @@ class SqlJobStore:
         values = {**_row(record), NOW: self._clock()}
         result = await self._run(lambda connection: connection.execute(self._create, values), single=True)
         return bool(result.rowcount == 1)
+
+    async def insert_new(self, record: JobRecord) -> None:
+        await self._run(lambda connection: connection.execute(self._insert_new, _row(record)), single=True)
 
     async def save_if(self, record: JobRecord, statuses: Collection[JobStatus]) -> bool:
         """Replace the stored record by `record` only while the stored one is in one of `statuses`: whether it was

@@ -82,10 +82,13 @@ class RecordWriter:
         # Job id → the callers of `saved` waiting for its record to be committed.
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
+    def set_expiry(self, record: JobRecord) -> None:
+        """Set when the record expires: retention counts from the job's end, and from its creation while it runs."""
+        record.expires_at = (record.completed_at or record.created_at) + self._retention_ms
+
     def changed(self, record: JobRecord) -> None:
         """Record that `record` changed; it is written within the flush interval (the caller never waits)."""
-        # Retention counts from the job's end, and from its creation while it runs.
-        record.expires_at = (record.completed_at or record.created_at) + self._retention_ms
+        self.set_expiry(record)
         pending = self._pending
         if record.id not in pending and len(pending) >= self._max_pending:
             self._drop_oldest()
@@ -105,8 +108,13 @@ class RecordWriter:
     async def create(self, record: JobRecord) -> bool:
         """Write a new job's record now, unless an unfinished job has its id (JobStore.create): whether it was
         written. Its expiry is set as `changed` sets it."""
-        record.expires_at = record.created_at + self._retention_ms
+        self.set_expiry(record)
         return await self.store.create(record)
+
+    async def insert_new(self, record: JobRecord) -> None:
+        """Write the record of a job whose id this server made up now (JobStore.insert_new), its expiry set."""
+        self.set_expiry(record)
+        await self.store.insert_new(record)
 
     async def get(self, job_id: str) -> JobRecord | None:
         """The job's latest record: unwritten, being written, or from the store; None if unknown or expired."""
