@@ -233,7 +233,7 @@ class FleetDoor:
             chunk = await chunks.get()
             if isinstance(chunk, Answer) or (chunk.headers or {}).get("attempt") != attempt:
                 # Another attempt's answer: the worker that streamed this one died mid-way. What was sent stands.
-                await self._answers.done(job_id, chunk)
+                await self._answers.done(job_id, first, chunk)
                 raise ApiError("The worker answering the request stopped mid-way", status_code=502)
             await chunk.ack()
             yield chunk.body
