@@ -17,19 +17,24 @@ of its own. Servers are tests/support/server.py's ApiServer (LOG_LEVEL=info, no 
   ComfyUI C1 (its CMD only idles, as bench/guard.py's second server): the two sides differ by fleet mode alone, not
   by two ComfyUI processes' luck on shared cores. It is the fleet's only worker until the throughput case starts a
   second one, so every fleet job of the latency cases runs on C1;
+* relayed: an API-only fleet replica (FLEET_ROLE=api, no ComfyUI): its jobs run on the fleet server's worker, whose
+  answers come back through RabbitMQ, as for a request taken by any replica but the worker's own (a job run by the
+  worker of the replica that took it has its answer handed over in process);
 * direct: ComfyUI C1 used directly (bench/direct.py), for reference.
 
 Every ComfyUI gets OMP_NUM_THREADS=1 and MKL_NUM_THREADS=1 (inherited from its server's environment; ComfyUI sets no
 thread count of its own), so that one ComfyUI uses one core. Every prompt has a colour of its own, so ComfyUI's cache
 never skips work.
 
-* dispatch: --requests rounds of one synchronous request per side (`EmptyImage 8x8 -> SaveImage`, POST /prompt, the
-  answer read and parsed), the order of the sides rotating, after WARM_UP_REQUESTS of each. ComfyUI's execution
-  of each prompt (stats.comfy_execution for the servers, the websocket's events for direct) is taken out of its
-  latency, as bench/requests.py does. "fleet added pX" is pX of the fleet's net latency minus pX of the
-  standalone's. Bar: fleet added p50 <= 5 ms. The raw figures and the paired differences are reported beside it,
-  and the CPU each server spent per request, how busy the machine was, and what the rest of it (RabbitMQ,
-  PostgreSQL, any other work) used meanwhile.
+* dispatch: --requests rounds of one synchronous request to standalone, fleet and direct (`EmptyImage 8x8 ->
+  SaveImage`, POST /prompt, the answer read and parsed), the order of the sides rotating, after WARM_UP_REQUESTS of
+  each. ComfyUI's execution of each prompt (stats.comfy_execution for the servers, the websocket's events for
+  direct) is taken out of its latency, as bench/requests.py does. "fleet added pX" is pX of the fleet's net latency
+  minus pX of the standalone's. Bar: fleet added p50 <= 5 ms. The raw figures and the paired differences are
+  reported beside it, and the CPU each server spent per request, how busy the machine was, and what the rest of it
+  (RabbitMQ, PostgreSQL, any other work) used meanwhile. Then --requests rounds of a standalone request and a
+  relayed one, by turns: "relayed added pX" is pX of the relayed side's net latency minus the standalone's of the
+  same rounds (informational), with the CPU of the API-only replica and the worker per relayed request.
 * async: --async-requests rounds of one asynchronous request per server side (the same graph, with a webhook_v2 to a
   receiver in this process, tests/support/receiver.py), standalone and fleet by turns: the time from sending the
   request to its 202, and to the arrival of its `prompt.complete` webhook (the receiver's clock on arrival).

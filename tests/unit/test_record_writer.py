@@ -267,6 +267,24 @@ async def test_saved_returns_once_the_record_is_committed_without_waiting_for_th
             await running
 
 
+async def test_written_waits_for_the_commit_of_changes_made_and_writes_nothing_again(store: Store) -> None:
+    writer = RecordWriter(store, retention_s=RETENTION_S, clock=lambda: NOW + 1, flush_interval_s=3600)
+    running = asyncio.create_task(writer.run())
+    try:
+        ended = job("ended")
+        ended.status = JobStatus.SUCCEEDED
+        writer.changed(ended)
+        # Written at once, not after the interval, and only once however many wait for it.
+        await asyncio.wait_for(asyncio.gather(writer.written(ended), writer.written(ended)), 30)
+        assert store.batches == [[("ended", JobStatus.SUCCEEDED)]]
+        await asyncio.wait_for(writer.written(ended), 30)  # committed already: nothing owed
+        assert store.batches == [[("ended", JobStatus.SUCCEEDED)]]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def test_saved_raises_when_its_write_fails(store: Store, writer: RecordWriter) -> None:
     store.failures = 1
     with pytest.raises(JobStoreError, match="disk I/O error"):

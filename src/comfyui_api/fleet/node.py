@@ -127,7 +127,7 @@ class Fleet:
 
         async def written(record: JobRecord) -> None:
             try:
-                await self._records.saved(record)
+                await self._records.written(record)
             except JobStoreError as exc:
                 logger.warning("a job's end is streamed before its record is stored", extra={"why": str(exc)})
             deliver(record)

@@ -91,7 +91,7 @@ class EventsOut:
 
     async def _ends_written(self, ended: list[JobRecord]) -> None:
         """Wait until these ended jobs' records are in the store (one transaction for all)."""
-        results = await asyncio.gather(*(self._records.saved(record) for record in ended), return_exceptions=True)
+        results = await asyncio.gather(*(self._records.written(record) for record in ended), return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if failures:
             logger.warning("jobs' ends are published before their records", extra={"why": str(failures[0])})

@@ -13,9 +13,10 @@ change again; only a finished job's record can be lost that way. At shutdown `ac
 `before_write()`, when given, runs before each transaction: what job records refer to is written first (a v2 job's
 output assets, v2/assets.py), so that no record on disk names something that is not.
 
-`saved(record)` is for the one caller that must know a record is on disk (a v2 submission answers 201 only then):
-it writes at once instead of after the interval, sharing the transaction with whatever else is pending, so a burst
-of submissions is a handful of transactions.
+`saved(record)` is for a caller that must know a record is on disk (a v2 submission answers 201 only then): it
+writes at once instead of after the interval, sharing the transaction with whatever else is pending, so a burst of
+submissions is a handful of transactions. `written(record)` waits the same way for changes made already, and writes
+nothing when none is left unwritten.
 """
 
 from __future__ import annotations
@@ -100,10 +101,20 @@ class RecordWriter:
     async def saved(self, record: JobRecord) -> None:
         """Record that `record` changed and return once it is committed; raises JobStoreError if the write failed."""
         self.changed(record)
+        await self._commit(record.id)
+
+    async def _commit(self, job_id: str) -> None:
+        """Wait for the commit of the job's pending or in-flight changes, written at once."""
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(record.id, []).append(waiter)
+        self._waiters.setdefault(job_id, []).append(waiter)
         self._batch_full.set()  # no waiting for the interval
         await waiter
+
+    async def written(self, record: JobRecord) -> None:
+        """Return once the record's changes are committed (at once when none is unwritten), without writing it again
+        as `saved` would; raises JobStoreError if the write failed."""
+        if record.id in self._pending or record.id in self._writing:
+            await self._commit(record.id)
 
     async def create(self, record: JobRecord) -> bool:
         """Write a new job's record now, unless an unfinished job has its id (JobStore.create): whether it was
