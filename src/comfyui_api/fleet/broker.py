@@ -8,9 +8,10 @@ Objects, named from FLEET_QUEUE_PREFIX (`p` below):
   (worker.py). `x-delivery-limit` is JOB_MAX_ATTEMPTS - 1 redeliveries: JOB_MAX_ATTEMPTS deliveries in all.
   `x-consumer-timeout` lets a job run as long as PROMPT_TIMEOUT_S allows (RabbitMQ 3.12 and later; older brokers
   need `consumer_timeout` in rabbitmq.conf, see the README).
-- `p.jobs.route` (direct): where jobs are published, with their model key (fleet/routing.py) as routing key and
-  their level as the `level` header. A key some worker is warm for has a model queue bound; any other job goes on
-  to the exchange's alternate exchange, `p.jobs.levels` (headers), which routes it by `level` to `p.jobs.p<level>`.
+- `p.jobs.route` (direct): where jobs of a model key are published, with the key (fleet/routing.py) as routing key
+  and their level as the `level` header; a job of no key goes straight to its level's queue. A key some worker is
+  warm for has a model queue bound; any other job goes on to the exchange's alternate exchange, `p.jobs.levels`
+  (headers), which routes it by `level` to `p.jobs.p<level>`.
 - `p.jobs.model.<key>`: a model queue, declared by the workers warm for that key (worker.py). A job waits there at
   most FLEET_MODEL_WAIT_S (`x-message-ttl`) for one of them, then is dead-lettered (at-least-once) to
   `p.jobs.levels`, into its priority queue, for any worker. So does a job past the model queue's delivery limit
@@ -189,6 +190,9 @@ class Broker:
         )
         self._exchanges = {
             "route": route,
+            # A job of no model key goes straight to its level's queue: a headers exchange, reached through the
+            # route exchange's alternate, is two routing steps more for the broker (bench/fleet.py).
+            "queues": channel.default_exchange,
             "dead": dead,
             "events": await channel.declare_exchange(names.events_exchange, ExchangeType.TOPIC, durable=True),
             "control": await channel.declare_exchange(names.control_exchange, ExchangeType.FANOUT, durable=True),
@@ -255,7 +259,10 @@ class Broker:
             content_type="application/json",
             headers={LEVEL_HEADER: level},
         )
-        await self._publish("route", message, model_key or "", what="cannot queue the job")
+        if model_key is None:
+            await self._publish("queues", message, self.topology.job_queue(level), what="cannot queue the job")
+        else:
+            await self._publish("route", message, model_key, what="cannot queue the job")
 
     async def publish_dead(self, message: AbstractIncomingMessage, why: str) -> None:
         """Put a job in the dead-letter queues as the broker dead-letters one (for a job from a model queue, whose
