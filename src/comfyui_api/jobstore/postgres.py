@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import JSON, Column, Integer, MetaData, Table, select, text
+from sqlalchemy.dialects.postgresql import asyncpg as postgresql_asyncpg
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -39,7 +40,7 @@ _SCHEMA_LOCK = 0x636F6D6679
 CONNECT_TIMEOUT_S = 5.0
 # Seconds a statement may take.
 COMMAND_TIMEOUT_S = 30.0
-# Connections of the pool that runs `create` and `save` (besides SQLAlchemy's, for everything else).
+# Connections of the pool that runs `create`, `insert_new` and `save` (besides SQLAlchemy's, for everything else).
 FAST_POOL_SIZE = 8
 # What SQLAlchemy's asyncpg dialect takes among the connection's arguments, and asyncpg does not.
 _DIALECT_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func", "async_creator_fn")
@@ -102,6 +103,10 @@ class PostgresJobStore(SqlJobStore):
         self.where = redact_url(url)
         super().__init__(postgresql_insert, self._convert, clock=clock)
         self._pool: asyncpg.Pool | None = None
+        dialect = postgresql_asyncpg.dialect()
+        self._fast_create = _Compiled(self._create, dialect)
+        self._fast_save = _Compiled(self._upsert, dialect)
+        self._fast_insert_new = _Compiled(self._insert_new, dialect)
 
     async def open(self) -> None:
         self._engine = await open_postgres(
@@ -114,12 +119,8 @@ class PostgresJobStore(SqlJobStore):
             store="job store",
             what="job records",
         )
-        dialect = self._engine.dialect
-        self._fast_create = _Compiled(self._create, dialect)
-        self._fast_save = _Compiled(self._upsert, dialect)
-        self._fast_insert_new = _Compiled(self._insert_new, dialect)
         # Connected as the engine connects.
-        _, arguments = dialect.create_connect_args(self._engine.url)
+        _, arguments = self._engine.dialect.create_connect_args(self._engine.url)
         for name in _DIALECT_ONLY:
             arguments.pop(name, None)
         try:
@@ -143,10 +144,8 @@ class PostgresJobStore(SqlJobStore):
         await self._fast(lambda connection: connection.executemany(self._fast_save.sql, rows))
 
     async def create(self, record: JobRecord) -> bool:
-        values = {**record_row(record), NOW: self._clock()}
-        status = await self._fast(
-            lambda connection: connection.execute(self._fast_create.sql, *self._fast_create.args(values))
-        )
+        args = self._fast_create.args({**record_row(record), NOW: self._clock()})
+        status = await self._fast(lambda connection: connection.execute(self._fast_create.sql, *args))
         return bool(status == "INSERT 0 1")
 
     async def insert_new(self, record: JobRecord) -> None:
